@@ -1,0 +1,45 @@
+# meshcert's build. `make test` is what CI runs (.ci/run); `make run` starts
+# the whole system locally. The test cluster's binaries are built from the Go
+# module proxy on first use and cached in ~/.cache/meshcert.
+
+SHELL := /usr/bin/env bash
+GO ?= go
+export GOTOOLCHAIN := local
+
+# How long each fuzz target runs: a smoke run in `make test`, longer by hand,
+# e.g. `make fuzz FUZZTIME=10m`.
+FUZZTIME ?= 5s
+FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./model:FuzzParseMeshSpec ./validation:FuzzCAProblems
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: test
+test: vet ## Everything: unit, end-to-end against a real API server, and a fuzz smoke run.
+	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" $(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz
+
+.PHONY: vet
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+.PHONY: unit
+unit: ## Unit tests only: no cluster needed.
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME.
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+.PHONY: build
+build: ## The meshcert binary, as the image builds it.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/meshcert ./cmd/meshcert
+
+.PHONY: cluster-bins
+cluster-bins: ## Build (or find cached) kube-apiserver, etcd and helm.
+	hack/cluster-bins.sh assets
+	hack/cluster-bins.sh helm

@@ -1,0 +1,116 @@
+// Package app assembles meshcert from its parts: the manager, its caches, the
+// admission webhooks and the probes. cmd/meshcert and the local runner both
+// start meshcert through Run, so they share one code path.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/webhook"
+)
+
+// Scheme holds every type meshcert reads or writes.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(cmapi.AddToScheme(s))
+	return s
+}
+
+// cacheOptions limits what is cached: Secrets and Issuers of the system
+// namespace only, never every Secret of the cluster.
+func cacheOptions(cfg config.Config) cache.Options {
+	system := map[string]cache.Config{cfg.SystemNamespace: {}}
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Namespaces: system},
+			&cmapi.Issuer{}:  {Namespaces: system},
+		},
+	}
+}
+
+// Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
+func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error {
+	log := ctrl.Log.WithName("setup")
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme: Scheme(),
+		Cache:  cacheOptions(cfg),
+		Metrics: metricsserver.Options{
+			BindAddress: cfg.MetricsAddr,
+			TLSOpts:     webhook.TLSOptions(cfg.TLSMinVersion, cfg.EnableHTTP2),
+		},
+		HealthProbeBindAddress: cfg.ProbeAddr,
+		WebhookServer: webhook.NewServer(webhook.ServerOptions{
+			Host:          cfg.WebhookHost,
+			Port:          cfg.WebhookPort,
+			CertDir:       cfg.CertDir,
+			CertName:      cfg.CertName,
+			KeyName:       cfg.KeyName,
+			TLSMinVersion: cfg.TLSMinVersion,
+			EnableHTTP2:   cfg.EnableHTTP2,
+		}),
+		LeaderElection:                cfg.LeaderElect,
+		LeaderElectionID:              cfg.LeaderElectionID,
+		LeaderElectionNamespace:       cfg.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       &cfg.ShutdownTimeout,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+
+	if cfg.WebhookEnabled {
+		// Ask for the informers now, so the cache starts them with the manager
+		// and readiness waits for them, instead of the first admission paying.
+		for _, obj := range []client.Object{&corev1.Secret{}, &cmapi.Issuer{}, &cmapi.ClusterIssuer{}} {
+			if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
+				return fmt.Errorf("watching %T (are cert-manager's CRDs installed?): %w", obj, err)
+			}
+		}
+		webhook.Register(mgr, cfg.SystemNamespace)
+		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+			return err
+		}
+	}
+	if err := mgr.AddReadyzCheck("informers", cachesSynced(mgr)); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+
+	log.Info("Starting meshcert", "systemNamespace", cfg.SystemNamespace, "webhook", cfg.WebhookEnabled)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("running the manager: %w", err)
+	}
+	return nil
+}
+
+// cachesSynced is ready once every informer has synced.
+func cachesSynced(mgr ctrl.Manager) healthz.Checker {
+	return func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("informer caches have not synced")
+		}
+		return nil
+	}
+}

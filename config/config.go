@@ -1,0 +1,179 @@
+// Package config reads meshcert's configuration from flags and environment
+// variables, and validates it before anything starts.
+package config
+
+import (
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// EnvPrefix prefixes the environment variable of every flag: --webhook-port is
+// also MESHCERT_WEBHOOK_PORT. A flag on the command line wins over its variable.
+const EnvPrefix = "MESHCERT_"
+
+// Config is meshcert's configuration.
+type Config struct {
+	Kubeconfig      string
+	SystemNamespace string
+
+	WebhookEnabled bool
+	WebhookHost    string
+	WebhookPort    int
+	CertDir        string
+	CertName       string
+	KeyName        string
+	TLSMinVersion  uint16
+	EnableHTTP2    bool
+
+	MetricsAddr string
+	ProbeAddr   string
+
+	LeaderElect             bool
+	LeaderElectionNamespace string
+	LeaderElectionID        string
+	ShutdownTimeout         time.Duration
+
+	Dev      bool
+	LogLevel int
+}
+
+// ErrHelp is returned when -h or --help was asked for; usage has been printed.
+var ErrHelp = flag.ErrHelp
+
+// Parse reads the configuration from args (without the program name) and the
+// environment, through getenv. Usage and flag errors go to output.
+func Parse(args []string, getenv func(string) string, output io.Writer) (Config, error) {
+	var c Config
+	var tlsMin string
+	fs := flag.NewFlagSet("meshcert", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.")
+	fs.StringVar(&c.SystemNamespace, "system-namespace", "kong-mesh-system", "The mesh's system namespace: where mesh Secrets and Issuers live (kuma-system for Kuma).")
+	fs.BoolVar(&c.WebhookEnabled, "enable-webhook", true, "Serve the Mesh admission webhooks.")
+	fs.StringVar(&c.WebhookHost, "webhook-host", "", "Address the webhook server binds to. Default: all interfaces.")
+	fs.IntVar(&c.WebhookPort, "webhook-port", 9443, "Port of the webhook server.")
+	fs.StringVar(&c.CertDir, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "Folder holding the webhook's serving certificate; reloaded when it changes.")
+	fs.StringVar(&c.CertName, "webhook-cert-name", "tls.crt", "File name of the serving certificate in --webhook-cert-dir.")
+	fs.StringVar(&c.KeyName, "webhook-key-name", "tls.key", "File name of the serving key in --webhook-cert-dir.")
+	fs.StringVar(&tlsMin, "tls-min-version", "1.2", "Minimum TLS version of the webhook server: 1.2 or 1.3.")
+	fs.BoolVar(&c.EnableHTTP2, "enable-http2", false, "Allow HTTP/2 on the webhook and metrics servers. Off by default (CVE-2023-44487, CVE-2023-39325).")
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 turns it off.")
+	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "Elect a leader through a Lease before reconciling, so that only one replica issues.")
+	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease. Default: the system namespace.")
+	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "meshcert-leader", "Name of the leader election Lease.")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "How long to drain in-flight work on SIGTERM before exiting.")
+	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
+	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every admission, 2 and up more detail.")
+
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q: meshcert takes only flags", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return c, err
+	}
+	tlsErr := c.setTLSMinVersion(tlsMin)
+	if c.LeaderElectionNamespace == "" {
+		c.LeaderElectionNamespace = c.SystemNamespace
+	}
+	return c, errors.Join(tlsErr, c.validate())
+}
+
+// applyEnv sets every flag that was not given on the command line from its
+// environment variable, if that is set.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		name := EnvVar(f.Name)
+		if v := getenv(name); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("invalid %s=%q (--%s): %w", name, v, f.Name, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// EnvVar names the environment variable of a flag.
+func EnvVar(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (c *Config) setTLSMinVersion(v string) error {
+	switch v {
+	case "1.2":
+		c.TLSMinVersion = tls.VersionTLS12
+	case "1.3":
+		c.TLSMinVersion = tls.VersionTLS13
+	default:
+		return fmt.Errorf("invalid --tls-min-version %q: must be 1.2 or 1.3", v)
+	}
+	return nil
+}
+
+func (c Config) validate() error {
+	var errs []error
+	bad := func(flagName string, value any, why string) {
+		errs = append(errs, fmt.Errorf("invalid --%s %q: %s", flagName, fmt.Sprint(value), why))
+	}
+	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
+		bad("system-namespace", c.SystemNamespace, msg)
+	}
+	if c.LeaderElectionNamespace != c.SystemNamespace {
+		for _, msg := range validation.IsDNS1123Label(c.LeaderElectionNamespace) {
+			bad("leader-election-namespace", c.LeaderElectionNamespace, msg)
+		}
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(c.LeaderElectionID) {
+		bad("leader-election-id", c.LeaderElectionID, msg)
+	}
+	if c.WebhookPort < 1 || c.WebhookPort > 65535 {
+		bad("webhook-port", c.WebhookPort, "must be between 1 and 65535")
+	}
+	if c.WebhookEnabled && c.CertDir == "" {
+		bad("webhook-cert-dir", c.CertDir, "must be set when the webhook is enabled")
+	}
+	for name, addr := range map[string]string{"metrics-bind-address": c.MetricsAddr, "health-probe-bind-address": c.ProbeAddr} {
+		if err := validateBindAddress(addr); err != nil {
+			bad(name, addr, err.Error())
+		}
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown-timeout", c.ShutdownTimeout, "must not be negative")
+	}
+	if c.LogLevel < 0 {
+		bad("log-level", c.LogLevel, "must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+func validateBindAddress(addr string) error {
+	if addr == "0" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New(`must be host:port, :port, or 0 to turn it off`)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("the port must be a number between 0 and 65535")
+	}
+	return nil
+}

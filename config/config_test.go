@@ -1,0 +1,83 @@
+package config
+
+import (
+	"crypto/tls"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := map[string]struct {
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, c Config)
+		wantErr string
+	}{
+		"defaults": {
+			check: func(t *testing.T, c Config) {
+				if c.SystemNamespace != "kong-mesh-system" || c.WebhookPort != 9443 || c.TLSMinVersion != tls.VersionTLS12 ||
+					c.EnableHTTP2 || !c.WebhookEnabled || c.LeaderElectionNamespace != "kong-mesh-system" {
+					t.Errorf("unexpected defaults: %+v", c)
+				}
+			},
+		},
+		"flags": {
+			args: []string{"--system-namespace=kuma-system", "--tls-min-version=1.3", "--webhook-port=10250", "--dev"},
+			check: func(t *testing.T, c Config) {
+				if c.SystemNamespace != "kuma-system" || c.TLSMinVersion != tls.VersionTLS13 || c.WebhookPort != 10250 || !c.Dev {
+					t.Errorf("flags not applied: %+v", c)
+				}
+				if c.LeaderElectionNamespace != "kuma-system" {
+					t.Errorf("leader election namespace %q, want the system namespace", c.LeaderElectionNamespace)
+				}
+			},
+		},
+		"environment": {
+			env: map[string]string{"MESHCERT_SYSTEM_NAMESPACE": "kuma-system", "MESHCERT_ENABLE_HTTP2": "true"},
+			check: func(t *testing.T, c Config) {
+				if c.SystemNamespace != "kuma-system" || !c.EnableHTTP2 {
+					t.Errorf("environment not applied: %+v", c)
+				}
+			},
+		},
+		"a flag wins over its variable": {
+			args: []string{"--system-namespace=from-flag"},
+			env:  map[string]string{"MESHCERT_SYSTEM_NAMESPACE": "from-env"},
+			check: func(t *testing.T, c Config) {
+				if c.SystemNamespace != "from-flag" {
+					t.Errorf("system namespace %q, want from-flag", c.SystemNamespace)
+				}
+			},
+		},
+		"bad TLS version":        {args: []string{"--tls-min-version=1.1"}, wantErr: `invalid --tls-min-version "1.1": must be 1.2 or 1.3`},
+		"bad port":               {args: []string{"--webhook-port=0"}, wantErr: `invalid --webhook-port "0": must be between 1 and 65535`},
+		"bad namespace":          {args: []string{"--system-namespace=Kong_Mesh"}, wantErr: `invalid --system-namespace "Kong_Mesh": a lowercase RFC 1123 label`},
+		"bad metrics address":    {args: []string{"--metrics-bind-address=8080"}, wantErr: `invalid --metrics-bind-address "8080": must be host:port, :port, or 0 to turn it off`},
+		"bad env value":          {env: map[string]string{"MESHCERT_WEBHOOK_PORT": "many"}, wantErr: `invalid MESHCERT_WEBHOOK_PORT="many" (--webhook-port)`},
+		"unknown flag":           {args: []string{"--no-such-flag"}, wantErr: "flag provided but not defined: -no-such-flag"},
+		"positional argument":    {args: []string{"serve"}, wantErr: `unexpected argument "serve"`},
+		"several errors at once": {args: []string{"--webhook-port=0", "--log-level=-1"}, wantErr: "invalid --webhook-port \"0\": must be between 1 and 65535\ninvalid --log-level \"-1\": must not be negative"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			c, err := Parse(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestEnvVar(t *testing.T) {
+	if got := EnvVar("health-probe-bind-address"); got != "MESHCERT_HEALTH_PROBE_BIND_ADDRESS" {
+		t.Errorf("EnvVar = %q", got)
+	}
+}

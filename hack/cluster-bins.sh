@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds the test cluster's binaries (kube-apiserver, etcd) and helm from the Go
+# module proxy, because no release binaries can be downloaded here. Each binary is
+# cached outside the checkout, keyed by version, so only the first run pays for it.
+#
+# Usage: hack/cluster-bins.sh assets|helm
+#   assets  prints a KUBEBUILDER_ASSETS folder holding kube-apiserver, etcd and kubectl
+#   helm    prints the path of the helm binary
+set -euo pipefail
+
+KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CACHE="${MESHCERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshcert}"
+KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+log() { echo "cluster-bins: $*" >&2; }
+
+# build NAME VERSION PACKAGE MODULE LDFLAGS [REPLACES...]: builds PACKAGE of MODULE@VERSION
+# inside a throwaway wrapper module and installs it at $CACHE/NAME-VERSION/NAME.
+build() {
+  local name=$1 version=$2 pkg=$3 module=$4 ldflags=$5
+  shift 5
+  local dest="$CACHE/$name-$version/$name"
+  if [[ -x "$dest" ]]; then
+    echo "$dest"
+    return
+  fi
+  log "building $name $version from the Go module proxy (first run only; takes minutes, cached in $CACHE)"
+  local start=$SECONDS
+  (
+    work=$(mktemp -d "$CACHE/.build-$name.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    cd "$work"
+    cat >go.mod <<MOD
+module meshcert.local/build/$name
+
+go 1.26
+
+require $module $version
+MOD
+    for r in "$@"; do echo "replace $r" >>go.mod; done
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >tools.go
+    go mod tidy >&2
+    go build -trimpath -ldflags "-s -w $ldflags" -o "$work/$name" "$pkg" >&2
+    mkdir -p "$(dirname "$dest")"
+    mv "$work/$name" "$dest"
+  )
+  log "built $name $version in $((SECONDS - start))s"
+  echo "$dest"
+}
+
+# k8s.io/kubernetes maps its staging modules to ./staging/src, which the module zip
+# lacks: point each one at its published k8s.io/M v0.Y.Z instead.
+kube_apiserver() {
+  local gomod staging_version replaces=()
+  gomod=$(cd "$CACHE" 2>/dev/null || cd /tmp; go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  staging_version="v0.${KUBE_VERSION#v1.}"
+  while read -r m; do
+    replaces+=("$m => $m $staging_version")
+  done < <(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod")
+  local major minor
+  major=${KUBE_VERSION#v}; major=${major%%.*}
+  minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
+  build kube-apiserver "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes \
+    "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor" \
+    "${replaces[@]}"
+}
+
+etcd() {
+  build etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ""
+}
+
+helm() {
+  build helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm.sh/helm/v3 \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+
+assets() {
+  if [[ -z "$KUBECTL" ]]; then
+    log "kubectl is not on PATH; install it (the README lists it as a prerequisite)"
+    exit 1
+  fi
+  local apiserver etcdbin dir="$CACHE/assets-kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
+  apiserver=$(kube_apiserver)
+  etcdbin=$(etcd)
+  mkdir -p "$dir"
+  ln -sfn "$apiserver" "$dir/kube-apiserver"
+  ln -sfn "$etcdbin" "$dir/etcd"
+  ln -sfn "$KUBECTL" "$dir/kubectl"
+  echo "$dir"
+}
+
+# One build at a time per cache, so parallel make targets don't race.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9
+
+case "${1:-}" in
+  assets) assets ;;
+  helm) helm ;;
+  *) echo "usage: $0 assets|helm" >&2; exit 2 ;;
+esac

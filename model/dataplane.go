@@ -1,0 +1,109 @@
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+	"sort"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// DefaultMesh is the mesh of a Dataplane or mesh Secret that names none.
+const DefaultMesh = "default"
+
+// ServiceTag is the tag whose values name a dataplane's services.
+const ServiceTag = "kuma.io/service"
+
+// Tags is a dataplane's identity tags: each key with its distinct values, sorted.
+type Tags map[string][]string
+
+// ParseDataplaneTags reads the union of spec.networking.inbound[].tags and
+// spec.networking.gateway.tags from a Dataplane spec's JSON.
+func ParseDataplaneTags(raw []byte) (Tags, field.ErrorList) {
+	tags := Tags{}
+	if len(raw) == 0 {
+		return tags, nil
+	}
+	var doc any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return tags, field.ErrorList{field.Invalid(SpecPath, field.OmitValueType{}, fmt.Sprintf("is not valid JSON: %v", err))}
+	}
+	r := &reader{}
+	spec, _ := r.object(doc, SpecPath)
+	netPath := SpecPath.Child("networking")
+	networking, _ := r.optObject(spec, "networking", netPath)
+	for i, item := range r.array(networking, "inbound", netPath) {
+		ip := netPath.Child("inbound").Index(i)
+		if inbound, ok := r.object(item, ip); ok {
+			r.tags(inbound, ip, tags)
+		}
+	}
+	if gw, ok := r.optObject(networking, "gateway", netPath.Child("gateway")); ok {
+		r.tags(gw, netPath.Child("gateway"), tags)
+	}
+	for k, v := range tags {
+		slices.Sort(v)
+		tags[k] = slices.Compact(v)
+	}
+	return tags, r.errs
+}
+
+func (r *reader) tags(obj map[string]any, p *field.Path, into Tags) {
+	m, _ := r.optObject(obj, "tags", p.Child("tags"))
+	for k, v := range m {
+		if s, ok := v.(string); ok {
+			into[k] = append(into[k], s)
+		} else {
+			r.typeError(p.Child("tags").Key(k), v, "a string")
+		}
+	}
+}
+
+// Keys returns the tag keys in sorted order.
+func (t Tags) Keys() []string {
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// NoServiceTagError is Kuma's wording for a dataplane it cannot derive an identity for.
+func NoServiceTagError(dataplane string) error {
+	return fmt.Errorf("dataplane %q has no kuma.io/service tag and no kuma.io/workload label, cannot derive mTLS identity", dataplane)
+}
+
+// IdentityURIs returns the URI SANs Kuma's builtin CA puts in a dataplane
+// certificate: spiffe://<mesh>/<service> for each service, then
+// kuma://<tag>/<value> for every tag and value, keys and values sorted.
+func IdentityURIs(mesh, dataplane string, tags Tags) ([]*url.URL, error) {
+	services := tags[ServiceTag]
+	if len(services) == 0 {
+		return nil, NoServiceTagError(dataplane)
+	}
+	uris := make([]*url.URL, 0, len(services)+len(tags))
+	add := func(raw string) error {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return fmt.Errorf("dataplane %q: %q is not a valid URI SAN: %w", dataplane, raw, err)
+		}
+		uris = append(uris, u)
+		return nil
+	}
+	for _, svc := range services {
+		if err := add(fmt.Sprintf("spiffe://%s/%s", mesh, svc)); err != nil {
+			return nil, err
+		}
+	}
+	for _, key := range tags.Keys() {
+		for _, value := range tags[key] {
+			if err := add(fmt.Sprintf("kuma://%s/%s", key, value)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return uris, nil
+}

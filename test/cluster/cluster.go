@@ -1,0 +1,255 @@
+// Package cluster runs a real test cluster on this machine: kube-apiserver and
+// etcd under controller-runtime's envtest, with the Kuma-compatible and
+// cert-manager CRDs installed, cert-manager's own controllers in-process, and
+// meshcert's webhooks registered by URL. The end-to-end tests, `make run` and
+// the benchmarks all use it.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshcert/meshcert/app"
+	chart "github.com/meshcert/meshcert/charts/meshcert"
+	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/webhook"
+)
+
+// AssetsEnv names the folder holding kube-apiserver, etcd and kubectl, as
+// hack/cluster-bins.sh prints it. The Makefile sets it.
+const AssetsEnv = "KUBEBUILDER_ASSETS"
+
+// Options configures a test cluster.
+type Options struct {
+	// Webhooks registers meshcert's webhooks with the API server, served on
+	// a free loopback port with a generated CA.
+	Webhooks bool
+	// Dir holds the cluster's files: the kubeconfig and the webhook's serving
+	// certificate. Default: a new temporary folder, removed by Stop.
+	Dir string
+}
+
+// Cluster is a running test cluster.
+type Cluster struct {
+	Config *rest.Config
+	Client client.Client
+	// Kubeconfig is the path of an admin kubeconfig for kubectl.
+	Kubeconfig string
+	// WebhookHost, WebhookPort and CertDir say where the API server expects
+	// meshcert's webhook server, and the certificate it trusts there.
+	WebhookHost string
+	WebhookPort int
+	CertDir     string
+
+	env     *envtest.Environment
+	dir     string
+	tempDir bool
+}
+
+// Start starts kube-apiserver and etcd and installs the CRDs.
+func Start(opts Options) (*Cluster, error) {
+	assets := os.Getenv(AssetsEnv)
+	if assets == "" {
+		return nil, fmt.Errorf("%s is not set: run `make test`, or export %s=$(hack/cluster-bins.sh assets)", AssetsEnv, AssetsEnv)
+	}
+	crds, err := CRDs()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{dir: opts.Dir}
+	if c.dir == "" {
+		if c.dir, err = os.MkdirTemp("", "meshcert-cluster-"); err != nil {
+			return nil, err
+		}
+		c.tempDir = true
+	} else if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return nil, err
+	}
+	c.env = &envtest.Environment{
+		BinaryAssetsDirectory:    assets,
+		CRDs:                     crds,
+		Scheme:                   app.Scheme(),
+		ControlPlaneStartTimeout: time.Minute,
+		ControlPlaneStopTimeout:  time.Minute,
+	}
+	if opts.Webhooks {
+		if err := c.prepareWebhooks(); err != nil {
+			return nil, err
+		}
+	}
+	if c.Config, err = c.env.Start(); err != nil {
+		c.cleanup()
+		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
+	}
+	// envtest writes the webhook's serving certificate to a folder of its own.
+	c.CertDir = c.env.WebhookInstallOptions.LocalServingCertDir
+	// Client-side throttling would distort every measurement against this
+	// cluster; the server's own priority and fairness still applies.
+	c.Config.QPS, c.Config.Burst = -1, -1
+	if c.Client, err = client.New(c.Config, client.Options{Scheme: app.Scheme()}); err != nil {
+		return nil, errors.Join(err, c.Stop())
+	}
+	if err := c.writeKubeconfig(); err != nil {
+		return nil, errors.Join(err, c.Stop())
+	}
+	return c, nil
+}
+
+// prepareWebhooks picks the webhook server's address and registers meshcert's
+// configurations for it, by URL. envtest generates the serving certificate and
+// fills in the caBundle.
+func (c *Cluster) prepareWebhooks() error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	c.WebhookHost, c.WebhookPort = "127.0.0.1", port
+	reg := webhook.RegistrationOptions{
+		Name: "meshcert",
+		ClientConfig: func(path string) admissionregistrationv1.WebhookClientConfig {
+			url := fmt.Sprintf("https://%s%s", net.JoinHostPort(c.WebhookHost, fmt.Sprint(port)), path)
+			return admissionregistrationv1.WebhookClientConfig{URL: &url}
+		},
+		FailurePolicy:  admissionregistrationv1.Fail,
+		TimeoutSeconds: 10,
+	}
+	c.env.WebhookInstallOptions = envtest.WebhookInstallOptions{
+		MutatingWebhooks:   []*admissionregistrationv1.MutatingWebhookConfiguration{webhook.MutatingConfiguration(reg)},
+		ValidatingWebhooks: []*admissionregistrationv1.ValidatingWebhookConfiguration{webhook.ValidatingConfiguration(reg)},
+		LocalServingHost:   c.WebhookHost,
+		LocalServingPort:   port,
+	}
+	return nil
+}
+
+// MeshcertConfig is meshcert's configuration for this cluster: the webhook
+// served where the API server expects it, metrics and probes off.
+func (c *Cluster) MeshcertConfig(systemNamespace string) (config.Config, error) {
+	cfg, err := config.Parse(nil, func(string) string { return "" }, os.Stderr)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Kubeconfig = c.Kubeconfig
+	cfg.SystemNamespace = systemNamespace
+	cfg.LeaderElectionNamespace = systemNamespace
+	cfg.WebhookEnabled = c.WebhookPort != 0
+	cfg.WebhookHost, cfg.WebhookPort, cfg.CertDir = c.WebhookHost, c.WebhookPort, c.CertDir
+	cfg.MetricsAddr, cfg.ProbeAddr = "0", "0"
+	cfg.ShutdownTimeout = 5 * time.Second
+	return cfg, nil
+}
+
+func (c *Cluster) writeKubeconfig() error {
+	user, err := c.env.AddUser(envtest.User{Name: "meshcert-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("creating the admin user: %w", err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig = filepath.Join(c.dir, "kubeconfig")
+	return os.WriteFile(c.Kubeconfig, kc, 0o600)
+}
+
+// Stop stops the API server and etcd and removes the cluster's files.
+func (c *Cluster) Stop() error {
+	err := c.env.Stop()
+	c.cleanup()
+	return err
+}
+
+func (c *Cluster) cleanup() {
+	if c.tempDir {
+		_ = os.RemoveAll(c.dir)
+	}
+}
+
+// Kubectl runs the real kubectl against the cluster, with stdin if not nil.
+func (c *Cluster) Kubectl(ctx context.Context, stdin []byte, args ...string) (stdout, stderr string, err error) {
+	return c.KubectlIn(ctx, "", stdin, args...)
+}
+
+// KubectlIn runs kubectl in the folder dir.
+func (c *Cluster) KubectlIn(ctx context.Context, dir string, stdin []byte, args ...string) (stdout, stderr string, err error) {
+	kubectl := filepath.Join(os.Getenv(AssetsEnv), "kubectl")
+	kubeconfig, err := filepath.Abs(c.Kubeconfig)
+	if err != nil {
+		return "", "", err
+	}
+	cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	cmd.Dir = dir
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// CRDs returns the Kuma-compatible CRDs from the chart and cert-manager's CRDs
+// from its Go module.
+func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	files, err := chart.KumaCRDFiles()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := CertManagerCRDDir()
+	if err != nil {
+		return nil, err
+	}
+	paths, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, b)
+	}
+	var crds []*apiextensionsv1.CustomResourceDefinition
+	for _, f := range files {
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.UnmarshalStrict(f, crd); err != nil {
+			return nil, fmt.Errorf("reading a CRD: %w", err)
+		}
+		crds = append(crds, crd)
+	}
+	return crds, nil
+}
+
+// CertManagerCRDDir finds deploy/crds in the cert-manager module this build uses.
+func CertManagerCRDDir() (string, error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager").Output()
+	if err != nil {
+		return "", fmt.Errorf("locating the cert-manager module for its CRDs (run from the meshcert checkout): %w", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds"), nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

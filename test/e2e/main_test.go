@@ -1,0 +1,131 @@
+// Package e2e runs meshcert against a real kube-apiserver and etcd, real
+// cert-manager controllers and the real kubectl.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+
+	"github.com/meshcert/meshcert/test/cluster"
+)
+
+const systemNamespace = "kong-mesh-system"
+
+var update = flag.Bool("update", false, "rewrite the golden files from kubectl's actual output")
+
+// testEnv is the cluster and meshcert shared by every test in the package.
+var testEnv struct {
+	cluster *cluster.Cluster
+	logs    *syncBuffer
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code, err := run(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e setup:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func run(m *testing.M) (int, error) {
+	ctx := context.Background()
+	c, err := cluster.Start(cluster.Options{Webhooks: true})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Stop()
+	testEnv.cluster = c
+
+	cm, err := c.StartCertManager(ctx, cluster.CertManagerOptions{ClusterResourceNamespace: systemNamespace})
+	if err != nil {
+		return 0, err
+	}
+	defer cm.Stop()
+
+	if err := setup(ctx, c); err != nil {
+		return 0, err
+	}
+	cfg, err := c.MeshcertConfig(systemNamespace)
+	if err != nil {
+		return 0, err
+	}
+	testEnv.logs = &syncBuffer{}
+	mc, err := c.StartMeshcert(ctx, cfg, testEnv.logs)
+	if err != nil {
+		return 0, err
+	}
+	code := m.Run()
+	if err := mc.Stop(); err != nil {
+		return 0, fmt.Errorf("meshcert did not stop cleanly: %w", err)
+	}
+	return code, nil
+}
+
+// setup creates what the manifests under testdata refer to: the namespaces,
+// the mesh Secrets, and a CA Issuer and ClusterIssuer named mesh-ca.
+func setup(ctx context.Context, c *cluster.Cluster) error {
+	for _, f := range []string{"setup/namespaces.yaml", "setup/mesh-secrets.yaml"} {
+		if _, stderr, err := kubectlIn(ctx, nil, "apply", "-f", f); err != nil {
+			return fmt.Errorf("applying %s: %v: %s", f, err, stderr)
+		}
+	}
+	ca, err := cluster.NewCA("mesh-ca")
+	if err != nil {
+		return err
+	}
+	for _, iss := range []cluster.CAIssuer{
+		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: ca},
+		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: ca},
+	} {
+		if err := cluster.CreateCAIssuer(ctx, c.Client, iss); err != nil {
+			return err
+		}
+		kind := cmapi.IssuerKind
+		if iss.Namespace == "" {
+			kind = cmapi.ClusterIssuerKind
+		}
+		if err := cluster.WaitIssuerReady(ctx, c.Client, cmmeta.IssuerReference{Name: iss.Name, Kind: kind}, iss.Namespace); err != nil {
+			return fmt.Errorf("waiting for %s %s: %w", kind, iss.Name, err)
+		}
+	}
+	return nil
+}
+
+// kubectlIn runs kubectl from the testdata folder, so file names in its
+// output read as they do in the examples.
+func kubectlIn(ctx context.Context, stdin []byte, args ...string) (string, string, error) {
+	return testEnv.cluster.KubectlIn(ctx, "../testdata", stdin, args...)
+}
+
+// syncBuffer collects meshcert's logs from many goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func testdataFile(name string) ([]byte, error) {
+	return os.ReadFile(filepath.Join("..", "testdata", name))
+}

@@ -1,0 +1,55 @@
+package webhook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/meshcert/meshcert/model"
+)
+
+var errNoObject = errors.New("the AdmissionReview request has no object")
+
+// checkOperation answers the requests there is nothing to check in: DELETE
+// and CONNECT are allowed, and a request with no known operation is broken.
+func checkOperation(req admission.Request) (bool, admission.Response) {
+	switch req.Operation {
+	case admissionv1.Create, admissionv1.Update:
+		return false, admission.Response{}
+	case admissionv1.Delete, admissionv1.Connect:
+		return true, admission.Allowed("")
+	default:
+		return true, admission.Errored(http.StatusBadRequest, fmt.Errorf("the AdmissionReview request has no known operation (got %q)", req.Operation))
+	}
+}
+
+
+// decodeMesh reads the Mesh under admission. An error means the request itself
+// is broken (and deserves a 400); field errors mean the spec is, and are the
+// user's to fix.
+func decodeMesh(req admission.Request) (model.Mesh, field.ErrorList, error) {
+	if len(req.Object.Raw) == 0 {
+		return model.Mesh{}, nil, errNoObject
+	}
+	// A map, not a struct: encoding/json matches struct fields regardless of
+	// case, and "Spec" is not the spec.
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(req.Object.Raw, &obj); err != nil {
+		return model.Mesh{}, nil, fmt.Errorf("the object is not a JSON Mesh: %w", err)
+	}
+	name := req.Name
+	if name == "" {
+		var meta struct {
+			Name string `json:"name"`
+		}
+		_ = json.Unmarshal(obj["metadata"], &meta) // The name is only for messages.
+		name = meta.Name
+	}
+	spec, errs := model.ParseMeshSpec(obj["spec"])
+	return model.Mesh{Name: name, Spec: spec}, errs, nil
+}

@@ -1,0 +1,85 @@
+package webhook
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	admissionv1 "k8s.io/api/admission/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// defaultedPath is the only place defaulting may write.
+var defaultedPath = regexp.MustCompile(`^/spec/mtls/backends/[0-9]+/conf/issuerRef/(kind|group)$`)
+
+// FuzzAdmissionReview feeds arbitrary AdmissionReview bodies to both handlers.
+// Invariants: no panic; every answer is an AdmissionReview and never a 5xx;
+// validation is deterministic; defaulting writes only issuerRef.kind and
+// .group, and defaulting its own output again changes nothing.
+func FuzzAdmissionReview(f *testing.F) {
+	manifests, _ := filepath.Glob("../test/testdata/meshes/*.yaml")
+	for _, m := range manifests {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		obj, err := yaml.YAMLToJSON(b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(review(admissionv1.Create, string(obj)))
+	}
+	f.Add(review(admissionv1.Update, `{"spec":{"mtls":{"backends":[{"type":"certmanager","conf":{"issuerRef":{}}}]}}}`))
+	f.Add([]byte(`{"request":{"operation":"CREATE","object":{"spec":[]}}}`))
+	f.Add([]byte(`{`))
+
+	f.Fuzz(func(t *testing.T, body []byte) {
+		validator := testValidator()
+		_, first := serve(t, validator, "application/json", body)
+		_, second := serve(t, validator, "application/json", body)
+		if !reflect.DeepEqual(first, second) {
+			t.Fatalf("validation is not deterministic:\n%+v\n%+v", first, second)
+		}
+		if first.Result != nil && first.Result.Code >= http.StatusInternalServerError {
+			t.Fatalf("validator answered %d: %s", first.Result.Code, first.Result.Message)
+		}
+
+		_, defaulted := serve(t, Defaulter{}, "application/json", body)
+		if defaulted.Result != nil && defaulted.Result.Code >= http.StatusInternalServerError {
+			t.Fatalf("defaulter answered %d: %s", defaulted.Result.Code, defaulted.Result.Message)
+		}
+		if len(defaulted.Patch) == 0 {
+			return
+		}
+		var ops []struct{ Op, Path string }
+		if err := json.Unmarshal(defaulted.Patch, &ops); err != nil {
+			t.Fatalf("patch is not JSON: %v", err)
+		}
+		for _, op := range ops {
+			if op.Op != "add" || !defaultedPath.MatchString(op.Path) {
+				t.Fatalf("patch touches %s %s", op.Op, op.Path)
+			}
+		}
+		var ar admissionv1.AdmissionReview
+		if err := json.Unmarshal(body, &ar); err != nil {
+			t.Fatalf("a patch for a body that does not decode: %v", err)
+		}
+		patch, err := jsonpatch.DecodePatch(defaulted.Patch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patched, err := patch.Apply(ar.Request.Object.Raw)
+		if err != nil {
+			t.Fatalf("the patch does not apply to its own object: %v", err)
+		}
+		_, again := serve(t, Defaulter{}, "application/json", review(ar.Request.Operation, string(patched)))
+		if len(again.Patch) != 0 {
+			t.Fatalf("defaulting is not idempotent: second patch %s", again.Patch)
+		}
+	})
+}

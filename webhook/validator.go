@@ -1,0 +1,65 @@
+package webhook
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/meshcert/meshcert/validation"
+)
+
+// MeshGroupKind names Meshes in errors: kubectl prints `Mesh.kuma.io "x" is invalid`.
+var MeshGroupKind = schema.GroupKind{Group: "kuma.io", Kind: "Mesh"}
+
+// Validator answers the validating webhook. It reports every problem at once,
+// as an Invalid status with one cause per field.
+type Validator struct {
+	SystemNamespace string
+	// Lookup reads referenced objects from the informer cache; it must never
+	// call the API server.
+	Lookup func(ctx context.Context) validation.Lookup
+	// Now is the clock for certificate validity checks.
+	Now func() time.Time
+}
+
+var _ admission.Handler = &Validator{}
+
+// Handle implements admission.Handler.
+func (v *Validator) Handle(ctx context.Context, req admission.Request) admission.Response {
+	if done, resp := checkOperation(req); done {
+		return resp
+	}
+	mesh, errs, err := decodeMesh(req)
+	if err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	var res validation.Result
+	// As with any Kubernetes object, a value of the wrong type fails decoding:
+	// report those alone, since rules over a half-read spec would add noise.
+	if len(errs) == 0 {
+		res = validation.ValidateMesh(mesh, validation.Env{
+			SystemNamespace: v.SystemNamespace,
+			Now:             v.Now(),
+			Lookup:          v.Lookup(ctx),
+		})
+		errs = res.Errors
+	}
+	log := logf.FromContext(ctx).WithValues("mesh", mesh.Name, "operation", req.Operation)
+	if len(errs) == 0 {
+		log.V(1).Info("Admitted mesh", "warnings", len(res.Warnings))
+		return admission.Allowed("").WithWarnings(res.Warnings...)
+	}
+	log.V(1).Info("Rejected mesh", "errors", len(errs), "warnings", len(res.Warnings))
+	status := apierrors.NewInvalid(MeshGroupKind, mesh.Name, errs).Status()
+	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{
+		Allowed:  false,
+		Result:   &status,
+		Warnings: res.Warnings,
+	}}
+}
