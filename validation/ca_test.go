@@ -16,11 +16,11 @@ func TestCAProblems(t *testing.T) {
 		wantProblems []string
 		wantWarnings []string
 	}{
-		"one CA":                {pem: ca},
-		"a bundle of CAs":       {pem: ca + "\n" + ca},
-		"empty":                 {pem: "", wantProblems: []string{"contains no PEM certificate"}},
-		"not PEM":               {pem: "hello", wantProblems: []string{"contains data that is not PEM-encoded"}},
-		"trailing junk":         {pem: ca + "junk", wantProblems: []string{"contains data that is not PEM-encoded"}},
+		"one CA":          {pem: ca},
+		"a bundle of CAs": {pem: ca + "\n" + ca},
+		"empty":           {pem: "", wantProblems: []string{"contains no PEM certificate"}},
+		"not PEM":         {pem: "hello", wantProblems: []string{"contains data that is not PEM-encoded"}},
+		"trailing junk":   {pem: ca + "junk", wantProblems: []string{"contains data that is not PEM-encoded"}},
 		"private key is refused, not echoed": {
 			pem:          ca + "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
 			wantProblems: []string{`PEM block 1 is of type "PRIVATE KEY": only CERTIFICATE blocks are allowed`},

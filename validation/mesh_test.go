@@ -107,7 +107,7 @@ func TestValidateMesh(t *testing.T) {
 			wantErrs: []string{"spec.mtls.backends[0].conf.issuerRef.name: Required value: the name of the cert-manager Issuer or ClusterIssuer that signs this mesh's dataplane certificates"},
 		},
 		"issuerRef name not an object name": {
-			mtls: mtls("cm", cm("cm", ref("Bad.Name"))),
+			mtls:     mtls("cm", cm("cm", ref("Bad.Name"))),
 			wantErrs: []string{`spec.mtls.backends[0].conf.issuerRef.name: Invalid value: "Bad.Name": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`},
 		},
 		"cert-manager.io kind must be an issuer": {

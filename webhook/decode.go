@@ -28,7 +28,6 @@ func checkOperation(req admission.Request) (bool, admission.Response) {
 	}
 }
 
-
 // decodeMesh reads the Mesh under admission. An error means the request itself
 // is broken (and deserves a 400); field errors mean the spec is, and are the
 // user's to fix.
