@@ -12,10 +12,12 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,6 +25,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/reconciler"
 	"github.com/meshcert/meshcert/webhook"
 )
 
@@ -31,17 +35,39 @@ func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(s))
 	utilruntime.Must(cmapi.AddToScheme(s))
+	utilruntime.Must(model.AddToScheme(s))
 	return s
 }
 
-// cacheOptions limits what is cached: Secrets and Issuers of the system
-// namespace only, never every Secret of the cluster.
+// cacheOptions limits what is cached, so memory stays flat however many
+// Secrets the cluster holds: the system namespace's Secrets and Issuers, the
+// Dataplanes of the dataplane namespaces, and there only the Secrets
+// meshcert made, as its CertificateRequests. Reading anything else from the
+// cache fails instead of quietly caching it all.
 func cacheOptions(cfg config.Config) cache.Options {
 	system := map[string]cache.Config{cfg.SystemNamespace: {}}
+	managed := labels.SelectorFromSet(labels.Set{reconciler.ManagedByLabel: reconciler.ManagedByValue})
+	dataplanes := map[string]cache.Config{}
+	secrets := map[string]cache.Config{cfg.SystemNamespace: {}}
+	if len(cfg.DataplaneNamespaces) == 0 {
+		dataplanes[cache.AllNamespaces] = cache.Config{}
+		secrets[cache.AllNamespaces] = cache.Config{LabelSelector: managed}
+	}
+	for _, ns := range cfg.DataplaneNamespaces {
+		dataplanes[ns] = cache.Config{}
+		if ns != cfg.SystemNamespace {
+			secrets[ns] = cache.Config{LabelSelector: managed}
+		}
+	}
 	return cache.Options{
+		SyncPeriod:                  &cfg.SyncPeriod,
+		ReaderFailOnMissingInformer: true,
+		DefaultTransform:            cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Namespaces: system},
-			&cmapi.Issuer{}:  {Namespaces: system},
+			&corev1.Secret{}:            {Namespaces: secrets},
+			&model.DataplaneResource{}:  {Namespaces: dataplanes},
+			&cmapi.Issuer{}:             {Namespaces: system},
+			&cmapi.CertificateRequest{}: {Namespaces: system, Label: managed},
 		},
 	}
 }
@@ -49,6 +75,12 @@ func cacheOptions(cfg config.Config) cache.Options {
 // Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
 func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error {
 	log := ctrl.Log.WithName("setup")
+	restConfig = rest.CopyConfig(restConfig)
+	restConfig.QPS = float32(cfg.KubeAPIQPS)
+	restConfig.Burst = cfg.KubeAPIBurst
+	if restConfig.Burst == 0 && cfg.KubeAPIQPS > 0 {
+		restConfig.Burst = int(2 * cfg.KubeAPIQPS)
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme: Scheme(),
 		Cache:  cacheOptions(cfg),
@@ -89,6 +121,22 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			return err
 		}
 	}
+	if cfg.ReconcilerEnabled {
+		r := &reconciler.Reconciler{
+			Client:          mgr.GetClient(),
+			APIReader:       mgr.GetAPIReader(),
+			Recorder:        mgr.GetEventRecorder("meshcert"),
+			Clock:           clock.RealClock{},
+			SystemNamespace: cfg.SystemNamespace,
+			KeyAlgorithm:    reconciler.KeyAlgorithm(cfg.KeyAlgorithm),
+			RequestTimeout:  cfg.RequestTimeout,
+			KeepRequests:    cfg.KeepRequests,
+			Backoff:         reconciler.Backoff{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+		}
+		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
+			return fmt.Errorf("setting up the reconciler: %w", err)
+		}
+	}
 	if err := mgr.AddReadyzCheck("informers", cachesSynced(mgr)); err != nil {
 		return err
 	}
@@ -96,7 +144,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		return err
 	}
 
-	log.Info("Starting meshcert", "systemNamespace", cfg.SystemNamespace, "webhook", cfg.WebhookEnabled)
+	log.Info("Starting meshcert", "systemNamespace", cfg.SystemNamespace, "webhook", cfg.WebhookEnabled, "reconciler", cfg.ReconcilerEnabled)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("running the manager: %w", err)
 	}

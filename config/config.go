@@ -24,6 +24,9 @@ const EnvPrefix = "MESHCERT_"
 type Config struct {
 	Kubeconfig      string
 	SystemNamespace string
+	// DataplaneNamespaces limits meshcert to the Dataplanes, and so the
+	// Secrets, of these namespaces; empty means every namespace.
+	DataplaneNamespaces []string
 
 	WebhookEnabled bool
 	WebhookHost    string
@@ -36,6 +39,17 @@ type Config struct {
 
 	MetricsAddr string
 	ProbeAddr   string
+
+	ReconcilerEnabled bool
+	KeyAlgorithm      string
+	RequestTimeout    time.Duration
+	KeepRequests      bool
+	Workers           int
+	BackoffInitial    time.Duration
+	BackoffMax        time.Duration
+	SyncPeriod        time.Duration
+	KubeAPIQPS        float64
+	KubeAPIBurst      int
 
 	LeaderElect             bool
 	LeaderElectionNamespace string
@@ -53,11 +67,12 @@ var ErrHelp = flag.ErrHelp
 // environment, through getenv. Usage and flag errors go to output.
 func Parse(args []string, getenv func(string) string, output io.Writer) (Config, error) {
 	var c Config
-	var tlsMin string
+	var tlsMin, dataplaneNamespaces string
 	fs := flag.NewFlagSet("meshcert", flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.")
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "kong-mesh-system", "The mesh's system namespace: where mesh Secrets and Issuers live (kuma-system for Kuma).")
+	fs.StringVar(&dataplaneNamespaces, "dataplane-namespaces", "", "Comma-separated namespaces whose Dataplanes get certificates; meshcert needs Secret rights only there. Empty: every namespace.")
 	fs.BoolVar(&c.WebhookEnabled, "enable-webhook", true, "Serve the Mesh admission webhooks.")
 	fs.StringVar(&c.WebhookHost, "webhook-host", "", "Address the webhook server binds to. Default: all interfaces.")
 	fs.IntVar(&c.WebhookPort, "webhook-port", 9443, "Port of the webhook server.")
@@ -68,6 +83,16 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.EnableHTTP2, "enable-http2", false, "Allow HTTP/2 on the webhook and metrics servers. Off by default (CVE-2023-44487, CVE-2023-39325).")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 turns it off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
+	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
+	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of dataplane certificates: ecdsa-p256, or rsa-2048 as Kuma's builtin CA makes.")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
+	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
+	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")
+	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
+	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
+	fs.DurationVar(&c.SyncPeriod, "sync-period", 10*time.Hour, "How often every watched object is reconciled again, changed or not.")
+	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", -1, "Client-side limit of API requests per second; -1 leaves rate limiting to the API server's priority and fairness.")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 0, "Burst of the client-side limit, when --kube-api-qps is positive. Default: twice the QPS.")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "Elect a leader through a Lease before reconciling, so that only one replica issues.")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease. Default: the system namespace.")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "meshcert-leader", "Name of the leader election Lease.")
@@ -85,6 +110,11 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		return c, err
 	}
 	tlsErr := c.setTLSMinVersion(tlsMin)
+	for _, ns := range strings.Split(dataplaneNamespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			c.DataplaneNamespaces = append(c.DataplaneNamespaces, ns)
+		}
+	}
 	if c.LeaderElectionNamespace == "" {
 		c.LeaderElectionNamespace = c.SystemNamespace
 	}
@@ -136,6 +166,11 @@ func (c Config) validate() error {
 	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
 		bad("system-namespace", c.SystemNamespace, msg)
 	}
+	for _, ns := range c.DataplaneNamespaces {
+		for _, msg := range validation.IsDNS1123Label(ns) {
+			bad("dataplane-namespaces", ns, msg)
+		}
+	}
 	if c.LeaderElectionNamespace != c.SystemNamespace {
 		for _, msg := range validation.IsDNS1123Label(c.LeaderElectionNamespace) {
 			bad("leader-election-namespace", c.LeaderElectionNamespace, msg)
@@ -150,10 +185,36 @@ func (c Config) validate() error {
 	if c.WebhookEnabled && c.CertDir == "" {
 		bad("webhook-cert-dir", c.CertDir, "must be set when the webhook is enabled")
 	}
-	for name, addr := range map[string]string{"metrics-bind-address": c.MetricsAddr, "health-probe-bind-address": c.ProbeAddr} {
-		if err := validateBindAddress(addr); err != nil {
-			bad(name, addr, err.Error())
+	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}} {
+		if err := validateBindAddress(a.value); err != nil {
+			bad(a.flag, a.value, err.Error())
 		}
+	}
+	if !c.WebhookEnabled && !c.ReconcilerEnabled {
+		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))
+	}
+	if c.KeyAlgorithm != "ecdsa-p256" && c.KeyAlgorithm != "rsa-2048" {
+		bad("key-algorithm", c.KeyAlgorithm, "must be ecdsa-p256 or rsa-2048")
+	}
+	for _, d := range []struct {
+		flag  string
+		value time.Duration
+	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}, {"sync-period", c.SyncPeriod}} {
+		if d.value <= 0 {
+			bad(d.flag, d.value, "must be positive")
+		}
+	}
+	if c.BackoffMax < c.BackoffInitial {
+		bad("backoff-max", c.BackoffMax, "must not be shorter than --backoff-initial")
+	}
+	if c.Workers < 1 {
+		bad("workers", c.Workers, "must be at least 1")
+	}
+	if c.KubeAPIQPS == 0 || c.KubeAPIQPS < -1 {
+		bad("kube-api-qps", c.KubeAPIQPS, "must be positive, or -1 for no client-side limit")
+	}
+	if c.KubeAPIBurst < 0 {
+		bad("kube-api-burst", c.KubeAPIBurst, "must not be negative")
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown-timeout", c.ShutdownTimeout, "must not be negative")

@@ -82,9 +82,13 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 			// Looking up a malformed reference would only add noise.
 			continue
 		}
-		if !mtls.SkipValidation {
+		if !mtls.SkipValidation && env.Lookup != nil {
 			checkIssuer(*b.CertManager, confPath.Child("issuerRef"), env, &res)
-			checkCACert(mesh.Name, b.CertManager.CACert, confPath.Child("caCert"), env, &res)
+			if ds := b.CertManager.CACert; ds != nil {
+				_, errs, warnings := CACert(mesh.Name, *ds, confPath.Child("caCert"), env)
+				res.Errors = append(res.Errors, errs...)
+				res.Warnings = append(res.Warnings, warnings...)
+			}
 		}
 		if ds := b.CertManager.CACert; ds != nil && ds.File != nil {
 			res.warn(confPath.Child("caCert", "file"), "a file on the control plane cannot be checked by this webhook; prefer secret or inlineString")
@@ -190,7 +194,7 @@ func validateDataSource(ds model.DataSource, p *field.Path) field.ErrorList {
 // never rejects: users commonly apply the Mesh and the Issuer together.
 func checkIssuer(conf model.CertManagerConf, p *field.Path, env Env, res *Result) {
 	ref := defaults.IssuerRef(conf.IssuerRef)
-	if env.Lookup == nil || ref.Group != defaults.IssuerGroup {
+	if ref.Group != defaults.IssuerGroup {
 		return
 	}
 	var what string
@@ -223,48 +227,44 @@ func checkIssuer(conf model.CertManagerConf, p *field.Path, env Env, res *Result
 	}
 }
 
-// checkCACert resolves a caCert source the way Kuma does and checks that it
-// holds CA certificates.
-func checkCACert(mesh string, ds *model.DataSource, p *field.Path, env Env, res *Result) {
-	if ds == nil {
-		return
-	}
+// CACert resolves and checks a certmanager backend's caCert the way Kuma
+// does, and returns the PEM it names with its problems and warnings. A file
+// source yields neither PEM nor problems: only the control plane can read it.
+func CACert(mesh string, ds model.DataSource, p *field.Path, env Env) ([]byte, field.ErrorList, []string) {
 	var (
 		data     []byte
-		at           = p
+		at       = p
 		badValue any = field.OmitValueType{}
 	)
 	switch {
 	case ds.Secret != nil:
 		name := *ds.Secret
 		at, badValue = p.Child("secret"), name
-		if env.Lookup == nil {
-			return
-		}
 		secret, err := meshSecret(mesh, name, at, env)
 		if err != nil {
-			res.Errors = append(res.Errors, err)
-			return
+			return nil, field.ErrorList{err}, nil
 		}
 		data = secret.Data[model.SecretValueKey]
 		if len(data) == 0 {
-			res.Errors = append(res.Errors, field.Invalid(at, name, fmt.Sprintf("Secret %s/%s has no data.%s", env.SystemNamespace, name, model.SecretValueKey)))
-			return
+			return nil, field.ErrorList{field.Invalid(at, name, fmt.Sprintf("Secret %s/%s has no data.%s", env.SystemNamespace, name, model.SecretValueKey))}, nil
 		}
 	case ds.HasInline:
 		at, data = p.Child("inline"), ds.Inline
 	case ds.InlineString != nil:
 		at, data = p.Child("inlineString"), []byte(*ds.InlineString)
 	default:
-		return // file: warned about by the caller
+		return nil, nil, nil
 	}
-	problems, warnings := CAProblems(data, env.Now)
+	var errs field.ErrorList
+	var warnings []string
+	problems, warns := CAProblems(data, env.Now)
 	for _, msg := range problems {
-		res.Errors = append(res.Errors, field.Invalid(at, badValue, msg))
+		errs = append(errs, field.Invalid(at, badValue, msg))
 	}
-	for _, msg := range warnings {
-		res.warn(at, "%s", msg)
+	for _, msg := range warns {
+		warnings = append(warnings, at.String()+": "+msg)
 	}
+	return data, errs, warnings
 }
 
 // meshSecret finds the mesh Secret a caCert names, and says which of Kuma's

@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/validation"
 )
 
@@ -52,7 +53,7 @@ func Register(mgr ctrl.Manager, systemNamespace string) {
 	srv.Register(ValidatingPath, &admission.Webhook{Handler: &Validator{
 		SystemNamespace: systemNamespace,
 		Lookup: func(ctx context.Context) validation.Lookup {
-			return CacheLookup{Ctx: ctx, Cache: mgr.GetCache(), SystemNamespace: systemNamespace}
+			return lookup.Cache{Ctx: ctx, Cache: mgr.GetCache(), SystemNamespace: systemNamespace}
 		},
 		Now: time.Now,
 	}})

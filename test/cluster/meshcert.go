@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -23,8 +24,9 @@ type Meshcert struct {
 }
 
 // StartMeshcert runs meshcert with cfg, its logs going to logs, and waits until
-// its readiness probe passes. The probe address is chosen here.
-func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, logs io.Writer) (*Meshcert, error) {
+// its readiness probe passes. The probe address is chosen here. wrap, if not
+// nil, wraps meshcert's HTTP transport to the API server, to observe it.
+func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, logs io.Writer, wrap func(http.RoundTripper) http.RoundTripper) (*Meshcert, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -34,7 +36,9 @@ func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, logs io.
 
 	ctx, cancel := context.WithCancel(ctx)
 	m := &Meshcert{cancel: cancel, done: make(chan error, 1)}
-	go func() { m.done <- app.Run(ctx, cfg, c.Config) }()
+	restConfig := rest.CopyConfig(c.Config)
+	restConfig.WrapTransport = wrap
+	go func() { m.done <- app.Run(ctx, cfg, restConfig) }()
 
 	readyz := "http://" + cfg.ProbeAddr + "/readyz"
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -25,7 +26,24 @@ var update = flag.Bool("update", false, "rewrite the golden files from kubectl's
 // testEnv is the cluster and meshcert shared by every test in the package.
 var testEnv struct {
 	cluster *cluster.Cluster
-	logs    *syncBuffer
+	// hooks approve every request but those of the denied-ca issuer, and
+	// sign for the external issuer group.
+	hooks *cluster.CertificateRequestHooks
+	// ca signs for the mesh-ca Issuer and ClusterIssuer, other for other-ca.
+	ca, other *cluster.CA
+	logs      *syncBuffer
+}
+
+// The issuer group of the test's external issuer, which sets no status.ca.
+const externalGroup = "external.test.meshcert.io"
+
+// approveAllButDenied is the approval policy of the tests: it denies the
+// requests for the denied-ca Issuer, as approver-policy would.
+func approveAllButDenied(cr *cmapi.CertificateRequest) cluster.Decision {
+	if cr.Spec.IssuerRef.Name == "denied-ca" {
+		return cluster.Decision{Message: "no policy allows requests for denied-ca"}
+	}
+	return cluster.Decision{Approve: true, Message: "allowed by the test policy"}
 }
 
 func TestMain(m *testing.M) {
@@ -47,21 +65,34 @@ func run(m *testing.M) (int, error) {
 	defer c.Stop()
 	testEnv.cluster = c
 
-	cm, err := c.StartCertManager(ctx, cluster.CertManagerOptions{ClusterResourceNamespace: systemNamespace})
+	// cert-manager's issuers and CA signer; approval is the test policy's.
+	cm, err := c.StartCertManager(ctx, cluster.CertManagerOptions{
+		ClusterResourceNamespace: systemNamespace,
+		Controllers:              []string{"issuers", "clusterissuers", "certificaterequests-issuer-ca"},
+	})
 	if err != nil {
 		return 0, err
 	}
 	defer cm.Stop()
-
 	if err := setup(ctx, c); err != nil {
 		return 0, err
 	}
+	testEnv.hooks = &cluster.CertificateRequestHooks{Policy: approveAllButDenied, ExternalGroup: externalGroup, ExternalCA: testEnv.other}
+	hooksCtx, stopHooks := context.WithCancel(ctx)
+	defer stopHooks()
+	if err := c.StartHooks(hooksCtx, testEnv.hooks); err != nil {
+		return 0, err
+	}
+
+	// The webhook, shared by all tests; each reconciler test runs its own
+	// reconciler.
 	cfg, err := c.MeshcertConfig(systemNamespace)
 	if err != nil {
 		return 0, err
 	}
+	cfg.ReconcilerEnabled = false
 	testEnv.logs = &syncBuffer{}
-	mc, err := c.StartMeshcert(ctx, cfg, testEnv.logs)
+	mc, err := c.StartMeshcert(ctx, cfg, testEnv.logs, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -73,20 +104,26 @@ func run(m *testing.M) (int, error) {
 }
 
 // setup creates what the manifests under testdata refer to: the namespaces,
-// the mesh Secrets, and a CA Issuer and ClusterIssuer named mesh-ca.
+// the mesh Secrets, a CA Issuer and ClusterIssuer named mesh-ca, and the
+// Issuers other-ca (another CA) and denied-ca (whose requests are denied).
 func setup(ctx context.Context, c *cluster.Cluster) error {
 	for _, f := range []string{"setup/namespaces.yaml", "setup/mesh-secrets.yaml"} {
 		if _, stderr, err := kubectlIn(ctx, nil, "apply", "-f", f); err != nil {
 			return fmt.Errorf("applying %s: %v: %s", f, err, stderr)
 		}
 	}
-	ca, err := cluster.NewCA("mesh-ca")
-	if err != nil {
+	var err error
+	if testEnv.ca, err = cluster.NewCA("mesh-ca"); err != nil {
+		return err
+	}
+	if testEnv.other, err = cluster.NewCA("other-ca"); err != nil {
 		return err
 	}
 	for _, iss := range []cluster.CAIssuer{
-		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: ca},
-		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: ca},
+		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
+		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
+		{Name: "other-ca", Namespace: systemNamespace, SecretName: "other-ca", SecretNamespace: systemNamespace, CA: testEnv.other},
+		{Name: "denied-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
 	} {
 		if err := cluster.CreateCAIssuer(ctx, c.Client, iss); err != nil {
 			return err
@@ -128,4 +165,10 @@ func (b *syncBuffer) String() string {
 
 func testdataFile(name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join("..", "testdata", name))
+}
+
+// tail returns the last n lines.
+func (b *syncBuffer) tail(n int) string {
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -1,4 +1,7 @@
-package webhook
+// Package lookup answers validation's questions about cluster objects from an
+// informer cache, never from the API server. The webhook and the reconciler
+// both read through it.
+package lookup
 
 import (
 	"context"
@@ -12,17 +15,17 @@ import (
 	"github.com/meshcert/meshcert/validation"
 )
 
-// CacheLookup serves validation's questions from an informer cache.
-type CacheLookup struct {
+// Cache serves validation.Lookup from an informer cache.
+type Cache struct {
 	Ctx             context.Context
 	Cache           client.Reader
 	SystemNamespace string
 }
 
-var _ validation.Lookup = CacheLookup{}
+var _ validation.Lookup = Cache{}
 
 // SystemSecret implements validation.Lookup.
-func (l CacheLookup) SystemSecret(name string) (*corev1.Secret, error) {
+func (l Cache) SystemSecret(name string) (*corev1.Secret, error) {
 	var s corev1.Secret
 	if err := l.Cache.Get(l.Ctx, types.NamespacedName{Namespace: l.SystemNamespace, Name: name}, &s); err != nil {
 		return nil, client.IgnoreNotFound(err)
@@ -31,28 +34,32 @@ func (l CacheLookup) SystemSecret(name string) (*corev1.Secret, error) {
 }
 
 // Issuer implements validation.Lookup.
-func (l CacheLookup) Issuer(ref cmmeta.IssuerReference) (*validation.IssuerState, error) {
-	var (
-		status *cmapi.IssuerStatus
-		err    error
-	)
+func (l Cache) Issuer(ref cmmeta.IssuerReference) (*validation.IssuerState, error) {
+	iss, err := l.GenericIssuer(ref)
+	if iss == nil || err != nil {
+		return nil, err
+	}
+	state := IssuerReadiness(iss.GetStatus())
+	return &state, nil
+}
+
+// GenericIssuer returns the Issuer (in the system namespace) or ClusterIssuer
+// that a defaulted cert-manager.io issuerRef names, or nil if there is none.
+func (l Cache) GenericIssuer(ref cmmeta.IssuerReference) (cmapi.GenericIssuer, error) {
+	var iss cmapi.GenericIssuer
+	key := types.NamespacedName{Name: ref.Name}
 	switch ref.Kind {
 	case cmapi.IssuerKind:
-		var iss cmapi.Issuer
-		err = l.Cache.Get(l.Ctx, types.NamespacedName{Namespace: l.SystemNamespace, Name: ref.Name}, &iss)
-		status = &iss.Status
+		iss, key.Namespace = &cmapi.Issuer{}, l.SystemNamespace
 	case cmapi.ClusterIssuerKind:
-		var iss cmapi.ClusterIssuer
-		err = l.Cache.Get(l.Ctx, types.NamespacedName{Name: ref.Name}, &iss)
-		status = &iss.Status
+		iss = &cmapi.ClusterIssuer{}
 	default:
 		return nil, nil
 	}
-	if err != nil {
+	if err := l.Cache.Get(l.Ctx, key, iss); err != nil {
 		return nil, client.IgnoreNotFound(err)
 	}
-	state := IssuerReadiness(status)
-	return &state, nil
+	return iss, nil
 }
 
 // IssuerReadiness reads an issuer's Ready condition.

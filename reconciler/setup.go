@@ -1,0 +1,127 @@
+package reconciler
+
+import (
+	"context"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/model"
+)
+
+// meshIndex indexes Dataplanes by their mesh.
+const meshIndex = "mesh"
+
+// SetupWithManager registers the reconciler and what it watches: Dataplanes,
+// their Meshes, the issuers and mesh Secrets the Meshes refer to, and the
+// CertificateRequests and Secrets meshcert made.
+func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, workers int) error {
+	r.init()
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &model.DataplaneResource{}, meshIndex, func(o client.Object) []string {
+		return []string{o.(*model.DataplaneResource).MeshName()}
+	}); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("dataplane-certificates").
+		For(&model.DataplaneResource{}).
+		Watches(&model.MeshResource{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return r.dataplanesInMesh(ctx, o.GetName())
+		})).
+		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(dataplaneOf)).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfSecret)).
+		Watches(&cmapi.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.IssuerKind))).
+		Watches(&cmapi.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.ClusterIssuerKind))).
+		// One controller runs per process, but tests start one after another
+		// in the same process, which the name check would refuse.
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
+		Complete(r)
+}
+
+// dataplaneOf maps what meshcert made back to its dataplane.
+func dataplaneOf(_ context.Context, o client.Object) []reconcile.Request {
+	a := o.GetAnnotations()
+	ns, name := a[DataplaneNamespaceAnnotation], a[DataplaneNameAnnotation]
+	if ns == "" || name == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}}
+}
+
+// dataplanesOfSecret maps a delivered Secret to its dataplane, and a mesh
+// Secret of the system namespace to the dataplanes of the meshes whose
+// enabled backend uses it as caCert.
+func (r *Reconciler) dataplanesOfSecret(ctx context.Context, o client.Object) []reconcile.Request {
+	if o.GetLabels()[ManagedByLabel] == ManagedByValue {
+		return dataplaneOf(ctx, o)
+	}
+	if o.GetNamespace() != r.SystemNamespace || o.(*corev1.Secret).Type != model.MeshSecretType {
+		return nil
+	}
+	return r.dataplanesOfMeshes(ctx, func(m *model.MeshResource) bool {
+		b := enabledBackend(m)
+		return b != nil && b.CertManager.CACert != nil && b.CertManager.CACert.Secret != nil && *b.CertManager.CACert.Secret == o.GetName()
+	})
+}
+
+// dataplanesOfIssuer maps an issuer to the dataplanes of the meshes whose
+// enabled backend names it.
+func (r *Reconciler) dataplanesOfIssuer(kind string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		if kind == cmapi.IssuerKind && o.GetNamespace() != r.SystemNamespace {
+			return nil
+		}
+		return r.dataplanesOfMeshes(ctx, func(m *model.MeshResource) bool {
+			b := enabledBackend(m)
+			if b == nil {
+				return false
+			}
+			ref := defaults.IssuerRef(b.CertManager.IssuerRef)
+			return ref.Group == defaults.IssuerGroup && ref.Kind == kind && ref.Name == o.GetName()
+		})
+	}
+}
+
+// dataplanesOfMeshes lists the dataplanes of the meshes that match.
+func (r *Reconciler) dataplanesOfMeshes(ctx context.Context, match func(*model.MeshResource) bool) []reconcile.Request {
+	var meshes model.MeshResourceList
+	if err := r.Client.List(ctx, &meshes); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range meshes.Items {
+		if match(&meshes.Items[i]) {
+			reqs = append(reqs, r.dataplanesInMesh(ctx, meshes.Items[i].Name)...)
+		}
+	}
+	return reqs
+}
+
+// dataplanesInMesh lists the dataplanes of a mesh, which may be gone already.
+func (r *Reconciler) dataplanesInMesh(ctx context.Context, mesh string) []reconcile.Request {
+	var dps model.DataplaneResourceList
+	if err := r.Client.List(ctx, &dps, client.MatchingFields{meshIndex: mesh}); err != nil {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(dps.Items))
+	for _, dp := range dps.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: dp.Namespace, Name: dp.Name}})
+	}
+	return reqs
+}
+
+func enabledBackend(m *model.MeshResource) *model.Backend {
+	spec, errs := model.ParseMeshSpec(m.Spec)
+	if len(errs) > 0 {
+		return nil
+	}
+	return spec.EnabledCertManagerBackend()
+}
