@@ -43,3 +43,9 @@ build: ## The meshcert binary, as the image builds it.
 cluster-bins: ## Build (or find cached) kube-apiserver, etcd and helm.
 	hack/cluster-bins.sh assets
 	hack/cluster-bins.sh helm
+
+.PHONY: run
+run: ## The whole system on this machine: API server, cert-manager, meshcert. Ctrl-C stops it.
+	@echo "compiling the local runner (the first time takes a few minutes: it links cert-manager's controllers)"
+	@$(GO) build -o bin/meshcert-local ./cmd/meshcert-local
+	@bin/meshcert-local

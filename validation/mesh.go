@@ -233,7 +233,7 @@ func checkIssuer(conf model.CertManagerConf, p *field.Path, env Env, res *Result
 func CACert(mesh string, ds model.DataSource, p *field.Path, env Env) ([]byte, field.ErrorList, []string) {
 	var (
 		data     []byte
-		at       = p
+		at           = p
 		badValue any = field.OmitValueType{}
 	)
 	switch {

@@ -39,8 +39,9 @@ type Options struct {
 	// Webhooks registers meshcert's webhooks with the API server, served on
 	// a free loopback port with a generated CA.
 	Webhooks bool
-	// Dir holds the cluster's files: the kubeconfig and the webhook's serving
-	// certificate. Default: a new temporary folder, removed by Stop.
+	// Dir holds the cluster's files: the admin kubeconfig, etcd's data and
+	// the API server's certificates. Stop removes them. Default: a new
+	// temporary folder.
 	Dir string
 }
 
@@ -62,28 +63,40 @@ type Cluster struct {
 }
 
 // Start starts kube-apiserver and etcd and installs the CRDs.
+// Start starts kube-apiserver and etcd, and registers the webhooks if asked.
+// InstallCRDs installs the CRDs.
 func Start(opts Options) (*Cluster, error) {
 	assets := os.Getenv(AssetsEnv)
 	if assets == "" {
 		return nil, fmt.Errorf("%s is not set: run `make test`, or export %s=$(hack/cluster-bins.sh assets)", AssetsEnv, AssetsEnv)
 	}
-	crds, err := CRDs()
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	c := &Cluster{dir: opts.Dir}
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "meshcert-cluster-"); err != nil {
 			return nil, err
 		}
 		c.tempDir = true
-	} else if err := os.MkdirAll(c.dir, 0o755); err != nil {
+	}
+	if c.dir, err = filepath.Abs(c.dir); err != nil {
 		return nil, err
 	}
+	// Fresh state: a previous run's etcd data would hold its objects.
+	for _, d := range []string{c.etcdDir(), c.apiServerDir()} {
+		if err := os.RemoveAll(d); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
 	c.env = &envtest.Environment{
-		BinaryAssetsDirectory:    assets,
-		CRDs:                     crds,
-		Scheme:                   app.Scheme(),
+		BinaryAssetsDirectory: assets,
+		Scheme:                app.Scheme(),
+		ControlPlane: envtest.ControlPlane{
+			Etcd:      &envtest.Etcd{DataDir: c.etcdDir()},
+			APIServer: &envtest.APIServer{CertDir: c.apiServerDir()},
+		},
 		ControlPlaneStartTimeout: time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}
@@ -109,6 +122,23 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// InstallCRDs installs the Kuma-compatible and cert-manager CRDs, and waits
+// until the API server serves them.
+func (c *Cluster) InstallCRDs() error {
+	crds, err := CRDs()
+	if err != nil {
+		return err
+	}
+	_, err = envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{CRDs: crds, MaxTime: time.Minute})
+	return err
+}
+
+func (c *Cluster) etcdDir() string      { return filepath.Join(c.dir, "etcd") }
+func (c *Cluster) apiServerDir() string { return filepath.Join(c.dir, "apiserver") }
+
+// Dir is the folder of the cluster's files.
+func (c *Cluster) Dir() string { return c.dir }
 
 // prepareWebhooks picks the webhook server's address and registers meshcert's
 // configurations for it, by URL. envtest generates the serving certificate and
@@ -177,6 +207,12 @@ func (c *Cluster) Stop() error {
 func (c *Cluster) cleanup() {
 	if c.tempDir {
 		_ = os.RemoveAll(c.dir)
+		return
+	}
+	for _, p := range []string{c.etcdDir(), c.apiServerDir(), c.Kubeconfig} {
+		if p != "" {
+			_ = os.RemoveAll(p)
+		}
 	}
 }
 

@@ -64,6 +64,9 @@ func run(m *testing.M) (int, error) {
 	}
 	defer c.Stop()
 	testEnv.cluster = c
+	if err := c.InstallCRDs(); err != nil {
+		return 0, err
+	}
 
 	// cert-manager's issuers and CA signer; approval is the test policy's.
 	cm, err := c.StartCertManager(ctx, cluster.CertManagerOptions{

@@ -1,0 +1,255 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/go-logr/logr"
+	crzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
+)
+
+// LocalOptions configures RunLocal.
+type LocalOptions struct {
+	// Dir holds the kubeconfig, the logs and the cluster's state.
+	Dir string
+	// Out receives the progress report; Ready is called once all is up.
+	Out io.Writer
+	// SystemNamespace is the mesh's system namespace.
+	SystemNamespace string
+}
+
+// LocalCA names the CA key pair Secret, the Issuer and the ClusterIssuer of a
+// local run.
+const LocalCA = "local-ca"
+
+// StepError says which step of RunLocal failed.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return fmt.Sprintf("step %q failed: %v", e.Step, e.Err) }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// RunLocal starts the whole system on this machine, with the same harness as
+// the tests, reports each step with its timing, and keeps it running until
+// ctx is done. Then it stops everything it started.
+func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
+	out := opts.Out
+	start := time.Now()
+	steps := 0
+	step := func(name string, fn func() (string, error)) error {
+		steps++
+		fmt.Fprintf(out, "[%d/7] %s ...", steps, name)
+		t := time.Now()
+		detail, err := fn()
+		if err != nil {
+			fmt.Fprintln(out, " failed")
+			return &StepError{Step: name, Err: err}
+		}
+		fmt.Fprintf(out, " %s", time.Since(t).Round(10*time.Millisecond))
+		if detail != "" {
+			fmt.Fprintf(out, " (%s)", detail)
+		}
+		fmt.Fprintln(out)
+		return nil
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return &StepError{Step: "prepare " + opts.Dir, Err: err}
+	}
+
+	if err := step("cluster binaries: kube-apiserver, etcd", func() (string, error) {
+		return clusterBinaries(out)
+	}); err != nil {
+		return err
+	}
+
+	var c *Cluster
+	if err := step("kube-apiserver and etcd", func() (string, error) {
+		var err error
+		c, err = Start(Options{Webhooks: true, Dir: opts.Dir})
+		if err != nil {
+			return "", err
+		}
+		return c.Config.Host, nil
+	}); err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(out, "stopping kube-apiserver and etcd")
+		err = errors.Join(err, c.Stop())
+	}()
+
+	if err := step("CRDs: Kuma-compatible Mesh and Dataplane, cert-manager", func() (string, error) {
+		return "", c.InstallCRDs()
+	}); err != nil {
+		return err
+	}
+
+	logFile, err := os.Create(filepath.Join(opts.Dir, "meshcert.log"))
+	if err != nil {
+		return &StepError{Step: "open the log file", Err: err}
+	}
+	defer logFile.Close()
+
+	var cm *CertManager
+	if err := step("cert-manager controllers: issuers, clusterissuers, approver, CA signer", func() (string, error) {
+		var err error
+		cm, err = c.StartCertManager(ctx, CertManagerOptions{ClusterResourceNamespace: opts.SystemNamespace, Log: fileLogger(logFile, "cert-manager")})
+		return "", err
+	}); err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(out, "stopping cert-manager")
+		cm.Stop()
+	}()
+
+	if err := step(fmt.Sprintf("namespace %s: CA Secret, Issuer and ClusterIssuer %s", opts.SystemNamespace, LocalCA), func() (string, error) {
+		return "", setupLocalCA(ctx, c, opts.SystemNamespace)
+	}); err != nil {
+		return err
+	}
+
+	var m *Meshcert
+	var metricsAddr string
+	if err := step("meshcert: webhook and reconciler", func() (string, error) {
+		cfg, err := c.MeshcertConfig(opts.SystemNamespace)
+		if err != nil {
+			return "", err
+		}
+		cfg.Dev = true
+		port, err := freePort()
+		if err != nil {
+			return "", err
+		}
+		metricsAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+		cfg.MetricsAddr = metricsAddr
+		m, err = c.StartMeshcert(ctx, cfg, logFile, nil)
+		return "", err
+	}); err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(out, "stopping meshcert")
+		err = errors.Join(err, m.Stop())
+	}()
+
+	if err := step("admin kubeconfig", func() (string, error) {
+		return c.Kubeconfig, nil
+	}); err != nil {
+		return err
+	}
+
+	kubeconfig := relative(c.Kubeconfig)
+	fmt.Fprintf(out, "meshcert is ready after %s; Ctrl-C stops it.\n", time.Since(start).Round(10*time.Millisecond))
+	fmt.Fprintf(out, "  kubeconfig: %s\n  logs:       %s\n  metrics:    http://%s/metrics\n", kubeconfig, relative(logFile.Name()), metricsAddr)
+	fmt.Fprintf(out, "Try:\n  kubectl --kubeconfig %s apply -f examples/mesh.yaml\n", kubeconfig)
+	fmt.Fprintf(out, "  kubectl --kubeconfig %s apply -f examples/dataplanes.yaml\n", kubeconfig)
+	fmt.Fprintf(out, "  kubectl --kubeconfig %s apply -f examples/broken/\n", kubeconfig)
+	<-ctx.Done()
+	fmt.Fprintln(out, "shutting down")
+	return nil
+}
+
+// clusterBinaries finds kube-apiserver and etcd, building them on first use.
+func clusterBinaries(out io.Writer) (string, error) {
+	if dir := os.Getenv(AssetsEnv); dir != "" {
+		return "from " + AssetsEnv, nil
+	}
+	cmd := exec.Command("hack/cluster-bins.sh", "assets")
+	progress := &indented{w: out}
+	cmd.Stderr = progress
+	dir, err := cmd.Output()
+	if progress.wroteAny {
+		fmt.Fprint(out, "\n      done in")
+	}
+	if err != nil {
+		return "", fmt.Errorf("hack/cluster-bins.sh (run from the meshcert checkout): %w", err)
+	}
+	assets := strings.TrimSpace(string(dir))
+	if err := os.Setenv(AssetsEnv, assets); err != nil {
+		return "", err
+	}
+	return assets, nil
+}
+
+// setupLocalCA makes the system namespace, a self-signed CA, and a CA Issuer
+// and ClusterIssuer named local-ca backed by it.
+func setupLocalCA(ctx context.Context, c *Cluster, namespace string) error {
+	if err := EnsureNamespace(ctx, c.Client, namespace); err != nil {
+		return err
+	}
+	ca, err := NewCA("meshcert local CA")
+	if err != nil {
+		return err
+	}
+	for _, iss := range []CAIssuer{
+		{Name: LocalCA, Namespace: namespace, SecretName: LocalCA, SecretNamespace: namespace, CA: ca},
+		{Name: LocalCA, SecretName: LocalCA, SecretNamespace: namespace, CA: ca},
+	} {
+		if err := CreateCAIssuer(ctx, c.Client, iss); err != nil {
+			return err
+		}
+		kind := cmapi.IssuerKind
+		if iss.Namespace == "" {
+			kind = cmapi.ClusterIssuerKind
+		}
+		if err := WaitIssuerReady(ctx, c.Client, cmmeta.IssuerReference{Name: iss.Name, Kind: kind}, iss.Namespace); err != nil {
+			return fmt.Errorf("%s %s is not Ready: %w", kind, iss.Name, err)
+		}
+	}
+	return nil
+}
+
+// fileLogger logs to w in zap's console format.
+func fileLogger(w io.Writer, name string) logr.Logger {
+	return crzap.New(crzap.WriteTo(w), crzap.UseDevMode(true)).WithName(name)
+}
+
+// relative shortens a path under the working directory.
+func relative(p string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return p
+	}
+	if r, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(r, "..") {
+		return r
+	}
+	return p
+}
+
+// indented writes lines under a step's heading, each indented on its own line.
+type indented struct {
+	w        io.Writer
+	midLine  bool
+	wroteAny bool
+}
+
+func (i *indented) Write(p []byte) (int, error) {
+	for _, chunk := range strings.SplitAfter(string(p), "\n") {
+		if chunk == "" {
+			continue
+		}
+		text := strings.TrimSuffix(chunk, "\n")
+		if !i.midLine {
+			text = "\n      " + text
+		}
+		if _, err := io.WriteString(i.w, text); err != nil {
+			return 0, err
+		}
+		i.midLine = !strings.HasSuffix(chunk, "\n")
+		i.wroteAny = true
+	}
+	return len(p), nil
+}

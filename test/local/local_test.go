@@ -1,0 +1,278 @@
+// Package local tests `make run`: the local runner's entry point, run as a
+// command, and the README's walk-through against it, exactly as written.
+package local
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const readyLine = "meshcert is ready"
+
+func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "meshcert-local")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/meshcert-local").CombinedOutput(); err != nil {
+		t.Fatalf("building the local runner: %v\n%s", err, out)
+	}
+	state := filepath.Join(tmp, "state")
+
+	cmd := exec.Command(bin, "--dir", state)
+	cmd.Dir = root
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	output := &lockedBuffer{}
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			output.WriteString(s.Text() + "\n")
+		}
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	})
+
+	waitForLine(t, output, readyLine, 3*time.Minute)
+	t.Logf("local runner output:\n%s", output.String())
+	apiServer := regexp.MustCompile(`\((https://[^)]+)\)`).FindStringSubmatch(output.String())
+	if apiServer == nil {
+		t.Fatal("no API server address in the output")
+	}
+
+	kubeconfig := filepath.Join(state, "kubeconfig")
+	for _, c := range walkthrough(t, filepath.Join(root, "README.md")) {
+		command := strings.ReplaceAll(c, ".local/kubeconfig", kubeconfig)
+		rejected := strings.Contains(c, "examples/broken")
+		out, err := runUntil(root, command, 30*time.Second, func(out string, err error) bool {
+			return (err == nil) != rejected
+		})
+		switch {
+		case rejected && err == nil:
+			t.Errorf("%s: succeeded, want a rejection\n%s", c, out)
+		case rejected && !strings.Contains(out, "is invalid"):
+			t.Errorf("%s: failed without a validation error:\n%s", c, out)
+		case !rejected && err != nil:
+			t.Errorf("%s: %v\n%s", c, err, out)
+		}
+		t.Logf("$ %s\n%s", c, out)
+	}
+
+	// Each broken example is rejected as its comment says.
+	broken, _ := filepath.Glob(filepath.Join(root, "examples", "broken", "*.yaml"))
+	for _, f := range broken {
+		out, err := exec.Command("kubectl", "--kubeconfig", kubeconfig, "apply", "-f", f).CombinedOutput()
+		if err == nil {
+			t.Errorf("%s was accepted", filepath.Base(f))
+		}
+		for _, want := range expectedErrors(t, f) {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s: the rejection lacks %q:\n%s", filepath.Base(f), want, out)
+			}
+		}
+	}
+
+	// What the walk-through should have shown.
+	kubectl := func(args ...string) string {
+		out, err := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if got := kubectl("get", "mesh", "demo", "-o", "jsonpath={.spec.mtls.backends[0].conf.issuerRef}"); got != `{"group":"cert-manager.io","kind":"Issuer","name":"local-ca"}` {
+		t.Errorf("stored issuerRef %s, want the defaults filled in", got)
+	}
+	certPEM := kubectl("-n", "demo-app", "get", "secret", "web-mtls", "-o", "jsonpath={.data.tls\\.crt}")
+	assertWebCertificate(t, certPEM)
+	if meshes := kubectl("get", "meshes", "-o", "name"); strings.Contains(meshes, "broken") {
+		t.Errorf("a broken mesh was stored: %s", meshes)
+	}
+
+	// SIGTERM stops everything it started.
+	go func() { exited <- cmd.Wait() }()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the runner did not stop within a minute of SIGTERM")
+	}
+	if n := strings.Count(output.String(), readyLine); n != 1 {
+		t.Errorf("%q printed %d times, want once", readyLine, n)
+	}
+	if left := processesUsing(state); len(left) > 0 {
+		t.Errorf("processes left running: %v", left)
+	}
+	u, _ := url.Parse(apiServer[1])
+	if conn, err := net.DialTimeout("tcp", u.Host, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("the API server's port %s is still open", u.Host)
+	}
+}
+
+// walkthrough returns the commands of README.md's walk-through, between
+// <!-- walkthrough --> and <!-- /walkthrough -->, in order.
+func walkthrough(t *testing.T, readme string) []string {
+	t.Helper()
+	b, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	start, end := strings.Index(text, "<!-- walkthrough -->"), strings.Index(text, "<!-- /walkthrough -->")
+	if start < 0 || end < start {
+		t.Fatal("README.md has no walk-through section")
+	}
+	var commands []string
+	inCode := false
+	for _, line := range strings.Split(text[start:end], "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "```sh"):
+			inCode = true
+		case strings.HasPrefix(trimmed, "```"):
+			inCode = false
+		case inCode && trimmed != "" && !strings.HasPrefix(trimmed, "#"):
+			commands = append(commands, trimmed)
+		}
+	}
+	if len(commands) < 5 {
+		t.Fatalf("the walk-through has %d commands, want at least 5", len(commands))
+	}
+	return commands
+}
+
+// runUntil runs a shell command until done says its outcome is final, or
+// the timeout passes: issuance takes a moment, as it would for a person.
+func runUntil(dir, command string, timeout time.Duration, done func(string, error) bool) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		c := exec.Command("bash", "-o", "pipefail", "-c", command)
+		c.Dir = dir
+		out, err := c.CombinedOutput()
+		if done(string(out), err) || time.Now().After(deadline) {
+			return string(out), err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func waitForLine(t *testing.T, output *lockedBuffer, line string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(output.String(), line) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q line after %s; output:\n%s", line, timeout, output.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func assertWebCertificate(t *testing.T, b64 string) {
+	t.Helper()
+	out, err := exec.Command("bash", "-c", "base64 -d <<<"+b64).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(out)
+	if block == nil {
+		t.Fatal("tls.crt is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uris []string
+	for _, u := range cert.URIs {
+		uris = append(uris, u.String())
+	}
+	if got, want := strings.Join(uris, " "), "spiffe://demo/web kuma://kuma.io/service/web kuma://version/v1"; got != want {
+		t.Errorf("URI SANs %q, want %q", got, want)
+	}
+}
+
+// processesUsing lists the processes whose command line mentions dir.
+func processesUsing(dir string) []string {
+	entries, _ := os.ReadDir("/proc")
+	var found []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if cmdline := strings.ReplaceAll(string(b), "\x00", " "); strings.Contains(cmdline, dir) {
+			found = append(found, fmt.Sprintf("%s: %s", e.Name(), cmdline))
+		}
+	}
+	return found
+}
+
+// lockedBuffer is written by the output reader while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) WriteString(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.WriteString(s)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// expectedErrors reads the errors an example's comment promises: the
+// indented comment lines after "Expect:", without a trailing "...".
+func expectedErrors(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "#   "); ok {
+			want = append(want, strings.TrimSuffix(strings.TrimSpace(rest), "..."))
+		}
+	}
+	if len(want) == 0 {
+		t.Fatalf("%s promises no error in its comment", file)
+	}
+	return want
+}
