@@ -14,8 +14,9 @@ FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./model:FuzzParseMeshSpec ./valida
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: test
-test: vet ## Everything: unit, end-to-end against a real API server, and a fuzz smoke run.
-	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" $(GO) test -count=1 -timeout 30m ./...
+test: vet ## Everything: unit, chart, end-to-end against a real API server, and a fuzz smoke run.
+	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
+	  $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 
 .PHONY: vet

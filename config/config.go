@@ -58,6 +58,9 @@ type Config struct {
 
 	Dev      bool
 	LogLevel int
+
+	// ShowVersion asks for the version only; nothing else is validated.
+	ShowVersion bool
 }
 
 // ErrHelp is returned when -h or --help was asked for; usage has been printed.
@@ -100,8 +103,12 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
 	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every admission, 2 and up more detail.")
 
+	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if c.ShowVersion {
+		return c, nil
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q: meshcert takes only flags", fs.Arg(0))

@@ -18,12 +18,13 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { echo "cluster-bins: $*" >&2; }
 
-# build NAME VERSION PACKAGE MODULE LDFLAGS [REPLACES...]: builds PACKAGE of MODULE@VERSION
-# inside a throwaway wrapper module and installs it at $CACHE/NAME-VERSION/NAME.
+# build NAME KEY VERSION PACKAGE MODULE LDFLAGS [REPLACES...]: builds PACKAGE of
+# MODULE@VERSION inside a throwaway wrapper module and installs it at
+# $CACHE/NAME-KEY/NAME. KEY is the version, plus anything else the build depends on.
 build() {
-  local name=$1 version=$2 pkg=$3 module=$4 ldflags=$5
-  shift 5
-  local dest="$CACHE/$name-$version/$name"
+  local name=$1 key=$2 version=$3 pkg=$4 module=$5 ldflags=$6
+  shift 6
+  local dest="$CACHE/$name-$key/$name"
   if [[ -x "$dest" ]]; then
     echo "$dest"
     return
@@ -44,7 +45,7 @@ MOD
     for r in "$@"; do echo "replace $r" >>go.mod; done
     printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >tools.go
     go mod tidy >&2
-    go build -trimpath -ldflags "-s -w $ldflags" -o "$work/$name" "$pkg" >&2
+    go build -trimpath -ldflags "-s -w ${ldflags//$'\n'/ }" -o "$work/$name" "$pkg" >&2
     mkdir -p "$(dirname "$dest")"
     mv "$work/$name" "$dest"
   )
@@ -68,18 +69,25 @@ kube_apiserver() {
   local major minor
   major=${KUBE_VERSION#v}; major=${major%%.*}
   minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
-  build kube-apiserver "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes \
+  build kube-apiserver "$KUBE_VERSION" "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes \
     "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor" \
     "${replaces[@]}"
 }
 
 etcd() {
-  build etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ""
+  build etcd "$ETCD_VERSION" "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ""
 }
 
+# helm's release builds stamp the Kubernetes version of their client-go; without
+# it helm template assumes v1.20 and refuses charts that need newer.
 helm() {
-  build helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm.sh/helm/v3 \
-    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local gomod minor
+  gomod=$(cd "$CACHE"; go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  minor=$(sed -n 's#^\s*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod")
+  build helm "$HELM_VERSION-k8s1.$minor" "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm.sh/helm/v3 \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION
+     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor
+     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
 }
 
 assets() {

@@ -25,6 +25,10 @@ func main() {
 	if errors.Is(err, config.ErrHelp) {
 		os.Exit(0)
 	}
+	if cfg.ShowVersion {
+		fmt.Println(version)
+		return
+	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			fmt.Fprintf(os.Stderr, "meshcert: %s\n", line)

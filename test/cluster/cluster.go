@@ -150,7 +150,7 @@ func (c *Cluster) prepareWebhooks() error {
 	}
 	c.WebhookHost, c.WebhookPort = "127.0.0.1", port
 	reg := webhook.RegistrationOptions{
-		Name: "meshcert",
+		Name: "meshcert-local",
 		ClientConfig: func(path string) admissionregistrationv1.WebhookClientConfig {
 			url := fmt.Sprintf("https://%s%s", net.JoinHostPort(c.WebhookHost, fmt.Sprint(port)), path)
 			return admissionregistrationv1.WebhookClientConfig{URL: &url}

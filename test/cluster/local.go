@@ -135,7 +135,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 		}
 		metricsAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
 		cfg.MetricsAddr = metricsAddr
-		m, err = c.StartMeshcert(ctx, cfg, logFile, nil)
+		m, err = c.StartMeshcert(ctx, cfg, MeshcertOptions{Logs: logFile})
 		return "", err
 	}); err != nil {
 		return err

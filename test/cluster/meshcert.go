@@ -23,21 +23,31 @@ type Meshcert struct {
 	done   chan error
 }
 
-// StartMeshcert runs meshcert with cfg, its logs going to logs, and waits until
-// its readiness probe passes. The probe address is chosen here. wrap, if not
-// nil, wraps meshcert's HTTP transport to the API server, to observe it.
-func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, logs io.Writer, wrap func(http.RoundTripper) http.RoundTripper) (*Meshcert, error) {
+// MeshcertOptions says how meshcert reaches the cluster and where it logs.
+type MeshcertOptions struct {
+	Logs io.Writer
+	// Wrap, if not nil, wraps meshcert's transport to the API server, to observe it.
+	Wrap func(http.RoundTripper) http.RoundTripper
+	// As, if set, is the user meshcert acts as, e.g. a ServiceAccount's
+	// system:serviceaccount:NS:NAME, so that its RBAC applies. Default: admin.
+	As string
+}
+
+// StartMeshcert runs meshcert with cfg through app.Run, and waits until its
+// readiness probe passes. The probe address is chosen here.
+func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, opts MeshcertOptions) (*Meshcert, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	cfg.ProbeAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
-	ctrl.SetLogger(zap.New(append(app.LogOptions(cfg), zap.WriteTo(logs))...))
+	ctrl.SetLogger(zap.New(append(app.LogOptions(cfg), zap.WriteTo(opts.Logs))...))
 
 	ctx, cancel := context.WithCancel(ctx)
 	m := &Meshcert{cancel: cancel, done: make(chan error, 1)}
 	restConfig := rest.CopyConfig(c.Config)
-	restConfig.WrapTransport = wrap
+	restConfig.WrapTransport = opts.Wrap
+	restConfig.Impersonate.UserName = opts.As
 	go func() { m.done <- app.Run(ctx, cfg, restConfig) }()
 
 	readyz := "http://" + cfg.ProbeAddr + "/readyz"

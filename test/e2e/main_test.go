@@ -95,7 +95,7 @@ func run(m *testing.M) (int, error) {
 	}
 	cfg.ReconcilerEnabled = false
 	testEnv.logs = &syncBuffer{}
-	mc, err := c.StartMeshcert(ctx, cfg, testEnv.logs, nil)
+	mc, err := c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: testEnv.logs})
 	if err != nil {
 		return 0, err
 	}

@@ -417,7 +417,7 @@ func startFirst(t *testing.T) func() error {
 		t.Fatal(err)
 	}
 	cfg.WebhookEnabled = false
-	m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, testEnv.logs, nil)
+	m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, cluster.MeshcertOptions{Logs: testEnv.logs})
 	if err != nil {
 		t.Fatal(err)
 	}
