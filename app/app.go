@@ -25,6 +25,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/reconciler"
 	"github.com/meshcert/meshcert/webhook"
@@ -46,7 +47,7 @@ func Scheme() *runtime.Scheme {
 // cache fails instead of quietly caching it all.
 func cacheOptions(cfg config.Config) cache.Options {
 	system := map[string]cache.Config{cfg.SystemNamespace: {}}
-	managed := labels.SelectorFromSet(labels.Set{reconciler.ManagedByLabel: reconciler.ManagedByValue})
+	managed := labels.SelectorFromSet(labels.Set{model.ManagedByLabel: model.ManagedByValue})
 	dataplanes := map[string]cache.Config{}
 	secrets := map[string]cache.Config{cfg.SystemNamespace: {}}
 	if len(cfg.DataplaneNamespaces) == 0 {
@@ -108,6 +109,10 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 
+	// Both halves count delivered Secrets by mesh and backend.
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Secret{}, lookup.IssuedByIndex, lookup.IssuedByKey); err != nil {
+		return err
+	}
 	if cfg.WebhookEnabled {
 		// Ask for the informers now, so the cache starts them with the manager
 		// and readiness waits for them, instead of the first admission paying.
@@ -116,7 +121,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 				return fmt.Errorf("watching %T (are cert-manager's CRDs installed?): %w", obj, err)
 			}
 		}
-		webhook.Register(mgr, cfg.SystemNamespace)
+		webhook.Register(mgr, cfg.SystemNamespace, cfg.AllowUnsafeCASwitch)
 		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 			return err
 		}
@@ -132,6 +137,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			RequestTimeout:  cfg.RequestTimeout,
 			KeepRequests:    cfg.KeepRequests,
 			Backoff:         reconciler.Backoff{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			SwitchWindow:    cfg.SwitchWindow,
 		}
 		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the reconciler: %w", err)

@@ -36,6 +36,8 @@ type Config struct {
 	KeyName        string
 	TLSMinVersion  uint16
 	EnableHTTP2    bool
+	// AllowUnsafeCASwitch lets a Mesh update enable the backend it adds.
+	AllowUnsafeCASwitch bool
 
 	MetricsAddr string
 	ProbeAddr   string
@@ -48,6 +50,7 @@ type Config struct {
 	BackoffInitial    time.Duration
 	BackoffMax        time.Duration
 	SyncPeriod        time.Duration
+	SwitchWindow      time.Duration
 	KubeAPIQPS        float64
 	KubeAPIBurst      int
 
@@ -84,6 +87,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.KeyName, "webhook-key-name", "tls.key", "File name of the serving key in --webhook-cert-dir.")
 	fs.StringVar(&tlsMin, "tls-min-version", "1.2", "Minimum TLS version of the webhook server: 1.2 or 1.3.")
 	fs.BoolVar(&c.EnableHTTP2, "enable-http2", false, "Allow HTTP/2 on the webhook and metrics servers. Off by default (CVE-2023-44487, CVE-2023-39325).")
+	fs.BoolVar(&c.AllowUnsafeCASwitch, "allow-unsafe-ca-switch", false, "Let one Mesh update add a backend and enable it, skipping the two-step CA rotation. For emergencies, such as a compromised CA key.")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 turns it off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
 	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
@@ -93,6 +97,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")
 	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
+	fs.DurationVar(&c.SwitchWindow, "switch-window", time.Minute, "When a Mesh's enabled backend changes, spread the dataplanes' reissues over this window.")
 	fs.DurationVar(&c.SyncPeriod, "sync-period", 10*time.Hour, "How often every watched object is reconciled again, changed or not.")
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", -1, "Client-side limit of API requests per second; -1 leaves rate limiting to the API server's priority and fairness.")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 0, "Burst of the client-side limit, when --kube-api-qps is positive. Default: twice the QPS.")
@@ -206,7 +211,7 @@ func (c Config) validate() error {
 	for _, d := range []struct {
 		flag  string
 		value time.Duration
-	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}, {"sync-period", c.SyncPeriod}} {
+	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}, {"sync-period", c.SyncPeriod}, {"switch-window", c.SwitchWindow}} {
 		if d.value <= 0 {
 			bad(d.flag, d.value, "must be positive")
 		}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/validation"
 )
 
@@ -41,6 +42,29 @@ func (l Cache) Issuer(ref cmmeta.IssuerReference) (*validation.IssuerState, erro
 	}
 	state := IssuerReadiness(iss.GetStatus())
 	return &state, nil
+}
+
+// IssuedByIndex indexes meshcert's Secrets by mesh and issuing backend.
+const IssuedByIndex = "meshcert.io/issued-by"
+
+// IssuedByKey is the IssuedByIndex value of a Secret: "mesh/backend" for
+// the Secrets meshcert delivered, none for others.
+func IssuedByKey(o client.Object) []string {
+	if o.GetLabels()[model.ManagedByLabel] != model.ManagedByValue {
+		return nil
+	}
+	a := o.GetAnnotations()
+	return []string{a[model.MeshAnnotation] + "/" + a[model.BackendAnnotation]}
+}
+
+// IssuedBy implements validation.Lookup, from the IssuedByIndex.
+func (l Cache) IssuedBy(mesh, backend string) (int, error) {
+	var secrets corev1.SecretList
+	// Counting only: no need to copy the Secrets out of the cache.
+	if err := l.Cache.List(l.Ctx, &secrets, client.MatchingFields{IssuedByIndex: mesh + "/" + backend}, client.UnsafeDisableDeepCopy); err != nil {
+		return 0, err
+	}
+	return len(secrets.Items), nil
 }
 
 // GenericIssuer returns the Issuer (in the system namespace) or ClusterIssuer

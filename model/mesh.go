@@ -73,6 +73,8 @@ type Backend struct {
 	DpCert DpCert
 	// CertManager is the parsed conf of a certmanager backend, nil for other types.
 	CertManager *CertManagerConf
+	// ProvidedCert is the conf.cert of a provided backend: its CA certificate.
+	ProvidedCert *DataSource
 }
 
 // DpCert is spec.mtls.backends[].dpCert.
@@ -177,12 +179,22 @@ func (r *reader) backend(obj map[string]any, p *field.Path) Backend {
 			b.DpCert.Expiration = r.str(rot, "expiration", dpPath.Child("rotation"))
 		}
 	}
-	if b.Type == BackendTypeCertManager {
+	switch b.Type {
+	case BackendTypeCertManager:
 		conf := &CertManagerConf{}
 		if c, ok := r.optObject(obj, "conf", p.Child("conf")); ok {
 			r.certManagerConf(c, p.Child("conf"), conf)
 		}
 		b.CertManager = conf
+	case BackendTypeProvided:
+		// Read for its root only: meshcert does not validate backends it
+		// does not own, so this reader's errors are dropped.
+		lenient := &reader{}
+		if c, ok := lenient.optObject(obj, "conf", p.Child("conf")); ok {
+			if cert, ok := lenient.optObject(c, "cert", p.Child("conf", "cert")); ok {
+				b.ProvidedCert = lenient.dataSource(cert, p.Child("conf", "cert"))
+			}
+		}
 	}
 	return b
 }

@@ -17,3 +17,9 @@ func MeshOfSecret(labels map[string]string) string {
 	}
 	return DefaultMesh
 }
+
+// BuiltinCASecretName is the mesh Secret in which Kuma keeps the CA
+// certificate of a builtin backend.
+func BuiltinCASecretName(mesh, backend string) string {
+	return mesh + ".ca-builtin-cert-" + backend
+}

@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"net/url"
 	"slices"
 	"time"
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshcert/meshcert/model"
 )
 
 // renewalFraction is the part of a certificate's lifetime after which Kuma
@@ -20,60 +23,68 @@ const (
 	renewalJitter   = 0.1
 )
 
-// delivered is what a valid Secret holds.
-type delivered struct {
+// reasonBackendChanged is why a certificate is reissued when the enabled
+// backend changes; such reissues are spread over the switch window.
+const reasonBackendChanged = "the backend changed"
+
+// verdict is what a delivered Secret needs.
+type verdict struct {
 	leaf    *x509.Certificate
 	renewAt time.Time
+	// reissue says why a new certificate is needed; empty when none is.
+	reissue string
+	// usable means the current certificate still serves: its key matches and
+	// it verifies against its ca.crt, so a reissue may wait its turn.
+	usable bool
+	// staleBundle means only ca.crt needs rewriting: the mesh's roots changed.
+	staleBundle bool
 }
 
-// checkDelivered tells whether a delivered Secret still serves the plan: the
-// same identity and issuer, a key that matches the certificate, a chain to
-// its ca.crt, and no renewal due. It returns why not, or the certificate.
-// It is pure, so a resync that finds everything in order writes nothing.
-func checkDelivered(s *corev1.Secret, p *plan, now time.Time) (*delivered, string) {
+// checkDelivered judges a delivered Secret against the plan. It is pure, so a
+// resync that finds everything in order writes nothing.
+func checkDelivered(s *corev1.Secret, p *plan, now time.Time) verdict {
 	if s == nil {
-		return nil, "no Secret yet"
-	}
-	switch {
-	case s.Annotations[IdentityHashAnnotation] != p.identityHash:
-		return nil, "the identity changed"
-	case s.Annotations[IssuerHashAnnotation] != p.issuerHash:
-		return nil, "the backend changed"
+		return verdict{reissue: "no Secret yet"}
 	}
 	chain, err := pki.DecodeX509CertificateChainBytes(s.Data[corev1.TLSCertKey])
 	if err != nil {
-		return nil, "tls.crt is not a certificate chain"
+		return verdict{reissue: "tls.crt is not a certificate chain"}
 	}
 	leaf := chain[0]
 	key, err := pki.DecodePrivateKeyBytes(s.Data[corev1.TLSPrivateKeyKey])
 	if err != nil {
-		return nil, "tls.key is not a private key"
+		return verdict{reissue: "tls.key is not a private key"}
 	}
 	if ok, err := pki.PublicKeyMatchesCertificate(key.Public(), leaf); err != nil || !ok {
-		return nil, "tls.key does not match tls.crt"
+		return verdict{reissue: "tls.key does not match tls.crt"}
 	}
-	if !sameURIs(leaf.URIs, p.uris) {
-		return nil, "the certificate's URI SANs are not the dataplane's identity"
+	if _, err := verifiedRoot(chain, s.Data[model.CAKey], now); err != nil {
+		return verdict{reissue: "the certificate does not verify against ca.crt: " + err.Error()}
 	}
-	if p.trust != nil && !bytes.Equal(s.Data[CAKey], p.trust) {
-		return nil, "ca.crt is not the backend's CA"
+	v := verdict{leaf: leaf, usable: true, renewAt: renewalTime(leaf, p.jitterSeed())}
+	switch {
+	case s.Annotations[model.IdentityHashAnnotation] != p.identityHash || !sameURIs(leaf.URIs, p.uris):
+		v.reissue = "the identity changed"
+	case s.Annotations[model.IssuerHashAnnotation] != p.issuerHash:
+		v.reissue = reasonBackendChanged
+	case !now.Before(v.renewAt):
+		v.reissue = "renewal is due"
+	case p.bundleComplete && !bytes.Equal(s.Data[model.CAKey], p.bundle):
+		if _, err := verifiedRoot(chain, p.bundle, now); err != nil {
+			v.reissue = "the certificate does not verify against the mesh's roots"
+		} else {
+			v.staleBundle = true
+		}
 	}
-	if err := verifyChain(chain, s.Data[CAKey], now); err != nil {
-		return nil, "the certificate does not verify against ca.crt: " + err.Error()
-	}
-	renewAt := renewalTime(leaf, p.jitterSeed())
-	if !now.Before(renewAt) {
-		return nil, "renewal is due"
-	}
-	return &delivered{leaf: leaf, renewAt: renewAt}, ""
+	return v
 }
 
-// verifyChain checks that chain[0] verifies against the roots in caPEM, with
-// chain[1:] as intermediates.
-func verifyChain(chain []*x509.Certificate, caPEM []byte, now time.Time) error {
+// verifiedRoot verifies chain[0] against the roots in caPEM, with chain[1:]
+// as intermediates, and returns the root it chains to.
+func verifiedRoot(chain []*x509.Certificate, caPEM []byte, now time.Time) (*x509.Certificate, error) {
 	roots, err := pki.DecodeX509CertificateSetBytes(caPEM)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts := x509.VerifyOptions{
 		Roots:         x509.NewCertPool(),
@@ -87,8 +98,14 @@ func verifyChain(chain []*x509.Certificate, caPEM []byte, now time.Time) error {
 	for _, c := range chain[1:] {
 		opts.Intermediates.AddCert(c)
 	}
-	_, err = chain[0].Verify(opts)
-	return err
+	chains, err := chain[0].Verify(opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(chains) == 0 {
+		return nil, errors.New("no chain")
+	}
+	return chains[0][len(chains[0])-1], nil
 }
 
 // renewalTime is when a certificate is renewed: once 4/5 of its lifetime has
@@ -97,9 +114,17 @@ func verifyChain(chain []*x509.Certificate, caPEM []byte, now time.Time) error {
 // and resyncs, yet certificates issued together renew apart.
 func renewalTime(leaf *x509.Certificate, seed string) time.Time {
 	lifetime := leaf.NotAfter.Sub(leaf.NotBefore)
-	sum := sha256.Sum256([]byte(seed + "/" + leaf.SerialNumber.String()))
-	jitter := float64(binary.BigEndian.Uint64(sum[:8])>>11) / (1 << 53) // uniform in [0, 1)
-	return leaf.NotBefore.Add(time.Duration(float64(lifetime) * (renewalFraction - renewalJitter*jitter)))
+	return leaf.NotBefore.Add(time.Duration(float64(lifetime) * (renewalFraction - renewalJitter*unitFraction(seed, leaf.SerialNumber.String()))))
+}
+
+// unitFraction maps its parts to a stable number in [0, 1).
+func unitFraction(parts ...string) float64 {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return float64(binary.BigEndian.Uint64(h.Sum(nil)[:8])>>11) / (1 << 53)
 }
 
 func sameURIs(a, b []*url.URL) bool {

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshcert/meshcert/model"
 )
 
 var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -75,24 +78,27 @@ func TestCheckDelivered(t *testing.T) {
 	issuedAt := now.Add(-time.Hour)
 	good := func() *corev1.Secret {
 		return &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{IdentityHashAnnotation: "id", IssuerHashAnnotation: "iss"}},
+			ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{model.IdentityHashAnnotation: "id", model.IssuerHashAnnotation: "iss"}},
 			Data: map[string][]byte{
 				corev1.TLSCertKey:       ca.issue(t, key, uris, issuedAt, 10*time.Hour),
 				corev1.TLSPrivateKeyKey: keyPEM,
-				CAKey:                   ca.pem,
+				model.CAKey:             ca.pem,
 			},
 		}
 	}
+	bothRoots := encodeRoots([]*x509.Certificate{ca.cert, otherCA.cert})
 	tests := map[string]struct {
-		secret  func() *corev1.Secret
-		plan    func(*plan)
-		now     time.Time
-		wantWhy string
+		secret    func() *corev1.Secret
+		plan      func(*plan)
+		now       time.Time
+		wantWhy   string
+		usable    bool
+		wantStale bool
 	}{
 		"in order":         {secret: good},
 		"no Secret":        {secret: func() *corev1.Secret { return nil }, wantWhy: "no Secret yet"},
-		"identity changed": {secret: good, plan: func(p *plan) { p.identityHash = "other" }, wantWhy: "the identity changed"},
-		"backend changed":  {secret: good, plan: func(p *plan) { p.issuerHash = "other" }, wantWhy: "the backend changed"},
+		"identity changed": {secret: good, plan: func(p *plan) { p.identityHash = "other" }, wantWhy: "the identity changed", usable: true},
+		"backend changed":  {secret: good, plan: func(p *plan) { p.issuerHash = "other" }, wantWhy: reasonBackendChanged, usable: true},
 		"certificate unreadable": {
 			secret:  func() *corev1.Secret { s := good(); s.Data[corev1.TLSCertKey] = []byte("junk"); return s },
 			wantWhy: "tls.crt is not a certificate chain",
@@ -111,23 +117,35 @@ func TestCheckDelivered(t *testing.T) {
 				s.Data[corev1.TLSCertKey] = ca.issue(t, key, mustURLs("spiffe://demo/admin"), issuedAt, 10*time.Hour)
 				return s
 			},
-			wantWhy: "the certificate's URI SANs are not the dataplane's identity",
-		},
-		"ca.crt is not the caCert": {
-			secret:  good,
-			plan:    func(p *plan) { p.trust = otherCA.pem },
-			wantWhy: "ca.crt is not the backend's CA",
+			wantWhy: "the identity changed",
+			usable:  true,
 		},
 		"ca.crt replaced": {
-			secret:  func() *corev1.Secret { s := good(); s.Data[CAKey] = otherCA.pem; return s },
+			secret:  func() *corev1.Secret { s := good(); s.Data[model.CAKey] = otherCA.pem; return s },
 			wantWhy: "the certificate does not verify against ca.crt",
 		},
-		"renewal due at 4/5 of the lifetime": {secret: good, now: issuedAt.Add(8 * time.Hour), wantWhy: "renewal is due"},
+		"a root added to the mesh: ca.crt only": {
+			secret:    good,
+			plan:      func(p *plan) { p.bundle, p.bundleComplete = bothRoots, true },
+			wantStale: true,
+		},
+		"a root still being learned: wait": {
+			secret: good,
+			plan:   func(p *plan) { p.bundle, p.bundleComplete = otherCA.pem, false },
+		},
+		"the issuing root left the mesh": {
+			secret:  good,
+			plan:    func(p *plan) { p.bundle, p.bundleComplete = otherCA.pem, true },
+			wantWhy: "the certificate does not verify against the mesh's roots",
+			usable:  true,
+		},
+		"renewal due at 4/5 of the lifetime": {secret: good, now: issuedAt.Add(8 * time.Hour), wantWhy: "renewal is due", usable: true},
 		"expired":                            {secret: good, now: issuedAt.Add(11 * time.Hour), wantWhy: "the certificate does not verify against ca.crt"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			pl := *p
+			pl.bundle, pl.bundleComplete = ca.pem, true
 			if tc.plan != nil {
 				tc.plan(&pl)
 			}
@@ -135,21 +153,64 @@ func TestCheckDelivered(t *testing.T) {
 			if !tc.now.IsZero() {
 				at = tc.now
 			}
-			d, why := checkDelivered(tc.secret(), &pl, at)
+			v := checkDelivered(tc.secret(), &pl, at)
+			if !strings.HasPrefix(v.reissue, tc.wantWhy) || (tc.wantWhy == "") != (v.reissue == "") {
+				t.Errorf("reissue = %q, want %q", v.reissue, tc.wantWhy)
+			}
+			if v.staleBundle != tc.wantStale {
+				t.Errorf("staleBundle = %v, want %v", v.staleBundle, tc.wantStale)
+			}
 			if tc.wantWhy == "" {
-				if d == nil {
-					t.Fatalf("not delivered: %s", why)
-				}
-				lifetime := d.leaf.NotAfter.Sub(d.leaf.NotBefore)
-				if off := d.renewAt.Sub(d.leaf.NotBefore); off < lifetime*7/10 || off > lifetime*8/10 {
+				lifetime := v.leaf.NotAfter.Sub(v.leaf.NotBefore)
+				if off := v.renewAt.Sub(v.leaf.NotBefore); off < lifetime*7/10 || off > lifetime*8/10 {
 					t.Errorf("renews at %s of a %s lifetime, want between 7/10 and 8/10", off, lifetime)
 				}
-				return
-			}
-			if d != nil || !strings.HasPrefix(why, tc.wantWhy) {
-				t.Errorf("why = %q, want %q", why, tc.wantWhy)
+			} else if v.usable != tc.usable {
+				t.Errorf("usable = %v, want %v", v.usable, tc.usable)
 			}
 		})
+	}
+}
+
+func TestEncodeRootsIsStable(t *testing.T) {
+	a, b := newTestCA(t), newTestCA(t)
+	one := encodeRoots([]*x509.Certificate{a.cert, b.cert, a.cert})
+	two := encodeRoots([]*x509.Certificate{b.cert, a.cert})
+	if string(one) != string(two) {
+		t.Error("the same roots in another order, or twice, give another bundle")
+	}
+	if certs, _ := pki.DecodeX509CertificateSetBytes(one); len(certs) != 2 {
+		t.Errorf("%d certificates in the bundle, want 2", len(certs))
+	}
+}
+
+func TestSwitchSpreadsAndReports(t *testing.T) {
+	s := newSwitches(time.Minute)
+	if !s.begin("demo", "ca-2", now, 20) || s.begin("demo", "ca-2", now, 20) {
+		t.Fatal("begin must report only the first call")
+	}
+	var waits []time.Duration
+	for i := range 20 {
+		waits = append(waits, s.wait("demo", types.NamespacedName{Namespace: "ns", Name: "dp-" + string(rune('a'+i))}, now))
+	}
+	if slices.Min(waits) < 0 || slices.Max(waits) > time.Minute || slices.Max(waits)-slices.Min(waits) < 30*time.Second {
+		t.Errorf("waits %v are not spread over the minute", waits)
+	}
+	reports := 0
+	for i := range 20 {
+		_, _, report, complete := s.progress("demo", "ca-2")
+		if report {
+			reports++
+		}
+		if complete != (i == 19) {
+			t.Fatalf("complete at %d", i+1)
+		}
+	}
+	if reports != 9 {
+		t.Errorf("%d progress reports for 20 dataplanes, want one per tenth (9, then complete)", reports)
+	}
+	if s.wait("demo", types.NamespacedName{Name: "x"}, now) != 0 {
+		t.Error("a finished switch still delays")
 	}
 }
 

@@ -56,6 +56,19 @@ func (i *inventory) set(key types.NamespacedName, info certInfo) {
 	i.certs[key] = info
 }
 
+// countOthers counts a mesh's certificates from backends other than backend.
+func (i *inventory) countOthers(mesh, backend string) int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	n := 0
+	for _, c := range i.certs {
+		if c.mesh == mesh && c.backend != backend {
+			n++
+		}
+	}
+	return n
+}
+
 func (i *inventory) delete(key types.NamespacedName) {
 	i.mu.Lock()
 	defer i.mu.Unlock()

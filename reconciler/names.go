@@ -9,28 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
-// Labels and annotations on the Secrets and CertificateRequests meshcert
-// creates. The caches select them by ManagedByLabel; the annotations carry
-// exact names, since label values are limited to 63 characters.
-const (
-	ManagedByLabel               = "app.kubernetes.io/managed-by"
-	ManagedByValue               = "meshcert"
-	MeshLabel                    = "meshcert.io/mesh"
-	DataplaneNamespaceLabel      = "meshcert.io/dataplane-namespace"
-	DataplaneNameLabel           = "meshcert.io/dataplane-name"
-	MeshAnnotation               = "meshcert.io/mesh"
-	BackendAnnotation            = "meshcert.io/backend"
-	DataplaneNamespaceAnnotation = "meshcert.io/dataplane-namespace"
-	DataplaneNameAnnotation      = "meshcert.io/dataplane-name"
-	IdentityHashAnnotation       = "meshcert.io/identity-hash"
-	IssuerHashAnnotation         = "meshcert.io/issuer-hash"
-	NotAfterAnnotation           = "meshcert.io/not-after"
-
-	// CAKey is the trust bundle's key in a delivered Secret, as cert-manager
-	// names it.
-	CAKey = "ca.crt"
-)
-
 // hash is a short, stable digest of its parts.
 func hash(parts ...string) string {
 	h := sha256.New()

@@ -40,6 +40,14 @@ type plan struct {
 	// trust is the backend's caCert, or nil when the root comes from the
 	// issuer's status.ca.
 	trust []byte
+	// enabledKey names the enabled backend in the trust store.
+	enabledKey backendKey
+	// spec is the Mesh's parsed spec.
+	spec model.MeshSpec
+	// bundle is the mesh's trust bundle: the roots of every backend;
+	// bundleComplete says no backend's root is still being learned.
+	bundle         []byte
+	bundleComplete bool
 	// issuerVersion is the resourceVersion of the cert-manager issuer, so a
 	// change to the issuer ends a backoff.
 	issuerVersion string
@@ -83,6 +91,7 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 	p := &plan{
 		dataplane: types.NamespacedName{Namespace: dp.Namespace, Name: dp.Name},
 		mesh:      &mesh,
+		spec:      spec,
 		backend:   backend.Name,
 		issuerRef: defaults.IssuerRef(backend.CertManager.IssuerRef),
 		duration:  DefaultExpiration,
@@ -123,7 +132,8 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 		}
 		p.trust = data
 	}
-	p.issuerHash = hash(p.backend, p.issuerRef.Group, p.issuerRef.Kind, p.issuerRef.Name, string(p.trust))
+	p.enabledKey = certManagerKey(mesh.Name, *backend, p.trust)
+	p.issuerHash = p.enabledKey.config
 
 	if p.issuerRef.Group == defaults.IssuerGroup {
 		iss, err := cached.GenericIssuer(p.issuerRef)

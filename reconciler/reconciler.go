@@ -7,6 +7,7 @@ package reconciler
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"fmt"
 	"sync"
 	"time"
@@ -46,10 +47,14 @@ type Reconciler struct {
 	// KeepRequests keeps issued CertificateRequests for auditing.
 	KeepRequests bool
 	Backoff      Backoff
+	// SwitchWindow spreads the reissues of a switch of enabled backend.
+	SwitchWindow time.Duration
 
 	once     sync.Once
 	pending  *pendingRequests
 	failures *failures
+	trust    *trustStore
+	switches *switches
 	// conflicts are the dataplanes whose Secret name is held by a Secret
 	// meshcert does not manage.
 	conflicts sync.Map
@@ -59,6 +64,8 @@ func (r *Reconciler) init() {
 	r.once.Do(func() {
 		r.pending = &pendingRequests{byKey: map[types.NamespacedName]*pendingRequest{}}
 		r.failures = newFailures(r.Backoff)
+		r.trust = newTrustStore()
+		r.switches = newSwitches(r.SwitchWindow)
 	})
 }
 
@@ -96,16 +103,35 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	r.learnFromSecret(p, secret)
+	trust := r.trustOf(ctx, p.mesh.Name, p.spec)
+	p.bundle, p.bundleComplete = trust.bundle(), len(trust.unknown) == 0
 	now := r.Clock.Now()
-	d, why := checkDelivered(secret, p, now)
-	if d != nil {
+	v := checkDelivered(secret, p, now)
+	if v.reissue == "" {
 		r.failures.forget(key)
-		certInventory.set(key, certInfo{mesh: p.mesh.Name, backend: p.backend, notAfter: d.leaf.NotAfter})
+		certInventory.set(key, certInfo{mesh: p.mesh.Name, backend: p.backend, notAfter: v.leaf.NotAfter})
+		if v.staleBundle {
+			if err := r.updateBundle(ctx, secret, p.bundle); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
 		// Requests left behind by a crash between delivery and cleanup.
 		if err := r.cleanupRequests(ctx, key, ""); err != nil {
 			return ctrl.Result{}, err
 		}
-		return ctrl.Result{RequeueAfter: d.renewAt.Sub(now)}, nil
+		return ctrl.Result{RequeueAfter: v.renewAt.Sub(now)}, nil
+	}
+	if v.usable && v.reissue == reasonBackendChanged {
+		// Peers trust both roots by now: the switch can take its time.
+		from := secret.Annotations[model.BackendAnnotation]
+		if r.switches.begin(p.mesh.Name, p.backend, now, certInventory.countOthers(p.mesh.Name, p.backend)) {
+			r.Recorder.Eventf(p.mesh, nil, corev1.EventTypeNormal, "BackendSwitchStarted", "SwitchBackend",
+				"reissuing the dataplanes' certificates from backend %q (was %q), spread over %s", p.backend, from, r.SwitchWindow)
+		}
+		if wait := r.switches.wait(p.mesh.Name, key, now); wait > 0 {
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
 	}
 	if _, conflict := r.conflicts.Load(key); conflict && secret == nil {
 		// Check the name is free before asking a CA for a certificate that
@@ -115,7 +141,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		var s corev1.Secret
 		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: dp.Namespace, Name: SecretName(dp.Name)}, &s)
-		if err == nil && s.Labels[ManagedByLabel] != ManagedByValue {
+		if err == nil && s.Labels[model.ManagedByLabel] != model.ManagedByValue {
 			return ctrl.Result{RequeueAfter: r.failures.record(key, conflictCause, now)}, nil
 		}
 		if client.IgnoreNotFound(err) != nil {
@@ -126,7 +152,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if wait := r.failures.wait(key, p.cause(), now); wait > 0 {
 		return ctrl.Result{RequeueAfter: wait}, nil
 	}
-	logf.FromContext(ctx).V(1).Info("Issuing a certificate", "reason", why)
+	logf.FromContext(ctx).V(1).Info("Issuing a certificate", "reason", v.reissue)
 	return r.issue(ctx, &dp, p, secret)
 }
 
@@ -262,9 +288,15 @@ func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p
 		return r.fail(ctx, dp, p, "MissingCA", true, "backend %q: the issuer set no status.ca on CertificateRequest %s/%s and the backend has no caCert, so there is no trust bundle to deliver; set conf.caCert to the issuer's CA certificate", p.backend, cr.Namespace, cr.Name)
 	}
 	now := r.Clock.Now()
-	if err := verifyChain(chain, trust, now); err != nil {
+	root, err := verifiedRoot(chain, trust, now)
+	if err != nil {
 		return r.fail(ctx, dp, p, "UntrustedCertificate", true, "backend %q: the certificate of CertificateRequest %s/%s does not verify against the backend's CA: %v", p.backend, cr.Namespace, cr.Name, err)
 	}
+	if p.trust == nil {
+		r.trust.learn(p.enabledKey, []*x509.Certificate{root})
+	}
+	// The mesh's roots, with the enabled backend's now known.
+	bundle := r.trustOf(ctx, p.mesh.Name, p.spec).bundle()
 	keyPEM, err := pki.EncodePrivateKey(pr.key, cmapi.PKCS8)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -272,7 +304,7 @@ func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p
 	data := map[string][]byte{
 		corev1.TLSCertKey:       cr.Status.Certificate,
 		corev1.TLSPrivateKeyKey: keyPEM,
-		CAKey:                   trust,
+		model.CAKey:             bundle,
 	}
 	if err := r.writeSecret(ctx, dp, p, secret, data, leaf); err != nil {
 		if apierrors.IsAlreadyExists(err) {
@@ -291,6 +323,9 @@ func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p
 	issuedTotal.WithLabelValues(p.mesh.Name, p.backend).Inc()
 	issuanceSeconds.Observe(now.Sub(pr.created).Seconds())
 	certInventory.set(p.dataplane, certInfo{mesh: p.mesh.Name, backend: p.backend, notAfter: leaf.NotAfter})
+	if secret != nil && secret.Annotations[model.BackendAnnotation] != p.backend {
+		r.reportSwitchProgress(p)
+	}
 	r.Recorder.Eventf(dp, nil, corev1.EventTypeNormal, "Issued", "IssueCertificate",
 		"certificate from backend %q (%s %s), valid until %s", p.backend, p.issuerRef.Kind, p.issuerRef.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
 	logf.FromContext(ctx).Info("Delivered certificate", "backend", p.backend, "notAfter", leaf.NotAfter, "serial", leaf.SerialNumber.String())
@@ -362,7 +397,7 @@ func (r *Reconciler) dataplaneGone(ctx context.Context, key types.NamespacedName
 	}
 	var s corev1.Secret
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: SecretName(key.Name)}, &s)
-	if apierrors.IsNotFound(err) || (err == nil && s.Annotations[DataplaneNameAnnotation] != key.Name) {
+	if apierrors.IsNotFound(err) || (err == nil && s.Annotations[model.DataplaneNameAnnotation] != key.Name) {
 		return nil
 	}
 	if err != nil {
@@ -381,16 +416,16 @@ func (r *Reconciler) cleanupRequests(ctx context.Context, key types.NamespacedNa
 	}
 	var list cmapi.CertificateRequestList
 	err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace), client.MatchingLabels{
-		ManagedByLabel:          ManagedByValue,
-		DataplaneNamespaceLabel: labelValue(key.Namespace),
-		DataplaneNameLabel:      labelValue(key.Name),
+		model.ManagedByLabel:          model.ManagedByValue,
+		model.DataplaneNamespaceLabel: labelValue(key.Namespace),
+		model.DataplaneNameLabel:      labelValue(key.Name),
 	})
 	if err != nil {
 		return err
 	}
 	for i := range list.Items {
 		cr := &list.Items[i]
-		if cr.Name == keep || cr.Annotations[DataplaneNamespaceAnnotation] != key.Namespace || cr.Annotations[DataplaneNameAnnotation] != key.Name {
+		if cr.Name == keep || cr.Annotations[model.DataplaneNamespaceAnnotation] != key.Namespace || cr.Annotations[model.DataplaneNameAnnotation] != key.Name {
 			continue
 		}
 		if r.KeepRequests && apiutil.CertificateRequestHasCondition(cr, cmapi.CertificateRequestCondition{Type: cmapi.CertificateRequestConditionReady, Status: cmmeta.ConditionTrue}) {
@@ -468,4 +503,27 @@ func (p *pendingRequests) delete(key types.NamespacedName) {
 		inFlight.Dec()
 		delete(p.byKey, key)
 	}
+}
+
+// reportSwitchProgress reports a switch of enabled backend on the Mesh: each
+// tenth of the way, then its end.
+func (r *Reconciler) reportSwitchProgress(p *plan) {
+	done, total, report, complete := r.switches.progress(p.mesh.Name, p.backend)
+	switch {
+	case complete:
+		r.Recorder.Eventf(p.mesh, nil, corev1.EventTypeNormal, "BackendSwitchComplete", "SwitchBackend",
+			"all %d dataplanes hold certificates from backend %q; backends that no longer issue can be removed", total, p.backend)
+	case report:
+		r.Recorder.Eventf(p.mesh, nil, corev1.EventTypeNormal, "BackendSwitchProgress", "SwitchBackend",
+			"%d of %d dataplanes reissued from backend %q", done, total, p.backend)
+	}
+}
+
+// updateBundle rewrites only a Secret's ca.crt: a backend was added or
+// removed, and the certificate and key stay as they are.
+func (r *Reconciler) updateBundle(ctx context.Context, s *corev1.Secret, bundle []byte) error {
+	updated := s.DeepCopy()
+	updated.Data[model.CAKey] = bundle
+	logf.FromContext(ctx).V(1).Info("Updating the trust bundle", "secret", s.Name)
+	return r.Client.Update(ctx, updated)
 }

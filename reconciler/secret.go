@@ -16,22 +16,22 @@ import (
 )
 
 // ownedLabels mark what meshcert creates for a dataplane; the caches select on
-// ManagedByLabel.
+// model.ManagedByLabel.
 func ownedLabels(p *plan) map[string]string {
 	return map[string]string{
-		ManagedByLabel:          ManagedByValue,
-		MeshLabel:               labelValue(p.mesh.Name),
-		DataplaneNamespaceLabel: labelValue(p.dataplane.Namespace),
-		DataplaneNameLabel:      labelValue(p.dataplane.Name),
+		model.ManagedByLabel:          model.ManagedByValue,
+		model.ManagedMeshLabel:        labelValue(p.mesh.Name),
+		model.DataplaneNamespaceLabel: labelValue(p.dataplane.Namespace),
+		model.DataplaneNameLabel:      labelValue(p.dataplane.Name),
 	}
 }
 
 func ownedAnnotations(p *plan) map[string]string {
 	return map[string]string{
-		MeshAnnotation:               p.mesh.Name,
-		BackendAnnotation:            p.backend,
-		DataplaneNamespaceAnnotation: p.dataplane.Namespace,
-		DataplaneNameAnnotation:      p.dataplane.Name,
+		model.MeshAnnotation:               p.mesh.Name,
+		model.BackendAnnotation:            p.backend,
+		model.DataplaneNamespaceAnnotation: p.dataplane.Namespace,
+		model.DataplaneNameAnnotation:      p.dataplane.Name,
 	}
 }
 
@@ -47,8 +47,8 @@ func (r *Reconciler) deliveredSecret(ctx context.Context, dp *model.DataplaneRes
 	if err != nil {
 		return nil, err
 	}
-	if s.Annotations[DataplaneNameAnnotation] != dp.Name {
-		return nil, fmt.Errorf("secret %s/%s carries meshcert's label but belongs to dataplane %q", s.Namespace, s.Name, s.Annotations[DataplaneNameAnnotation])
+	if s.Annotations[model.DataplaneNameAnnotation] != dp.Name {
+		return nil, fmt.Errorf("secret %s/%s carries meshcert's label but belongs to dataplane %q", s.Namespace, s.Name, s.Annotations[model.DataplaneNameAnnotation])
 	}
 	return &s, nil
 }
@@ -58,9 +58,9 @@ func (r *Reconciler) deliveredSecret(ctx context.Context, dp *model.DataplaneRes
 // fail with AlreadyExists.
 func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResource, p *plan, existing *corev1.Secret, data map[string][]byte, leaf *x509.Certificate) error {
 	annotations := ownedAnnotations(p)
-	annotations[IdentityHashAnnotation] = p.identityHash
-	annotations[IssuerHashAnnotation] = p.issuerHash
-	annotations[NotAfterAnnotation] = leaf.NotAfter.UTC().Format(time.RFC3339)
+	annotations[model.IdentityHashAnnotation] = p.identityHash
+	annotations[model.IssuerHashAnnotation] = p.issuerHash
+	annotations[model.NotAfterAnnotation] = leaf.NotAfter.UTC().Format(time.RFC3339)
 	meta := metav1.ObjectMeta{
 		Name:        SecretName(dp.Name),
 		Namespace:   dp.Namespace,

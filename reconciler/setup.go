@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"slices"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -30,26 +31,48 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	}); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	if err := ctrl.NewControllerManagedBy(mgr).
 		Named("dataplane-certificates").
 		For(&model.DataplaneResource{}).
 		Watches(&model.MeshResource{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			return r.dataplanesInMesh(ctx, o.GetName())
 		})).
-		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(dataplaneOf)).
+		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfRequest)).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfSecret)).
 		Watches(&cmapi.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.IssuerKind))).
 		Watches(&cmapi.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.ClusterIssuerKind))).
 		// One controller runs per process, but tests start one after another
 		// in the same process, which the name check would refuse.
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
-		Complete(r)
+		Complete(r); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("mesh-trust").
+		For(&model.MeshResource{}).
+		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			if o.GetLabels()[ProbeLabel] != "true" {
+				return nil
+			}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetAnnotations()[model.MeshAnnotation]}}}
+		})).
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
+		Complete(reconcile.Func(r.ReconcileMesh))
+}
+
+// dataplanesOfRequest maps a request to its dataplane; a probe, once done,
+// may change the trust bundle of every dataplane of its mesh.
+func (r *Reconciler) dataplanesOfRequest(ctx context.Context, o client.Object) []reconcile.Request {
+	if o.GetLabels()[ProbeLabel] == "true" {
+		return r.dataplanesInMesh(ctx, o.GetAnnotations()[model.MeshAnnotation])
+	}
+	return dataplaneOf(ctx, o)
 }
 
 // dataplaneOf maps what meshcert made back to its dataplane.
 func dataplaneOf(_ context.Context, o client.Object) []reconcile.Request {
 	a := o.GetAnnotations()
-	ns, name := a[DataplaneNamespaceAnnotation], a[DataplaneNameAnnotation]
+	ns, name := a[model.DataplaneNamespaceAnnotation], a[model.DataplaneNameAnnotation]
 	if ns == "" || name == "" {
 		return nil
 	}
@@ -60,16 +83,43 @@ func dataplaneOf(_ context.Context, o client.Object) []reconcile.Request {
 // Secret of the system namespace to the dataplanes of the meshes whose
 // enabled backend uses it as caCert.
 func (r *Reconciler) dataplanesOfSecret(ctx context.Context, o client.Object) []reconcile.Request {
-	if o.GetLabels()[ManagedByLabel] == ManagedByValue {
+	if o.GetLabels()[model.ManagedByLabel] == model.ManagedByValue {
 		return dataplaneOf(ctx, o)
 	}
 	if o.GetNamespace() != r.SystemNamespace || o.(*corev1.Secret).Type != model.MeshSecretType {
 		return nil
 	}
 	return r.dataplanesOfMeshes(ctx, func(m *model.MeshResource) bool {
-		b := enabledBackend(m)
-		return b != nil && b.CertManager.CACert != nil && b.CertManager.CACert.Secret != nil && *b.CertManager.CACert.Secret == o.GetName()
+		return slices.Contains(meshSecretsOf(m), o.GetName())
 	})
+}
+
+// meshSecretsOf lists the mesh Secrets that the backends of a Mesh read:
+// caCert and provided certs, and the builtin CAs.
+func meshSecretsOf(m *model.MeshResource) []string {
+	spec, errs := model.ParseMeshSpec(m.Spec)
+	if len(errs) > 0 || spec.MTLS == nil {
+		return nil
+	}
+	var names []string
+	for _, b := range spec.MTLS.Backends {
+		for _, ds := range []*model.DataSource{b.ProvidedCert, certManagerCACert(b)} {
+			if ds != nil && ds.Secret != nil {
+				names = append(names, *ds.Secret)
+			}
+		}
+		if b.Type == model.BackendTypeBuiltin {
+			names = append(names, model.BuiltinCASecretName(m.Name, b.Name))
+		}
+	}
+	return names
+}
+
+func certManagerCACert(b model.Backend) *model.DataSource {
+	if b.CertManager == nil {
+		return nil
+	}
+	return b.CertManager.CACert
 }
 
 // dataplanesOfIssuer maps an issuer to the dataplanes of the meshes whose

@@ -59,7 +59,13 @@ func certPEM(t testing.TB, o certOpts) string {
 type fakeLookup struct {
 	secrets map[string]*corev1.Secret
 	issuers map[cmmeta.IssuerReference]IssuerState
-	err     error
+	// issued counts certificates by "mesh/backend".
+	issued map[string]int
+	err    error
+}
+
+func (f fakeLookup) IssuedBy(mesh, backend string) (int, error) {
+	return f.issued[mesh+"/"+backend], f.err
 }
 
 func (f fakeLookup) SystemSecret(name string) (*corev1.Secret, error) {

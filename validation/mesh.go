@@ -30,6 +30,9 @@ type Lookup interface {
 	// Issuer returns the state of the Issuer (in the system namespace) or
 	// ClusterIssuer that a defaulted cert-manager.io issuerRef names.
 	Issuer(ref cmmeta.IssuerReference) (*IssuerState, error)
+	// IssuedBy counts the dataplanes of a mesh whose current certificate,
+	// as meshcert delivered it, came from the backend.
+	IssuedBy(mesh, backend string) (int, error)
 }
 
 // IssuerState is what validation needs of an Issuer or ClusterIssuer.
@@ -44,6 +47,9 @@ type Env struct {
 	SystemNamespace string
 	Now             time.Time
 	Lookup          Lookup
+	// AllowUnsafeCASwitch lets an update enable a backend it adds, for
+	// emergencies such as a compromised CA key.
+	AllowUnsafeCASwitch bool
 }
 
 // Result is the outcome of validating a Mesh. Errors reject it; warnings are
@@ -96,6 +102,42 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 	}
 	if mtls.SkipValidation && hasCertManager {
 		res.warn(model.MTLSPath.Child("skipValidation"), "is true, so the issuer and caCert checks that look at other objects were skipped")
+	}
+	return res
+}
+
+// ValidateMeshUpdate validates an updated Mesh, and guards a CA rotation:
+// dataplanes must trust a new backend's root before any certificate comes
+// from it, so the update that adds a backend may not also enable it; and
+// removing a backend that still issued current certificates draws a warning.
+func ValidateMeshUpdate(old, mesh model.Mesh, env Env) Result {
+	res := ValidateMesh(mesh, env)
+	oldMTLS, newMTLS := old.Spec.MTLS, mesh.Spec.MTLS
+	if !oldMTLS.Enabled() || newMTLS == nil {
+		return res
+	}
+	enabled := newMTLS.EnabledBackend
+	if newMTLS.Backend(enabled) != nil && oldMTLS.Backend(enabled) == nil && enabled != oldMTLS.EnabledBackend && !env.AllowUnsafeCASwitch {
+		res.Errors = append(res.Errors, field.Forbidden(model.MTLSPath.Child("enabledBackend"), fmt.Sprintf(
+			"backend %q is added by this same update, so no dataplane trusts its CA yet and every certificate it issues would be "+
+				"rejected by peers still on %q. Rotate in two steps: add %q with enabledBackend still %q; once every dataplane's "+
+				"ca.crt holds both roots, set enabledBackend to %q (meshcert's --allow-unsafe-ca-switch allows this in an emergency)",
+			enabled, oldMTLS.EnabledBackend, enabled, oldMTLS.EnabledBackend, enabled)))
+	}
+	if env.Lookup == nil {
+		return res
+	}
+	for _, b := range oldMTLS.Backends {
+		if newMTLS.Backend(b.Name) != nil {
+			continue
+		}
+		n, err := env.Lookup.IssuedBy(mesh.Name, b.Name)
+		switch {
+		case err != nil:
+			res.warn(model.BackendsPath, "could not count the certificates of backend %q: %v", b.Name, err)
+		case n > 0:
+			res.warn(model.BackendsPath, "backend %s still issued the certificates of %d dataplanes: removing it now makes their peers reject them until they are reissued", b.Name, n)
+		}
 	}
 	return res
 }

@@ -28,6 +28,17 @@ func checkOperation(req admission.Request) (bool, admission.Response) {
 	}
 }
 
+// decodeOldMesh reads the Mesh as it was before an update.
+func decodeOldMesh(req admission.Request) (model.Mesh, error) {
+	old := req
+	old.Object = req.OldObject
+	mesh, errs, err := decodeMesh(old)
+	if err == nil && len(errs) > 0 {
+		err = errs.ToAggregate()
+	}
+	return mesh, err
+}
+
 // decodeMesh reads the Mesh under admission. An error means the request itself
 // is broken (and deserves a 400); field errors mean the spec is, and are the
 // user's to fix.

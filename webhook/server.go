@@ -47,7 +47,7 @@ func TLSOptions(minVersion uint16, enableHTTP2 bool) []func(*tls.Config) {
 
 // Register serves the defaulting and validating handlers for Meshes on the
 // manager's webhook server, reading referenced objects from its cache.
-func Register(mgr ctrl.Manager, systemNamespace string) {
+func Register(mgr ctrl.Manager, systemNamespace string, allowUnsafeCASwitch bool) {
 	srv := mgr.GetWebhookServer()
 	srv.Register(DefaultingPath, &admission.Webhook{Handler: Defaulter{}})
 	srv.Register(ValidatingPath, &admission.Webhook{Handler: &Validator{
@@ -55,6 +55,7 @@ func Register(mgr ctrl.Manager, systemNamespace string) {
 		Lookup: func(ctx context.Context) validation.Lookup {
 			return lookup.Cache{Ctx: ctx, Cache: mgr.GetCache(), SystemNamespace: systemNamespace}
 		},
-		Now: time.Now,
+		Now:                 time.Now,
+		AllowUnsafeCASwitch: allowUnsafeCASwitch,
 	}})
 }

@@ -26,6 +26,8 @@ type Validator struct {
 	Lookup func(ctx context.Context) validation.Lookup
 	// Now is the clock for certificate validity checks.
 	Now func() time.Time
+	// AllowUnsafeCASwitch lets an update enable the backend it adds.
+	AllowUnsafeCASwitch bool
 }
 
 var _ admission.Handler = &Validator{}
@@ -43,11 +45,19 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 	// As with any Kubernetes object, a value of the wrong type fails decoding:
 	// report those alone, since rules over a half-read spec would add noise.
 	if len(errs) == 0 {
-		res = validation.ValidateMesh(mesh, validation.Env{
-			SystemNamespace: v.SystemNamespace,
-			Now:             v.Now(),
-			Lookup:          v.Lookup(ctx),
-		})
+		env := validation.Env{
+			SystemNamespace:     v.SystemNamespace,
+			Now:                 v.Now(),
+			Lookup:              v.Lookup(ctx),
+			AllowUnsafeCASwitch: v.AllowUnsafeCASwitch,
+		}
+		res = validation.ValidateMesh(mesh, env)
+		if req.Operation == admissionv1.Update {
+			// An old object that no longer parses cannot guard anything.
+			if old, oldErrs := decodeOldMesh(req); oldErrs == nil {
+				res = validation.ValidateMeshUpdate(old, mesh, env)
+			}
+		}
 		errs = res.Errors
 	}
 	log := logf.FromContext(ctx).WithValues("mesh", mesh.Name, "operation", req.Operation)

@@ -26,6 +26,7 @@ func (emptyCluster) SystemSecret(string) (*corev1.Secret, error) { return nil, n
 func (emptyCluster) Issuer(cmmeta.IssuerReference) (*validation.IssuerState, error) {
 	return nil, nil
 }
+func (emptyCluster) IssuedBy(string, string) (int, error) { return 0, nil }
 
 func testValidator() *Validator {
 	return &Validator{

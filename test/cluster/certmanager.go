@@ -14,6 +14,7 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/ca"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/clusterissuers"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/issuers"
+
 	// The CA issuer type; without it the issuers controller retries forever
 	// with "issuer 'ca' not registered".
 	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca"

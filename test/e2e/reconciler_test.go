@@ -45,7 +45,7 @@ func TestIssuesKumaIdentities(t *testing.T) {
 		if len(s.OwnerReferences) != 1 || s.OwnerReferences[0].Kind != "Dataplane" || s.OwnerReferences[0].Name != dp {
 			t.Errorf("%s: owner references %+v, want the Dataplane", dp, s.OwnerReferences)
 		}
-		for _, a := range []string{reconciler.MeshAnnotation, reconciler.BackendAnnotation, reconciler.IdentityHashAnnotation, reconciler.NotAfterAnnotation} {
+		for _, a := range []string{model.MeshAnnotation, model.BackendAnnotation, model.IdentityHashAnnotation, model.NotAfterAnnotation} {
 			if s.Annotations[a] == "" {
 				t.Errorf("%s: annotation %s missing", dp, a)
 			}
@@ -208,7 +208,7 @@ spec:
 		applyMesh(t, twoBackends("ca-b"))
 		s = waitSecret(t, ns, "web", 20*time.Second, newSerial(s))
 		assertValidSecret(t, s, []string{"spiffe://reissue/web", "kuma://kuma.io/service/web", "kuma://version/v2"}, testEnv.other.Cert)
-		if got := s.Annotations[reconciler.BackendAnnotation]; got != "ca-b" {
+		if got := s.Annotations[model.BackendAnnotation]; got != "ca-b" {
 			t.Errorf("backend annotation %q, want ca-b", got)
 		}
 	})
