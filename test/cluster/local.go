@@ -29,8 +29,11 @@ type LocalOptions struct {
 }
 
 // LocalCA names the CA key pair Secret, the Issuer and the ClusterIssuer of a
-// local run.
-const LocalCA = "local-ca"
+// local run; LocalCA2 an Issuer of a second, independent CA, to rotate to.
+const (
+	LocalCA  = "local-ca"
+	LocalCA2 = "local-ca-2"
+)
 
 // StepError says which step of RunLocal failed.
 type StepError struct {
@@ -115,7 +118,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 		cm.Stop()
 	}()
 
-	if err := step(fmt.Sprintf("namespace %s: CA Secret, Issuer and ClusterIssuer %s", opts.SystemNamespace, LocalCA), func() (string, error) {
+	if err := step(fmt.Sprintf("namespace %s: Issuer and ClusterIssuer %s, Issuer %s", opts.SystemNamespace, LocalCA, LocalCA2), func() (string, error) {
 		return "", setupLocalCA(ctx, c, opts.SystemNamespace)
 	}); err != nil {
 		return err
@@ -184,8 +187,9 @@ func clusterBinaries(out io.Writer) (string, error) {
 	return assets, nil
 }
 
-// setupLocalCA makes the system namespace, a self-signed CA, and a CA Issuer
-// and ClusterIssuer named local-ca backed by it.
+// setupLocalCA makes the system namespace, a self-signed CA with a CA Issuer
+// and ClusterIssuer named local-ca, and a second CA with an Issuer
+// local-ca-2.
 func setupLocalCA(ctx context.Context, c *Cluster, namespace string) error {
 	if err := EnsureNamespace(ctx, c.Client, namespace); err != nil {
 		return err
@@ -194,9 +198,14 @@ func setupLocalCA(ctx context.Context, c *Cluster, namespace string) error {
 	if err != nil {
 		return err
 	}
+	ca2, err := NewCA("meshcert local CA 2")
+	if err != nil {
+		return err
+	}
 	for _, iss := range []CAIssuer{
 		{Name: LocalCA, Namespace: namespace, SecretName: LocalCA, SecretNamespace: namespace, CA: ca},
 		{Name: LocalCA, SecretName: LocalCA, SecretNamespace: namespace, CA: ca},
+		{Name: LocalCA2, Namespace: namespace, SecretName: LocalCA2, SecretNamespace: namespace, CA: ca2},
 	} {
 		if err := CreateCAIssuer(ctx, c.Client, iss); err != nil {
 			return err

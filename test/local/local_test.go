@@ -69,20 +69,25 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 
 	kubeconfig := filepath.Join(state, "kubeconfig")
 	for _, c := range walkthrough(t, filepath.Join(root, "README.md")) {
-		command := strings.ReplaceAll(c, ".local/kubeconfig", kubeconfig)
-		rejected := strings.Contains(c, "examples/broken")
-		out, err := runUntil(root, command, 30*time.Second, func(out string, err error) bool {
-			return (err == nil) != rejected
+		command := strings.ReplaceAll(c.command, ".local/kubeconfig", kubeconfig)
+		rejected := c.expect == "rejected"
+		out, err := runUntil(root, command, 2*time.Minute, func(out string, err error) bool {
+			if rejected || c.expect == "" {
+				return (err == nil) != rejected
+			}
+			return err == nil && strings.TrimSpace(out) == c.expect
 		})
 		switch {
 		case rejected && err == nil:
-			t.Errorf("%s: succeeded, want a rejection\n%s", c, out)
+			t.Errorf("%s: succeeded, want a rejection\n%s", c.command, out)
 		case rejected && !strings.Contains(out, "is invalid"):
-			t.Errorf("%s: failed without a validation error:\n%s", c, out)
+			t.Errorf("%s: failed without a validation error:\n%s", c.command, out)
 		case !rejected && err != nil:
-			t.Errorf("%s: %v\n%s", c, err, out)
+			t.Errorf("%s: %v\n%s", c.command, err, out)
+		case !rejected && c.expect != "" && strings.TrimSpace(out) != c.expect:
+			t.Errorf("%s: printed %q, want %q", c.command, strings.TrimSpace(out), c.expect)
 		}
-		t.Logf("$ %s\n%s", c, out)
+		t.Logf("$ %s\n%s", c.command, out)
 	}
 
 	// Each broken example is rejected as its comment says.
@@ -107,7 +112,8 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 		}
 		return string(out)
 	}
-	if got := kubectl("get", "mesh", "demo", "-o", "jsonpath={.spec.mtls.backends[0].conf.issuerRef}"); got != `{"group":"cert-manager.io","kind":"Issuer","name":"local-ca"}` {
+	// After the rotation, the mesh's one backend is the second CA's.
+	if got := kubectl("get", "mesh", "demo", "-o", "jsonpath={.spec.mtls.backends[0].conf.issuerRef}"); got != `{"group":"cert-manager.io","kind":"Issuer","name":"local-ca-2"}` {
 		t.Errorf("stored issuerRef %s, want the defaults filled in", got)
 	}
 	certPEM := kubectl("-n", "demo-app", "get", "secret", "web-mtls", "-o", "jsonpath={.data.tls\\.crt}")
@@ -142,36 +148,43 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 	}
 }
 
-// walkthrough returns the commands of README.md's walk-through, between
+// step is one command of a walk-through, and what it must print: "" for
+// success, "rejected" for a rejection, else its exact output.
+type step struct {
+	command, expect string
+}
+
+// walkthrough returns the commands of README.md's walk-throughs, each between
 // <!-- walkthrough --> and <!-- /walkthrough -->, in order.
-func walkthrough(t *testing.T, readme string) []string {
+func walkthrough(t *testing.T, readme string) []step {
 	t.Helper()
 	b, err := os.ReadFile(readme)
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := string(b)
-	start, end := strings.Index(text, "<!-- walkthrough -->"), strings.Index(text, "<!-- /walkthrough -->")
-	if start < 0 || end < start {
-		t.Fatal("README.md has no walk-through section")
-	}
-	var commands []string
-	inCode := false
-	for _, line := range strings.Split(text[start:end], "\n") {
+	var steps []step
+	inSection, inCode := false, false
+	for _, line := range strings.Split(string(b), "\n") {
 		trimmed := strings.TrimSpace(line)
 		switch {
+		case trimmed == "<!-- walkthrough -->":
+			inSection = true
+		case trimmed == "<!-- /walkthrough -->":
+			inSection = false
+		case !inSection:
 		case strings.HasPrefix(trimmed, "```sh"):
 			inCode = true
 		case strings.HasPrefix(trimmed, "```"):
 			inCode = false
 		case inCode && trimmed != "" && !strings.HasPrefix(trimmed, "#"):
-			commands = append(commands, trimmed)
+			command, expect, _ := strings.Cut(trimmed, "# expect: ")
+			steps = append(steps, step{command: strings.TrimSpace(command), expect: strings.TrimSpace(expect)})
 		}
 	}
-	if len(commands) < 5 {
-		t.Fatalf("the walk-through has %d commands, want at least 5", len(commands))
+	if len(steps) < 10 {
+		t.Fatalf("the walk-throughs have %d commands, want at least 10", len(steps))
 	}
-	return commands
+	return steps
 }
 
 // runUntil runs a shell command until done says its outcome is final, or
