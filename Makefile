@@ -9,7 +9,7 @@ export GOTOOLCHAIN := local
 # How long each fuzz target runs: a smoke run in `make test`, longer by hand,
 # e.g. `make fuzz FUZZTIME=10m`.
 FUZZTIME ?= 5s
-FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./model:FuzzParseMeshSpec ./validation:FuzzCAProblems
+FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./model:FuzzParseMeshSpec ./validation:FuzzCAProblems
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -18,6 +18,12 @@ test: vet ## Everything: unit, chart, end-to-end against a real API server, and 
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
 	  $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
+
+.PHONY: test-long
+test-long: ## The reliability tests at full size (5,000 dataplanes, 50 kills), and each fuzz target for 10 minutes.
+	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
+	  $(GO) test -count=1 -timeout 60m ./test/e2e -run 'TestCrashDuringIssuance|TestSignerOutage|TestLeaderFailover|TestWebhookSurvives' -long -v
+	$(MAKE) --no-print-directory fuzz FUZZTIME=10m
 
 .PHONY: vet
 vet:

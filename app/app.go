@@ -82,6 +82,16 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 	if restConfig.Burst == 0 && cfg.KubeAPIQPS > 0 {
 		restConfig.Burst = int(2 * cfg.KubeAPIQPS)
 	}
+	webhookServer := webhook.NewServer(webhook.ServerOptions{
+		Host:          cfg.WebhookHost,
+		Port:          cfg.WebhookPort,
+		CertDir:       cfg.CertDir,
+		CertName:      cfg.CertName,
+		KeyName:       cfg.KeyName,
+		TLSMinVersion: cfg.TLSMinVersion,
+		EnableHTTP2:   cfg.EnableHTTP2,
+		Drain:         cfg.WebhookDrain,
+	})
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme: Scheme(),
 		Cache:  cacheOptions(cfg),
@@ -89,20 +99,15 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			BindAddress: cfg.MetricsAddr,
 			TLSOpts:     webhook.TLSOptions(cfg.TLSMinVersion, cfg.EnableHTTP2),
 		},
-		HealthProbeBindAddress: cfg.ProbeAddr,
-		WebhookServer: webhook.NewServer(webhook.ServerOptions{
-			Host:          cfg.WebhookHost,
-			Port:          cfg.WebhookPort,
-			CertDir:       cfg.CertDir,
-			CertName:      cfg.CertName,
-			KeyName:       cfg.KeyName,
-			TLSMinVersion: cfg.TLSMinVersion,
-			EnableHTTP2:   cfg.EnableHTTP2,
-		}),
+		HealthProbeBindAddress:        cfg.ProbeAddr,
+		WebhookServer:                 webhookServer,
 		LeaderElection:                cfg.LeaderElect,
 		LeaderElectionID:              cfg.LeaderElectionID,
 		LeaderElectionNamespace:       cfg.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &cfg.LeaseDuration,
+		RenewDeadline:                 &cfg.RenewDeadline,
+		RetryPeriod:                   &cfg.RetryPeriod,
 		GracefulShutdownTimeout:       &cfg.ShutdownTimeout,
 	})
 	if err != nil {
@@ -123,6 +128,9 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		}
 		webhook.Register(mgr, cfg.SystemNamespace, cfg.AllowUnsafeCASwitch)
 		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+			return err
+		}
+		if err := mgr.AddReadyzCheck("draining", webhookServer.DrainingChecker()); err != nil {
 			return err
 		}
 	}

@@ -57,7 +57,11 @@ type Config struct {
 	LeaderElect             bool
 	LeaderElectionNamespace string
 	LeaderElectionID        string
+	LeaseDuration           time.Duration
+	RenewDeadline           time.Duration
+	RetryPeriod             time.Duration
 	ShutdownTimeout         time.Duration
+	WebhookDrain            time.Duration
 
 	Dev      bool
 	LogLevel int
@@ -104,6 +108,10 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "Elect a leader through a Lease before reconciling, so that only one replica issues.")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease. Default: the system namespace.")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "meshcert-leader", "Name of the leader election Lease.")
+	fs.DurationVar(&c.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "How long a crashed leader's Lease holds before another replica takes over.")
+	fs.DurationVar(&c.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "How long the leader tries to renew its Lease before giving up leadership.")
+	fs.DurationVar(&c.RetryPeriod, "leader-election-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
+	fs.DurationVar(&c.WebhookDrain, "webhook-drain-period", 5*time.Second, "On SIGTERM, keep answering admissions this long, closing each connection after its answer, so the API server moves to other replicas before the server stops.")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "How long to drain in-flight work on SIGTERM before exiting.")
 	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
 	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every admission, 2 and up more detail.")
@@ -227,6 +235,12 @@ func (c Config) validate() error {
 	}
 	if c.KubeAPIBurst < 0 {
 		bad("kube-api-burst", c.KubeAPIBurst, "must not be negative")
+	}
+	if c.LeaderElect && !(c.RetryPeriod < c.RenewDeadline && c.RenewDeadline < c.LeaseDuration) {
+		errs = append(errs, fmt.Errorf("invalid leader election timing: want --leader-election-retry-period (%s) < --leader-election-renew-deadline (%s) < --leader-election-lease-duration (%s)", c.RetryPeriod, c.RenewDeadline, c.LeaseDuration))
+	}
+	if c.WebhookDrain < 0 || c.WebhookDrain >= c.ShutdownTimeout {
+		bad("webhook-drain-period", c.WebhookDrain, "must be between 0 and --shutdown-timeout")
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown-timeout", c.ShutdownTimeout, "must not be negative")

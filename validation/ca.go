@@ -16,12 +16,21 @@ const (
 	pemCertificateTag = "CERTIFICATE"
 )
 
+// maxCAProblems bounds the problems reported for one bundle: past it they are
+// counted, not listed, so a megabyte of junk cannot slow the answer.
+const maxCAProblems = 20
+
 // CAProblems lists what is wrong with a PEM bundle that should hold CA
 // certificates, every violated rule of every certificate, as Kuma does. An
 // expired certificate is a problem, since nothing it signed can verify; one
 // that is not valid yet is only a warning, since clock skew heals by itself.
 // The messages name certificates as cert[i] and never quote key material.
 func CAProblems(data []byte, now time.Time) (problems, warnings []string) {
+	defer func() {
+		if extra := len(problems) - maxCAProblems; extra > 0 {
+			problems = append(problems[:maxCAProblems], fmt.Sprintf("and %d more problems", extra))
+		}
+	}()
 	certs, problems := decodeCertificates(data)
 	for i, der := range certs {
 		name := fmt.Sprintf("cert[%d]", i)

@@ -2,6 +2,7 @@ package validation
 
 import (
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,16 @@ func TestCAProblems(t *testing.T) {
 		"expired CA is rejected": {
 			pem:          certPEM(t, certOpts{ca: true, usage: x509.KeyUsageCertSign, notBefore: now.Add(-48 * time.Hour), notAfter: now.Add(-time.Hour)}),
 			wantProblems: []string{"cert[0]: expired at 2026-05-31T23:00:00Z"},
+		},
+		"a megabyte of junk: problems counted past twenty": {
+			pem: strings.Repeat("-----BEGIN JUNK-----\nAAAA\n-----END JUNK-----\n", (1<<20)/40),
+			wantProblems: append(func() []string {
+				var p []string
+				for i := range 20 {
+					p = append(p, fmt.Sprintf(`PEM block %d is of type "JUNK": only CERTIFICATE blocks are allowed`, i))
+				}
+				return p
+			}(), "and 26194 more problems"),
 		},
 		"CA not yet valid only warns": {
 			pem:          certPEM(t, certOpts{ca: true, usage: x509.KeyUsageCertSign, notBefore: now.Add(time.Minute)}),

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	admissionv1 "k8s.io/api/admission/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	"sigs.k8s.io/yaml"
 )
 
@@ -80,6 +82,60 @@ func FuzzAdmissionReview(f *testing.F) {
 		_, again := serve(t, Defaulter{}, "application/json", review(ar.Request.Operation, string(patched)))
 		if len(again.Patch) != 0 {
 			t.Fatalf("defaulting is not idempotent: second patch %s", again.Patch)
+		}
+	})
+}
+
+// FuzzDefaultAndValidate drives defaulting and validation directly with any
+// spec, past the HTTP layer, for more executions per second than
+// FuzzAdmissionReview. Invariants: no panic; validation is deterministic; a
+// patch touches only issuerRef.kind and .group; defaulting is idempotent.
+func FuzzDefaultAndValidate(f *testing.F) {
+	f.Add([]byte(`{"mtls":{"enabledBackend":"cm","backends":[{"name":"cm","type":"certmanager","conf":{"issuerRef":{"name":"ca"},"caCert":{"secret":"s"}}}]}}`))
+	f.Add([]byte(`{"mtls":{"backends":[{"type":"certmanager","conf":{"issuerRef":{"kind":""}}},{"type":"provided","conf":{"cert":{"inline":"@@"}}}]}}`))
+	f.Add([]byte(`{"mtls":{"enabledBackend":"x","backends":[{"name":"x","type":"certmanager","dpCert":{"rotation":{"expiration":"99999999999999999y"}}}]}}`))
+	f.Fuzz(func(t *testing.T, spec []byte) {
+		object, err := json.Marshal(map[string]any{"metadata": map[string]any{"name": "demo"}, "spec": json.RawMessage(spec)})
+		if err != nil {
+			return // Not JSON: the API server never sends it.
+		}
+		req := func(obj []byte) admission.Request {
+			r := admission.Request{}
+			r.Operation, r.Name, r.Object.Raw = admissionv1.Create, "demo", obj
+			return r
+		}
+		ctx := context.Background()
+		v := testValidator()
+		first, second := v.Handle(ctx, req(object)), v.Handle(ctx, req(object))
+		if !reflect.DeepEqual(first, second) {
+			t.Fatal("validation is not deterministic")
+		}
+		if first.Result != nil && first.Result.Code >= http.StatusInternalServerError {
+			t.Fatalf("validator answered %d: %s", first.Result.Code, first.Result.Message)
+		}
+		d := Defaulter{}.Handle(ctx, req(object))
+		if len(d.Patches) == 0 {
+			return
+		}
+		raw, err := json.Marshal(d.Patches)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range d.Patches {
+			if op.Operation != "add" || !defaultedPath.MatchString(op.Path) {
+				t.Fatalf("patch touches %s %s", op.Operation, op.Path)
+			}
+		}
+		patch, err := jsonpatch.DecodePatch(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patched, err := patch.Apply(object)
+		if err != nil {
+			t.Fatalf("the patch does not apply: %v", err)
+		}
+		if again := (Defaulter{}).Handle(ctx, req(patched)); len(again.Patches) != 0 {
+			t.Fatalf("defaulting is not idempotent: %v", again.Patches)
 		}
 	})
 }

@@ -3,9 +3,14 @@ package webhook
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"net/http"
+	"sync/atomic"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -19,19 +24,74 @@ type ServerOptions struct {
 	Port                             int
 	TLSMinVersion                    uint16
 	EnableHTTP2                      bool
+	// Drain is how long the server keeps answering once asked to stop.
+	Drain time.Duration
 }
 
 // NewServer builds the webhook server. Its serving certificate is reloaded
 // from CertDir whenever the files change.
-func NewServer(o ServerOptions) webhook.Server {
-	return webhook.NewServer(webhook.Options{
-		Host:     o.Host,
-		Port:     o.Port,
-		CertDir:  o.CertDir,
-		CertName: o.CertName,
-		KeyName:  o.KeyName,
-		TLSOpts:  TLSOptions(o.TLSMinVersion, o.EnableHTTP2),
-	})
+func NewServer(o ServerOptions) *Server {
+	return &Server{
+		Server: webhook.NewServer(webhook.Options{
+			Host:     o.Host,
+			Port:     o.Port,
+			CertDir:  o.CertDir,
+			CertName: o.CertName,
+			KeyName:  o.KeyName,
+			TLSOpts:  TLSOptions(o.TLSMinVersion, o.EnableHTTP2),
+		}),
+		drain: o.Drain,
+	}
+}
+
+// Server is controller-runtime's webhook server, with a drain: once asked to
+// stop, it keeps answering for a while, but closes each connection after its
+// answer. The API server reuses its connections to a terminating replica;
+// this moves it to the other replicas before the listener goes, so that no
+// admission fails.
+type Server struct {
+	webhook.Server
+	drain    time.Duration
+	draining atomic.Bool
+}
+
+// Register implements webhook.Server.
+func (s *Server) Register(path string, hook http.Handler) {
+	s.Server.Register(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		hook.ServeHTTP(w, r)
+	}))
+}
+
+// Start implements webhook.Server.
+func (s *Server) Start(ctx context.Context) error {
+	serving, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-serving.Done():
+			return
+		}
+		s.draining.Store(true)
+		logf.FromContext(ctx).Info("Draining the webhook server", "period", s.drain)
+		time.Sleep(s.drain)
+		stop()
+	}()
+	return s.Server.Start(serving)
+}
+
+// DrainingChecker fails once the server drains, so the replica leaves the
+// Service's endpoints.
+func (s *Server) DrainingChecker() healthz.Checker {
+	return func(*http.Request) error {
+		if s.draining.Load() {
+			return errors.New("the webhook server is draining")
+		}
+		return nil
+	}
 }
 
 // TLSOptions hardens a server's TLS: a minimum version, and HTTP/1.1 only

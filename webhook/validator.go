@@ -2,15 +2,18 @@ package webhook
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/validation"
 )
 
@@ -66,10 +69,24 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 		return admission.Allowed("").WithWarnings(res.Warnings...)
 	}
 	log.V(1).Info("Rejected mesh", "errors", len(errs), "warnings", len(res.Warnings))
-	status := apierrors.NewInvalid(MeshGroupKind, mesh.Name, errs).Status()
+	status := apierrors.NewInvalid(MeshGroupKind, mesh.Name, limitErrors(errs)).Status()
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{
 		Allowed:  false,
 		Result:   &status,
 		Warnings: res.Warnings,
 	}}
+}
+
+// maxErrors bounds the causes of a rejection. Building an Invalid status
+// costs time quadratic in their number, and a person reads the first ones.
+const maxErrors = 100
+
+// limitErrors keeps the first maxErrors errors and counts the rest.
+func limitErrors(errs field.ErrorList) field.ErrorList {
+	if len(errs) <= maxErrors {
+		return errs
+	}
+	more := &field.Error{Type: field.ErrorTypeInvalid, Field: model.SpecPath.String(), BadValue: field.OmitValueType{},
+		Detail: fmt.Sprintf("and %d more errors", len(errs)-maxErrors)}
+	return append(errs[:maxErrors:maxErrors], more)
 }

@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -35,7 +36,10 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	ctrl.SetLogger(zap.New(app.LogOptions(cfg)...))
+	logger := zap.New(app.LogOptions(cfg)...)
+	ctrl.SetLogger(logger)
+	// client-go (leader election among others) logs through klog: same format.
+	klog.SetLogger(logger.WithName("client-go"))
 	ctrl.Log.Info("meshcert", "version", version)
 
 	restConfig, err := kubeconfig(cfg.Kubeconfig)

@@ -30,6 +30,11 @@ type CA struct {
 
 // NewCA makes a self-signed ECDSA P-256 root CA, valid for ten years.
 func NewCA(commonName string) (*CA, error) {
+	return NewCAValidFrom(commonName, time.Now().Add(-time.Hour))
+}
+
+// NewCAValidFrom makes a root CA that is valid for ten years from notBefore.
+func NewCAValidFrom(commonName string, notBefore time.Time) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -41,8 +46,8 @@ func NewCA(commonName string) (*CA, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(10 * 365 * 24 * time.Hour),
+		NotBefore:             notBefore,
+		NotAfter:              notBefore.Add(10 * 365 * 24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,

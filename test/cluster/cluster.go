@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -56,6 +58,8 @@ type Cluster struct {
 	WebhookHost string
 	WebhookPort int
 	CertDir     string
+	// WebhookCA is the CA of the webhook's serving certificate.
+	WebhookCA []byte
 
 	env     *envtest.Environment
 	dir     string
@@ -111,6 +115,7 @@ func Start(opts Options) (*Cluster, error) {
 	}
 	// envtest writes the webhook's serving certificate to a folder of its own.
 	c.CertDir = c.env.WebhookInstallOptions.LocalServingCertDir
+	c.WebhookCA = c.env.WebhookInstallOptions.LocalServingCAData
 	// Client-side throttling would distort every measurement against this
 	// cluster; the server's own priority and fairness still applies.
 	c.Config.QPS, c.Config.Burst = -1, -1
@@ -155,8 +160,10 @@ func (c *Cluster) prepareWebhooks() error {
 			url := fmt.Sprintf("https://%s%s", net.JoinHostPort(c.WebhookHost, fmt.Sprint(port)), path)
 			return admissionregistrationv1.WebhookClientConfig{URL: &url}
 		},
-		FailurePolicy:  admissionregistrationv1.Fail,
-		TimeoutSeconds: 10,
+		FailurePolicy: admissionregistrationv1.Fail,
+		// The chart's default: every test then shows that each admission is
+		// answered within it, or the API server would fail the request.
+		TimeoutSeconds: 5,
 	}
 	c.env.WebhookInstallOptions = envtest.WebhookInstallOptions{
 		MutatingWebhooks:   []*admissionregistrationv1.MutatingWebhookConfiguration{webhook.MutatingConfiguration(reg)},
@@ -181,6 +188,7 @@ func (c *Cluster) MeshcertConfig(systemNamespace string) (config.Config, error) 
 	cfg.WebhookHost, cfg.WebhookPort, cfg.CertDir = c.WebhookHost, c.WebhookPort, c.CertDir
 	cfg.MetricsAddr, cfg.ProbeAddr = "0", "0"
 	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.WebhookDrain = 0
 	return cfg, nil
 }
 
@@ -195,6 +203,30 @@ func (c *Cluster) writeKubeconfig() error {
 	}
 	c.Kubeconfig = filepath.Join(c.dir, "kubeconfig")
 	return os.WriteFile(c.Kubeconfig, kc, 0o600)
+}
+
+// RestartControlPlane kills kube-apiserver, as a crash would (a graceful
+// stop waits out every open watch), stops etcd, waits, and starts both again
+// on the same ports, certificates and data: clients must reconnect.
+func (c *Cluster) RestartControlPlane(down time.Duration) error {
+	cp := c.env.ControlPlane
+	if err := killProcessesUsing(c.apiServerDir()); err != nil {
+		return err
+	}
+	if err := cp.APIServer.Stop(); err != nil {
+		return fmt.Errorf("stopping kube-apiserver: %w", err)
+	}
+	if err := cp.Etcd.Stop(); err != nil {
+		return fmt.Errorf("stopping etcd: %w", err)
+	}
+	time.Sleep(down)
+	if err := cp.Etcd.Start(); err != nil {
+		return fmt.Errorf("starting etcd: %w", err)
+	}
+	if err := cp.APIServer.Start(); err != nil {
+		return fmt.Errorf("starting kube-apiserver: %w", err)
+	}
+	return nil
 }
 
 // Stop stops the API server and etcd and removes the cluster's files.
@@ -279,6 +311,37 @@ func CertManagerCRDDir() (string, error) {
 		return "", fmt.Errorf("locating the cert-manager module for its CRDs (run from the meshcert checkout): %w", err)
 	}
 	return filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds"), nil
+}
+
+// killProcessesUsing SIGKILLs the processes whose command line names dir,
+// and waits until they are gone.
+func killProcessesUsing(dir string) error {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(dir)) {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			return err
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if _, err := os.Stat(filepath.Join("/proc", e.Name())); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("process %d outlived SIGKILL", pid)
+			}
+		}
+	}
+	return nil
 }
 
 func freePort() (int, error) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -14,12 +15,14 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -310,6 +313,14 @@ func countRequests(t *testing.T, ns, dp string) func() int {
 // now on, through a watch.
 func watchRequests(t *testing.T, labels client.MatchingLabels) func() int {
 	t.Helper()
+	times := requestTimes(t, labels)
+	return func() int { return len(times()) }
+}
+
+// requestTimes records when each CertificateRequest with these labels is
+// created, from now on, through a watch.
+func requestTimes(t *testing.T, labels client.MatchingLabels) func() []time.Time {
+	t.Helper()
 	w, err := client.NewWithWatch(testEnv.cluster.Config, client.Options{Scheme: app.Scheme()})
 	if err != nil {
 		t.Fatal(err)
@@ -320,21 +331,21 @@ func watchRequests(t *testing.T, labels client.MatchingLabels) func() int {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	added := 0
+	var created []time.Time
 	go func() {
 		for ev := range watcher.ResultChan() {
 			if ev.Type == watch.Added {
 				mu.Lock()
-				added++
+				created = append(created, time.Now())
 				mu.Unlock()
 			}
 		}
 	}()
 	t.Cleanup(func() { watcher.Stop(); cancel() })
-	return func() int {
+	return func() []time.Time {
 		mu.Lock()
 		defer mu.Unlock()
-		return added
+		return slices.Clone(created)
 	}
 }
 
@@ -418,4 +429,67 @@ func gauge(t *testing.T, name string, labels map[string]string) float64 {
 		}
 	}
 	return 0
+}
+
+// webhookCAs trusts the webhook's serving certificate.
+func webhookCAs(t *testing.T) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(testEnv.cluster.WebhookCA) {
+		t.Fatal("no webhook CA")
+	}
+	return pool
+}
+
+// webhookClient calls the webhook server as the API server would.
+func webhookClient(t *testing.T, protos []string) *http.Client {
+	t.Helper()
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: webhookCAs(t), NextProtos: protos},
+	}}
+}
+
+// postReview posts a body and decodes the AdmissionReview answer.
+func postReview(t *testing.T, c *http.Client, url, contentType, body string) (int, admissionv1.AdmissionReview) {
+	t.Helper()
+	resp, err := c.Post(url, contentType, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var review admissionv1.AdmissionReview
+	if err := json.NewDecoder(resp.Body).Decode(&review); err != nil {
+		t.Fatalf("HTTP %d, not an AdmissionReview: %v", resp.StatusCode, err)
+	}
+	return resp.StatusCode, review
+}
+
+// warningRecorder collects the warnings the API server sends back.
+type warningRecorder struct {
+	mu       sync.Mutex
+	warnings []string
+}
+
+func (w *warningRecorder) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.warnings = append(w.warnings, text)
+}
+
+func (w *warningRecorder) all() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.warnings)
+}
+
+// clientWithWarnings is an admin client that hands warnings to w.
+func clientWithWarnings(t *testing.T, w rest.WarningHandler) client.Client {
+	t.Helper()
+	cfg := rest.CopyConfig(testEnv.cluster.Config)
+	cfg.WarningHandler = w
+	c, err := client.New(cfg, client.Options{Scheme: app.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -32,6 +32,18 @@ var testEnv struct {
 	// ca signs for the mesh-ca Issuer and ClusterIssuer, other for other-ca.
 	ca, other *cluster.CA
 	logs      *syncBuffer
+	// signer is cert-manager's CA signer, which a test stops for an outage.
+	signer *cluster.CertManager
+}
+
+// startSigner starts cert-manager's CA signer of CertificateRequests.
+func startSigner() error {
+	var err error
+	testEnv.signer, err = testEnv.cluster.StartCertManager(context.Background(), cluster.CertManagerOptions{
+		ClusterResourceNamespace: systemNamespace,
+		Controllers:              []string{"certificaterequests-issuer-ca"},
+	})
+	return err
 }
 
 // The issuer group of the test's external issuer, which sets no status.ca.
@@ -71,12 +83,16 @@ func run(m *testing.M) (int, error) {
 	// cert-manager's issuers and CA signer; approval is the test policy's.
 	cm, err := c.StartCertManager(ctx, cluster.CertManagerOptions{
 		ClusterResourceNamespace: systemNamespace,
-		Controllers:              []string{"issuers", "clusterissuers", "certificaterequests-issuer-ca"},
+		Controllers:              []string{"issuers", "clusterissuers"},
 	})
 	if err != nil {
 		return 0, err
 	}
 	defer cm.Stop()
+	if err := startSigner(); err != nil {
+		return 0, err
+	}
+	defer func() { testEnv.signer.Stop() }()
 	if err := setup(ctx, c); err != nil {
 		return 0, err
 	}

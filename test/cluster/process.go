@@ -1,0 +1,127 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// MeshcertBinary builds cmd/meshcert once per test process, as its image
+// does, and returns its path.
+func MeshcertBinary() (string, error) {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "meshcert-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "meshcert")
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-o", binary, "./cmd/meshcert")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building meshcert: %w\n%s", err, out)
+		}
+	})
+	return binary, buildErr
+}
+
+// Process is meshcert running as a process of its own, so that it can be
+// killed like a crashing pod.
+type Process struct {
+	cmd    *exec.Cmd
+	logs   *os.File
+	probe  string
+	exited chan struct{}
+	err    error
+}
+
+// StartProcess runs the meshcert binary against the cluster with args; the
+// kubeconfig and a health probe address are added. It waits until ready.
+func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error) {
+	bin, err := MeshcertBinary()
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	logs, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	p := &Process{logs: logs, probe: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", p.probe}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = logs, logs
+	if err := p.cmd.Start(); err != nil {
+		logs.Close()
+		return nil, err
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		logs.Close()
+		close(p.exited)
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		select {
+		case <-p.exited:
+			return nil, fmt.Errorf("meshcert exited before it was ready: %v; see %s", p.err, logPath)
+		default:
+		}
+		if resp, err := http.Get("http://" + p.probe + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			p.Kill()
+			return nil, fmt.Errorf("meshcert was not ready within a minute; see %s", logPath)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill ends the process at once, as a crash would: no cleanup, no handover.
+func (p *Process) Kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// Terminate sends SIGTERM, as the kubelet does, and waits for the exit.
+func (p *Process) Terminate() error {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.exited
+	return p.err
+}
+
+// Exited tells whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// Logs reads the process's log file.
+func Logs(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(bytes.ToValidUTF8(b, nil))
+}
