@@ -9,7 +9,7 @@ export GOTOOLCHAIN := local
 # How long each fuzz target runs: a smoke run in `make test`, longer by hand,
 # e.g. `make fuzz FUZZTIME=10m`.
 FUZZTIME ?= 5s
-FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./model:FuzzParseMeshSpec ./validation:FuzzCAProblems
+FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./model:FuzzParseMeshSpec ./model:FuzzDecodeMesh ./validation:FuzzCAProblems
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -50,6 +50,11 @@ build: ## The meshcert binary, as the image builds it.
 cluster-bins: ## Build (or find cached) kube-apiserver, etcd and helm.
 	hack/cluster-bins.sh assets
 	hack/cluster-bins.sh helm
+
+.PHONY: bench
+bench: ## Benchmarks against same-run baselines, into bench/results.md (about 25 minutes; QUICK=1: 5).
+	@$(GO) build -o bin/meshcert-bench ./cmd/meshcert-bench
+	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" bin/meshcert-bench $(if $(QUICK),--quick)
 
 .PHONY: run
 run: ## The whole system on this machine: API server, cert-manager, meshcert. Ctrl-C stops it.

@@ -114,19 +114,21 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 
-	// Both halves count delivered Secrets by mesh and backend.
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Secret{}, lookup.IssuedByIndex, lookup.IssuedByKey); err != nil {
+	// What both halves look up, kept current by the informers' events.
+	index, err := lookup.NewIndex(ctx, mgr.GetCache(), cfg.SystemNamespace)
+	if err != nil {
+		return fmt.Errorf("watching Secrets and issuers (are cert-manager's CRDs installed?): %w", err)
+	}
+	if err := mgr.AddReadyzCheck("lookup-index", func(*http.Request) error {
+		if !index.HasSynced() {
+			return errors.New("the lookup index has not synced")
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	if cfg.WebhookEnabled {
-		// Ask for the informers now, so the cache starts them with the manager
-		// and readiness waits for them, instead of the first admission paying.
-		for _, obj := range []client.Object{&corev1.Secret{}, &cmapi.Issuer{}, &cmapi.ClusterIssuer{}} {
-			if _, err := mgr.GetCache().GetInformer(ctx, obj); err != nil {
-				return fmt.Errorf("watching %T (are cert-manager's CRDs installed?): %w", obj, err)
-			}
-		}
-		webhook.Register(mgr, cfg.SystemNamespace, cfg.AllowUnsafeCASwitch)
+		webhook.Register(mgr, cfg.SystemNamespace, cfg.AllowUnsafeCASwitch, index)
 		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 			return err
 		}
@@ -138,6 +140,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		r := &reconciler.Reconciler{
 			Client:          mgr.GetClient(),
 			APIReader:       mgr.GetAPIReader(),
+			Lookup:          index,
 			Recorder:        mgr.GetEventRecorder("meshcert"),
 			Clock:           clock.RealClock{},
 			SystemNamespace: cfg.SystemNamespace,

@@ -27,12 +27,15 @@ type Change struct {
 	Value string
 }
 
+// pointerEscaper escapes a JSON pointer segment (RFC 6901).
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
 // Pointer renders the path as an RFC 6901 JSON pointer.
 func (c Change) Pointer() string {
 	var b strings.Builder
 	for _, seg := range c.Path {
 		b.WriteByte('/')
-		b.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(seg))
+		b.WriteString(pointerEscaper.Replace(seg))
 	}
 	return b.String()
 }

@@ -1,93 +1,186 @@
-// Package lookup answers validation's questions about cluster objects from an
-// informer cache, never from the API server. The webhook and the reconciler
-// both read through it.
+// Package lookup answers validation's questions about cluster objects from
+// maps fed by informer events, never from the API server. The webhook and the
+// reconciler both read through it.
 package lookup
 
 import (
 	"context"
+	"sync"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/validation"
 )
 
-// Cache serves validation.Lookup from an informer cache.
-type Cache struct {
-	Ctx             context.Context
-	Cache           client.Reader
-	SystemNamespace string
+// Index keeps just what validation asks about: the Secrets of the system
+// namespace, the readiness of its Issuers and of every ClusterIssuer, and how
+// many delivered certificates each backend issued. A question is a map read:
+// no copy of the object, no REST mapping, as a cache read would cost on each
+// admission. The objects are the informers' own and are never modified.
+type Index struct {
+	systemNamespace string
+
+	mu       sync.RWMutex
+	secrets  map[string]*corev1.Secret
+	issuers  map[issuerKey]Issuer
+	issued   map[string]int
+	issuedBy map[types.UID]string
+
+	registrations []toolscache.ResourceEventHandlerRegistration
 }
 
-var _ validation.Lookup = Cache{}
+type issuerKey struct{ kind, name string }
+
+// Issuer is an issuer's readiness, and its version: a change to the issuer
+// ends a backoff.
+type Issuer struct {
+	State           validation.IssuerState
+	ResourceVersion string
+}
+
+var _ validation.Lookup = (*Index)(nil)
+
+// NewIndex feeds an Index from the cache's informers of Secrets, Issuers and
+// ClusterIssuers, which it asks for if they do not exist yet.
+func NewIndex(ctx context.Context, c cache.Cache, systemNamespace string) (*Index, error) {
+	x := &Index{
+		systemNamespace: systemNamespace,
+		secrets:         map[string]*corev1.Secret{},
+		issuers:         map[issuerKey]Issuer{},
+		issued:          map[string]int{},
+		issuedBy:        map[types.UID]string{},
+	}
+	for obj, handler := range map[client.Object]func(obj any, deleted bool){
+		&corev1.Secret{}:       x.onSecret,
+		&cmapi.Issuer{}:        x.onIssuer,
+		&cmapi.ClusterIssuer{}: x.onIssuer,
+	} {
+		informer, err := c.GetInformer(ctx, obj)
+		if err != nil {
+			return nil, err
+		}
+		reg, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { handler(o, false) },
+			UpdateFunc: func(_, o any) { handler(o, false) },
+			DeleteFunc: func(o any) {
+				if tombstone, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+					o = tombstone.Obj
+				}
+				handler(o, true)
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		x.registrations = append(x.registrations, reg)
+	}
+	return x, nil
+}
+
+// HasSynced tells whether the index holds every object of the initial lists.
+func (x *Index) HasSynced() bool {
+	for _, r := range x.registrations {
+		if !r.HasSynced() {
+			return false
+		}
+	}
+	return true
+}
+
+func (x *Index) onSecret(obj any, deleted bool) {
+	s, ok := obj.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if s.Namespace == x.systemNamespace {
+		if deleted {
+			delete(x.secrets, s.Name)
+		} else {
+			x.secrets[s.Name] = s
+		}
+	}
+	// Count the certificates meshcert delivered, by mesh and backend.
+	if old, ok := x.issuedBy[s.UID]; ok {
+		x.issued[old]--
+		if x.issued[old] <= 0 {
+			delete(x.issued, old)
+		}
+		delete(x.issuedBy, s.UID)
+	}
+	if !deleted && s.Labels[model.ManagedByLabel] == model.ManagedByValue {
+		key := s.Annotations[model.MeshAnnotation] + "/" + s.Annotations[model.BackendAnnotation]
+		x.issued[key]++
+		x.issuedBy[s.UID] = key
+	}
+}
+
+func (x *Index) onIssuer(obj any, deleted bool) {
+	var key issuerKey
+	var status *cmapi.IssuerStatus
+	var version string
+	switch iss := obj.(type) {
+	case *cmapi.Issuer:
+		if iss.Namespace != x.systemNamespace {
+			return
+		}
+		key, status, version = issuerKey{cmapi.IssuerKind, iss.Name}, &iss.Status, iss.ResourceVersion
+	case *cmapi.ClusterIssuer:
+		key, status, version = issuerKey{cmapi.ClusterIssuerKind, iss.Name}, &iss.Status, iss.ResourceVersion
+	default:
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if deleted {
+		delete(x.issuers, key)
+		return
+	}
+	x.issuers[key] = Issuer{State: readiness(status), ResourceVersion: version}
+}
 
 // SystemSecret implements validation.Lookup.
-func (l Cache) SystemSecret(name string) (*corev1.Secret, error) {
-	var s corev1.Secret
-	if err := l.Cache.Get(l.Ctx, types.NamespacedName{Namespace: l.SystemNamespace, Name: name}, &s); err != nil {
-		return nil, client.IgnoreNotFound(err)
-	}
-	return &s, nil
+func (x *Index) SystemSecret(name string) (*corev1.Secret, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.secrets[name], nil
 }
 
 // Issuer implements validation.Lookup.
-func (l Cache) Issuer(ref cmmeta.IssuerReference) (*validation.IssuerState, error) {
-	iss, err := l.GenericIssuer(ref)
-	if iss == nil || err != nil {
-		return nil, err
+func (x *Index) Issuer(ref cmmeta.IssuerReference) (*validation.IssuerState, error) {
+	iss, ok := x.GenericIssuer(ref)
+	if !ok {
+		return nil, nil
 	}
-	state := IssuerReadiness(iss.GetStatus())
-	return &state, nil
-}
-
-// IssuedByIndex indexes meshcert's Secrets by mesh and issuing backend.
-const IssuedByIndex = "meshcert.io/issued-by"
-
-// IssuedByKey is the IssuedByIndex value of a Secret: "mesh/backend" for
-// the Secrets meshcert delivered, none for others.
-func IssuedByKey(o client.Object) []string {
-	if o.GetLabels()[model.ManagedByLabel] != model.ManagedByValue {
-		return nil
-	}
-	a := o.GetAnnotations()
-	return []string{a[model.MeshAnnotation] + "/" + a[model.BackendAnnotation]}
-}
-
-// IssuedBy implements validation.Lookup, from the IssuedByIndex.
-func (l Cache) IssuedBy(mesh, backend string) (int, error) {
-	var secrets corev1.SecretList
-	// Counting only: no need to copy the Secrets out of the cache.
-	if err := l.Cache.List(l.Ctx, &secrets, client.MatchingFields{IssuedByIndex: mesh + "/" + backend}, client.UnsafeDisableDeepCopy); err != nil {
-		return 0, err
-	}
-	return len(secrets.Items), nil
+	return &iss.State, nil
 }
 
 // GenericIssuer returns the Issuer (in the system namespace) or ClusterIssuer
-// that a defaulted cert-manager.io issuerRef names, or nil if there is none.
-func (l Cache) GenericIssuer(ref cmmeta.IssuerReference) (cmapi.GenericIssuer, error) {
-	var iss cmapi.GenericIssuer
-	key := types.NamespacedName{Name: ref.Name}
-	switch ref.Kind {
-	case cmapi.IssuerKind:
-		iss, key.Namespace = &cmapi.Issuer{}, l.SystemNamespace
-	case cmapi.ClusterIssuerKind:
-		iss = &cmapi.ClusterIssuer{}
-	default:
-		return nil, nil
-	}
-	if err := l.Cache.Get(l.Ctx, key, iss); err != nil {
-		return nil, client.IgnoreNotFound(err)
-	}
-	return iss, nil
+// that a defaulted cert-manager.io issuerRef names.
+func (x *Index) GenericIssuer(ref cmmeta.IssuerReference) (Issuer, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	iss, ok := x.issuers[issuerKey{ref.Kind, ref.Name}]
+	return iss, ok
 }
 
-// IssuerReadiness reads an issuer's Ready condition.
-func IssuerReadiness(status *cmapi.IssuerStatus) validation.IssuerState {
+// IssuedBy implements validation.Lookup.
+func (x *Index) IssuedBy(mesh, backend string) (int, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.issued[mesh+"/"+backend], nil
+}
+
+// readiness reads an issuer's Ready condition.
+func readiness(status *cmapi.IssuerStatus) validation.IssuerState {
 	for _, c := range status.Conditions {
 		if c.Type == cmapi.IssuerConditionReady {
 			return validation.IssuerState{Ready: c.Status == cmmeta.ConditionTrue, Reason: c.Reason, Message: c.Message}

@@ -132,14 +132,19 @@ var (
 // is an empty spec. Every value of the wrong type is reported as a field error;
 // the fields that parsed are returned either way.
 func ParseMeshSpec(raw []byte) (MeshSpec, field.ErrorList) {
-	var spec MeshSpec
 	var doc any
 	if len(raw) == 0 {
-		return spec, nil
+		return MeshSpec{}, nil
 	}
 	if err := json.Unmarshal(raw, &doc); err != nil {
-		return spec, field.ErrorList{field.Invalid(SpecPath, field.OmitValueType{}, fmt.Sprintf("is not valid JSON: %v", err))}
+		return MeshSpec{}, field.ErrorList{field.Invalid(SpecPath, field.OmitValueType{}, fmt.Sprintf("is not valid JSON: %v", err))}
 	}
+	return MeshSpecFrom(doc)
+}
+
+// MeshSpecFrom reads a Mesh spec from its decoded JSON, as ParseMeshSpec does.
+func MeshSpecFrom(doc any) (MeshSpec, field.ErrorList) {
+	var spec MeshSpec
 	r := &reader{}
 	if obj, ok := r.object(doc, SpecPath); ok {
 		if mtls, ok := r.optObject(obj, "mtls", MTLSPath); ok {

@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcert/meshcert/defaults"
-	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/validation"
 )
@@ -122,9 +121,8 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 	}
 	p.identityHash = hash(uriStrings...)
 
-	cached := lookup.Cache{Ctx: ctx, Cache: r.Client, SystemNamespace: r.SystemNamespace}
 	if ds := backend.CertManager.CACert; ds != nil {
-		env := validation.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: cached}
+		env := validation.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
 		index := slices.IndexFunc(spec.MTLS.Backends, func(b model.Backend) bool { return b.Name == backend.Name })
 		data, errs, _ := validation.CACert(mesh.Name, *ds, model.BackendsPath.Index(index).Child("conf", "caCert"), env)
 		if len(errs) > 0 {
@@ -136,19 +134,13 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 	p.issuerHash = p.enabledKey.config
 
 	if p.issuerRef.Group == defaults.IssuerGroup {
-		iss, err := cached.GenericIssuer(p.issuerRef)
-		if err != nil {
-			return nil, nil, err
-		}
-		var state validation.IssuerState
-		if iss != nil {
-			state = lookup.IssuerReadiness(iss.GetStatus())
-			p.issuerVersion = iss.GetObjectMeta().ResourceVersion
-		}
+		iss, found := r.Lookup.GenericIssuer(p.issuerRef)
+		state := iss.State
+		p.issuerVersion = iss.ResourceVersion
 		switch {
-		case iss == nil && p.issuerRef.Kind == cmapi.IssuerKind:
+		case !found && p.issuerRef.Kind == cmapi.IssuerKind:
 			return backendProblem("IssuerNotFound", "Issuer %s/%s not found; an Issuer must be in the system namespace", r.SystemNamespace, p.issuerRef.Name)
-		case iss == nil:
+		case !found:
 			return backendProblem("IssuerNotFound", "%s %s not found", p.issuerRef.Kind, p.issuerRef.Name)
 		case !state.Ready:
 			return backendProblem("IssuerNotReady", "%s %s is not Ready: %s", p.issuerRef.Kind, p.issuerRef.Name, strings.TrimSpace(state.Reason+" "+state.Message))

@@ -49,7 +49,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	if len(errs) > 0 {
 		return ctrl.Result{}, nil
 	}
-	t := r.trustOf(ctx, mesh.Name, spec)
+	t := r.trustOf(mesh.Name, spec)
 	r.trust.prune(mesh.Name, t.keys)
 
 	keep := map[string]bool{}

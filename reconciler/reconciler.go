@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -36,7 +37,9 @@ type Reconciler struct {
 	Client client.Client
 	// APIReader reads from the API server: only to see whether a Secret
 	// that meshcert does not manage still holds a dataplane's Secret name.
-	APIReader       client.Reader
+	APIReader client.Reader
+	// Lookup answers for mesh Secrets and issuers.
+	Lookup          *lookup.Index
 	Recorder        events.EventRecorder
 	Clock           clock.PassiveClock
 	SystemNamespace string
@@ -104,7 +107,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	r.learnFromSecret(p, secret)
-	trust := r.trustOf(ctx, p.mesh.Name, p.spec)
+	trust := r.trustOf(p.mesh.Name, p.spec)
 	p.bundle, p.bundleComplete = trust.bundle(), len(trust.unknown) == 0
 	now := r.Clock.Now()
 	v := checkDelivered(secret, p, now)
@@ -296,7 +299,7 @@ func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p
 		r.trust.learn(p.enabledKey, []*x509.Certificate{root})
 	}
 	// The mesh's roots, with the enabled backend's now known.
-	bundle := r.trustOf(ctx, p.mesh.Name, p.spec).bundle()
+	bundle := r.trustOf(p.mesh.Name, p.spec).bundle()
 	keyPEM, err := pki.EncodePrivateKey(pr.key, cmapi.PKCS8)
 	if err != nil {
 		return ctrl.Result{}, err

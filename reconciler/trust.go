@@ -2,7 +2,6 @@ package reconciler
 
 import (
 	"bytes"
-	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"slices"
@@ -13,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshcert/meshcert/defaults"
-	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/validation"
 )
@@ -125,12 +123,12 @@ func encodeRoots(roots []*x509.Certificate) []byte {
 // provided backend, and the CA Secret Kuma keeps for a builtin one. The
 // enabled backend's root, when it must be learned, is learned from its own
 // certificates, so it is never counted as unknown.
-func (r *Reconciler) trustOf(ctx context.Context, mesh string, spec model.MeshSpec) meshTrust {
+func (r *Reconciler) trustOf(mesh string, spec model.MeshSpec) meshTrust {
 	t := meshTrust{keys: map[backendKey]bool{}}
 	if spec.MTLS == nil {
 		return t
 	}
-	env := validation.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: lookup.Cache{Ctx: ctx, Cache: r.Client, SystemNamespace: r.SystemNamespace}}
+	env := validation.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
 	dataSource := func(ds *model.DataSource, i int) []*x509.Certificate {
 		if ds == nil {
 			return nil

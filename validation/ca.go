@@ -2,9 +2,11 @@ package validation
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -31,13 +33,12 @@ func CAProblems(data []byte, now time.Time) (problems, warnings []string) {
 			problems = append(problems[:maxCAProblems], fmt.Sprintf("and %d more problems", extra))
 		}
 	}()
-	certs, problems := decodeCertificates(data)
-	for i, der := range certs {
+	b := parsedBundles.get(data)
+	problems = append(problems, b.problems...)
+	for i, cert := range b.certs {
 		name := fmt.Sprintf("cert[%d]", i)
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: is not a valid X.509 certificate: %v", name, err))
-			continue
+		if cert == nil {
+			continue // Reported among b.problems.
 		}
 		if !cert.BasicConstraintsValid || !cert.IsCA {
 			problems = append(problems, name+": "+msgNotCA)
@@ -56,6 +57,56 @@ func CAProblems(data []byte, now time.Time) (problems, warnings []string) {
 		}
 	}
 	return problems, warnings
+}
+
+// bundle is a PEM bundle, parsed: its certificates (nil where one does not
+// parse) and the problems of its form.
+type bundle struct {
+	certs    []*x509.Certificate
+	problems []string
+}
+
+func parseBundle(data []byte) bundle {
+	ders, problems := decodeCertificates(data)
+	b := bundle{certs: make([]*x509.Certificate, len(ders)), problems: problems}
+	for i, der := range ders {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			b.problems = append(b.problems, fmt.Sprintf("cert[%d]: is not a valid X.509 certificate: %v", i, err))
+			continue
+		}
+		b.certs[i] = cert
+	}
+	return b
+}
+
+// parsedBundles remembers recent parses: every admission of a Mesh reads the
+// same few CA certificates, and parsing them is most of its validation.
+var parsedBundles = &bundleCache{entries: map[[sha256.Size]byte]bundle{}}
+
+type bundleCache struct {
+	mu      sync.Mutex
+	entries map[[sha256.Size]byte]bundle
+}
+
+const bundleCacheSize = 128
+
+func (c *bundleCache) get(data []byte) bundle {
+	key := sha256.Sum256(data)
+	c.mu.Lock()
+	b, ok := c.entries[key]
+	c.mu.Unlock()
+	if ok {
+		return b
+	}
+	b = parseBundle(data)
+	c.mu.Lock()
+	if len(c.entries) >= bundleCacheSize {
+		clear(c.entries) // Rare: few distinct CAs exist.
+	}
+	c.entries[key] = b
+	c.mu.Unlock()
+	return b
 }
 
 // decodeCertificates returns the DER of each CERTIFICATE block. Any other block

@@ -1,7 +1,6 @@
 package webhook
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -46,20 +45,9 @@ func decodeMesh(req admission.Request) (model.Mesh, field.ErrorList, error) {
 	if len(req.Object.Raw) == 0 {
 		return model.Mesh{}, nil, errNoObject
 	}
-	// A map, not a struct: encoding/json matches struct fields regardless of
-	// case, and "Spec" is not the spec.
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(req.Object.Raw, &obj); err != nil {
-		return model.Mesh{}, nil, fmt.Errorf("the object is not a JSON Mesh: %w", err)
+	mesh, errs, err := model.DecodeMesh(req.Object.Raw, req.Name)
+	if err != nil {
+		return model.Mesh{}, nil, err
 	}
-	name := req.Name
-	if name == "" {
-		var meta struct {
-			Name string `json:"name"`
-		}
-		_ = json.Unmarshal(obj["metadata"], &meta) // The name is only for messages.
-		name = meta.Name
-	}
-	spec, errs := model.ParseMeshSpec(obj["spec"])
-	return model.Mesh{Name: name, Spec: spec}, errs, nil
+	return mesh, errs, nil
 }

@@ -63,12 +63,12 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 		}
 		errs = res.Errors
 	}
-	log := logf.FromContext(ctx).WithValues("mesh", mesh.Name, "operation", req.Operation)
+	log := logf.FromContext(ctx).V(1)
 	if len(errs) == 0 {
-		log.V(1).Info("Admitted mesh", "warnings", len(res.Warnings))
+		log.Info("Admitted mesh", "mesh", mesh.Name, "operation", req.Operation, "warnings", len(res.Warnings))
 		return admission.Allowed("").WithWarnings(res.Warnings...)
 	}
-	log.V(1).Info("Rejected mesh", "errors", len(errs), "warnings", len(res.Warnings))
+	log.Info("Rejected mesh", "mesh", mesh.Name, "operation", req.Operation, "errors", len(errs), "warnings", len(res.Warnings))
 	status := apierrors.NewInvalid(MeshGroupKind, mesh.Name, limitErrors(errs)).Status()
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{
 		Allowed:  false,

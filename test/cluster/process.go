@@ -67,6 +67,8 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 	p := &Process{logs: logs, probe: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", p.probe}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = logs, logs
+	// Die with the test, even when it is killed before its cleanup runs.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		logs.Close()
 		return nil, err
@@ -109,6 +111,9 @@ func (p *Process) Terminate() error {
 	<-p.exited
 	return p.err
 }
+
+// Pid is the process's ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Exited tells whether the process has ended.
 func (p *Process) Exited() bool {

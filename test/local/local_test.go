@@ -37,6 +37,8 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 
 	cmd := exec.Command(bin, "--dir", state)
 	cmd.Dir = root
+	// Die with the test, even when it is killed before its cleanup runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

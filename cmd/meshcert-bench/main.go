@@ -1,0 +1,49 @@
+// Command meshcert-bench measures meshcert against baselines in the same run
+// and writes the table to bench/results.md. `make bench` runs it.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/meshcert/meshcert/test/bench"
+)
+
+func main() {
+	if len(os.Args) == 2 && os.Args[1] == "load" {
+		// A load run of the bench, in a process of its own.
+		var spec bench.LoadSpec
+		if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+			fmt.Fprintf(os.Stderr, "meshcert-bench load: %v\n", err)
+			os.Exit(1)
+		}
+		_ = json.NewEncoder(os.Stdout).Encode(bench.RunLoad(ctrl.SetupSignalHandler(), spec))
+		return
+	}
+	quick := flag.Bool("quick", false, "Run every measure at a small size, in a few minutes.")
+	results := flag.String("results", "bench/results.md", "Where to write the Markdown report; empty for none.")
+	cpuProfile := flag.String("cpuprofile", "", "Write a CPU profile of the whole run (load, servers and all) to this file.")
+	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := bench.Run(ctrl.SetupSignalHandler(), bench.Options{Quick: *quick, Out: os.Stdout, Results: *results}); err != nil {
+		pprof.StopCPUProfile()
+		fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
+		os.Exit(1)
+	}
+}

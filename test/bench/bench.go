@@ -1,0 +1,88 @@
+// Package bench measures meshcert against baselines measured in the same
+// run, on the test cluster: admission (P1, P2), issuance (P3), memory (P4),
+// API writes at rest (P5) and a renewal storm (P6). The machine is shared and
+// noisy, so the ratios count; absolute figures are context.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Options configures a run.
+type Options struct {
+	// Quick runs every measure at a small size, in a few minutes.
+	Quick bool
+	// Out receives progress and the table.
+	Out io.Writer
+	// Results is where the Markdown report is written, if set.
+	Results string
+}
+
+// Row is one line of the results table.
+type Row struct {
+	ID, Measure, Ours, Baseline, Ratio, Target string
+	Met                                        *bool
+}
+
+func met(ok bool) *bool { return &ok }
+
+// Run runs every measure and reports them.
+func Run(ctx context.Context, o Options) error {
+	start := time.Now()
+	var rows []Row
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(o.Out, "[%s] %s\n", time.Since(start).Round(time.Second), fmt.Sprintf(format, args...))
+	}
+	for _, m := range []func(context.Context, Options, func(string, ...any)) ([]Row, error){
+		admissionRate, apiCreate, issuance, renewalStorm,
+	} {
+		r, err := m(ctx, o, progress)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, r...)
+	}
+	report := Report(rows, o.Quick, time.Since(start))
+	fmt.Fprint(o.Out, "\n"+report)
+	if o.Results != "" {
+		if err := os.MkdirAll(filepath.Dir(o.Results), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(o.Results, []byte(report), 0o644)
+	}
+	return nil
+}
+
+// Report renders the rows as Markdown, with the machine they ran on.
+func Report(rows []Row, quick bool, took time.Duration) string {
+	var b strings.Builder
+	mode := "full"
+	if quick {
+		mode = "quick"
+	}
+	fmt.Fprintf(&b, "# meshcert benchmarks\n\n%s run of `make bench`, %s, on %s.\n\n", mode, time.Now().UTC().Format("2006-01-02 15:04 MST"), machine())
+	b.WriteString("Every figure stands next to a baseline measured in the same run; the machine is shared and noisy, so the ratios are what count.\n\n")
+	b.WriteString("| id | measure | meshcert | baseline | ratio | target | met |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		verdict := "—"
+		if r.Met != nil {
+			verdict = map[bool]string{true: "yes", false: "**no**"}[*r.Met]
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.ID, r.Measure, r.Ours, orDash(r.Baseline), orDash(r.Ratio), orDash(r.Target), verdict)
+	}
+	fmt.Fprintf(&b, "\nThe run took %s.\n", took.Round(time.Second))
+	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return s
+}

@@ -1,0 +1,185 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshcert/meshcert/test/cluster"
+)
+
+// apiCreate is P2: creating a Mesh through the API server, as kubectl does,
+// with meshcert's webhooks registered and without. The two alternate in
+// rounds, so the drifts of a shared machine hit both.
+func apiCreate(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
+	progress("P2: starting a cluster with meshcert's webhooks registered")
+	e, err := newEnv(ctx, true, "issuers", "clusterissuers")
+	if err != nil {
+		return nil, err
+	}
+	defer e.stop()
+	cfg, err := e.c.MeshcertConfig(systemNamespace)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ReconcilerEnabled = false
+	m, err := e.c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: discard{}})
+	if err != nil {
+		return nil, err
+	}
+	defer m.Stop()
+
+	y, err := testdata("meshes/documented.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var mesh unstructured.Unstructured
+	if err := yaml.Unmarshal(y, &mesh.Object); err != nil {
+		return nil, err
+	}
+	var mutating admissionregistrationv1.MutatingWebhookConfiguration
+	var validating admissionregistrationv1.ValidatingWebhookConfiguration
+	if err := e.c.Client.Get(ctx, client.ObjectKey{Name: "meshcert-local"}, &mutating); err != nil {
+		return nil, err
+	}
+	if err := e.c.Client.Get(ctx, client.ObjectKey{Name: "meshcert-local"}, &validating); err != nil {
+		return nil, err
+	}
+
+	rounds, perRound := 4, 50
+	if o.Quick {
+		rounds, perRound = 2, 20
+	}
+	// The documented example, under its own name: its caCert is a mesh
+	// Secret of mesh demo. Each create is followed by a delete, not timed.
+	create := func(k int) ([]time.Duration, error) {
+		var out []time.Duration
+		for range k {
+			obj := mesh.DeepCopy()
+			start := time.Now()
+			if err := e.c.Client.Create(ctx, obj); err != nil {
+				return nil, err
+			}
+			out = append(out, time.Since(start))
+			if err := e.c.Client.Delete(ctx, obj); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	if _, err := create(perRound); err != nil { // warm up both paths
+		return nil, err
+	}
+	servedBefore, callsBefore := webhookServerTime()
+	var with, without []time.Duration
+	for range rounds {
+		w, err := create(perRound)
+		if err != nil {
+			return nil, err
+		}
+		with = append(with, w...)
+		if err := setWebhooks(ctx, e, nil, nil); err != nil {
+			return nil, err
+		}
+		wo, err := create(perRound)
+		if err != nil {
+			return nil, err
+		}
+		without = append(without, wo...)
+		if err := setWebhooks(ctx, e, &mutating, &validating); err != nil {
+			return nil, err
+		}
+	}
+	slices.Sort(with)
+	slices.Sort(without)
+	servedAfter, callsAfter := webhookServerTime()
+	count := callsAfter - callsBefore
+	served := (servedAfter - servedBefore) / time.Duration(max(count, 1))
+	progress("P2: the webhook server spent %s per call on average (%d calls)", ms(served), count)
+	ratio := float64(mean(with)) / float64(mean(without))
+	progress("P2: create %s with the webhooks, %s without", ms(mean(with)), ms(mean(without)))
+	return []Row{{
+		ID: "P2", Measure: fmt.Sprintf("create a Mesh through the API server (%d creates each, mean)", len(with)),
+		Ours:     fmt.Sprintf("%s (p50 %s, p99 %s)", ms(mean(with)), ms(percentile(with, 0.5)), ms(percentile(with, 0.99))),
+		Baseline: fmt.Sprintf("%s (p50 %s, p99 %s) without webhooks", ms(mean(without)), ms(percentile(without, 0.5)), ms(percentile(without, 0.99))),
+		Ratio:    fmt.Sprintf("%.2f×", ratio), Target: "≤ 1.15×", Met: met(ratio <= 1.15),
+	}, {
+		ID: "P2", Measure: "…of which meshcert's webhook server, per call (two calls a create)",
+		Ours: ms(served),
+	}}, nil
+}
+
+// setWebhooks registers meshcert's webhooks (or removes them, given nil), and
+// waits until the API server acts on the change: a Mesh without an issuer
+// name is refused exactly when they are registered.
+func setWebhooks(ctx context.Context, e *env, m *admissionregistrationv1.MutatingWebhookConfiguration, v *admissionregistrationv1.ValidatingWebhookConfiguration) error {
+	registered := m != nil
+	if registered {
+		m, v = m.DeepCopy(), v.DeepCopy()
+		m.ResourceVersion, v.ResourceVersion = "", ""
+		if err := e.c.Client.Create(ctx, m); err != nil {
+			return err
+		}
+		if err := e.c.Client.Create(ctx, v); err != nil {
+			return err
+		}
+	} else {
+		for _, obj := range []client.Object{&admissionregistrationv1.MutatingWebhookConfiguration{}, &admissionregistrationv1.ValidatingWebhookConfiguration{}} {
+			obj.SetName("meshcert-local")
+			if err := e.c.Client.Delete(ctx, obj); err != nil {
+				return err
+			}
+		}
+	}
+	probe := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kuma.io/v1alpha1", "kind": "Mesh", "metadata": map[string]any{"name": "bench-probe"},
+		"spec": map[string]any{"mtls": map[string]any{"backends": []any{map[string]any{"name": "cm", "type": "certmanager", "conf": map[string]any{"issuerRef": map[string]any{}}}}}},
+	}}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		err := e.c.Client.Create(ctx, probe.DeepCopy(), client.DryRunAll)
+		if (err != nil) == registered {
+			return nil
+		}
+	}
+	return fmt.Errorf("the API server did not take up the webhook change")
+}
+
+func mean(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, x := range d {
+		sum += x
+	}
+	return sum / time.Duration(len(d))
+}
+
+// webhookServerTime is the total time meshcert's webhook server spent on
+// requests, and their number, from controller-runtime's histogram in this
+// process.
+func webhookServerTime() (time.Duration, uint64) {
+	families, err := crmetrics.Registry.Gather()
+	if err != nil {
+		return 0, 0
+	}
+	var sum float64
+	var count uint64
+	for _, f := range families {
+		if f.GetName() != "controller_runtime_webhook_latency_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += m.GetHistogram().GetSampleSum()
+			count += m.GetHistogram().GetSampleCount()
+		}
+	}
+	return time.Duration(sum * float64(time.Second)), count
+}

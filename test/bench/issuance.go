@@ -1,0 +1,346 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	toolscache "k8s.io/client-go/tools/cache"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	// cert-manager's controllers of Certificates, for baseline (b).
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/issuing"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/keymanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/readiness"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/requestmanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/revisionmanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
+
+	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/test/cluster"
+)
+
+// signerControllers are cert-manager's controllers of CertificateRequests
+// for a CA ClusterIssuer; certificateControllers add those of Certificates.
+var (
+	signerControllers      = []string{"issuers", "clusterissuers", "certificaterequests-approver", "certificaterequests-issuer-ca"}
+	certificateControllers = append(append([]string(nil), signerControllers...),
+		"certificates-trigger", "certificates-issuing", "certificates-key-manager",
+		"certificates-request-manager", "certificates-readiness", "certificates-revision-manager")
+)
+
+// identity is dataplane i's: the URI SANs meshcert gives it.
+func identity(i int) []string {
+	return []string{fmt.Sprintf("spiffe://bench/web-%d", i), fmt.Sprintf("kuma://kuma.io/service/web-%d", i)}
+}
+
+var benchUsages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
+
+var clusterIssuer = cmmeta.IssuerReference{Name: "mesh-ca", Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"}
+
+// parallel runs fn for 0..n-1 on a few workers, as a busy client would.
+func parallel(n int, fn func(i int) error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	next := make(chan int)
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(i); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// countUntil follows one type's objects in a namespace through an informer
+// (which relists and rewatches as needed) and returns once done says n of
+// them are done.
+func countUntil(ctx context.Context, e *env, obj client.Object, ns string, n int, timeout time.Duration, done func(client.Object) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := crcache.New(e.c.Config, crcache.Options{Scheme: e.c.Client.Scheme(), DefaultNamespaces: map[string]crcache.Config{ns: {}}})
+	if err != nil {
+		return err
+	}
+	informer, err := c.GetInformer(ctx, obj)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	finished := map[string]bool{}
+	all := make(chan struct{})
+	check := func(o any) {
+		obj, ok := o.(client.Object)
+		if !ok || !done(obj) {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished[obj.GetName()] {
+			finished[obj.GetName()] = true
+			if len(finished) == n {
+				close(all)
+			}
+		}
+	}
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, o any) { check(o) }}); err != nil {
+		return err
+	}
+	go func() { _ = c.Start(ctx) }()
+	select {
+	case <-all:
+		return nil
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Errorf("%d of %d done after %s", len(finished), n, timeout)
+	}
+}
+
+func ready(conds []cmapi.CertificateRequestCondition) bool {
+	for _, c := range conds {
+		if c.Type == cmapi.CertificateRequestConditionReady && c.Status == cmmeta.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// signerAlone is baseline (a): cert-manager's CA signer signing n bare
+// CertificateRequests, their CSRs made beforehand: the ceiling of issuance.
+func signerAlone(ctx context.Context, n int) (time.Duration, error) {
+	e, err := newEnv(ctx, false, signerControllers...)
+	if err != nil {
+		return 0, err
+	}
+	defer e.stop()
+	const ns = "bench-signer"
+	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
+		return 0, err
+	}
+	csrs := make([][]byte, n)
+	if err := parallel(n, func(i int) error {
+		key, err := pki.GenerateECPrivateKey(pki.ECCurve256)
+		if err != nil {
+			return err
+		}
+		tmpl, err := pki.GenerateCSR(&cmapi.Certificate{Spec: cmapi.CertificateSpec{URIs: identity(i), Usages: benchUsages,
+			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}}})
+		if err != nil {
+			return err
+		}
+		der, err := pki.EncodeCSR(tmpl, key)
+		if err != nil {
+			return err
+		}
+		csrs[i] = pemCSR(der)
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	doneCh := make(chan error, 1)
+	go func() {
+		doneCh <- countUntil(ctx, e, &cmapi.CertificateRequest{}, ns, n, 30*time.Minute, func(o client.Object) bool {
+			return ready(o.(*cmapi.CertificateRequest).Status.Conditions)
+		})
+	}()
+	time.Sleep(200 * time.Millisecond) // let the watch start
+	start := time.Now()
+	if err := parallel(n, func(i int) error {
+		return e.c.Client.Create(ctx, &cmapi.CertificateRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
+			Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer,
+				Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages},
+		})
+	}); err != nil {
+		return 0, err
+	}
+	if err := <-doneCh; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// certificates is baseline (b): the same identities as cert-manager
+// Certificates, through cert-manager's own certificates controllers: what a
+// user would do without meshcert.
+func certificates(ctx context.Context, n int) (time.Duration, error) {
+	e, err := newEnv(ctx, false, certificateControllers...)
+	if err != nil {
+		return 0, err
+	}
+	defer e.stop()
+	const ns = "bench-certificates"
+	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
+		return 0, err
+	}
+	doneCh := make(chan error, 1)
+	go func() {
+		doneCh <- countUntil(ctx, e, &cmapi.Certificate{}, ns, n, 60*time.Minute, func(o client.Object) bool {
+			for _, c := range o.(*cmapi.Certificate).Status.Conditions {
+				if c.Type == cmapi.CertificateConditionReady && c.Status == cmmeta.ConditionTrue {
+					return true
+				}
+			}
+			return false
+		})
+	}()
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	if err := parallel(n, func(i int) error {
+		return e.c.Client.Create(ctx, &cmapi.Certificate{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
+			Spec: cmapi.CertificateSpec{
+				SecretName: fmt.Sprintf("web-%d-mtls", i), URIs: identity(i), IssuerRef: clusterIssuer,
+				Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages,
+				PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
+			},
+		})
+	}); err != nil {
+		return 0, err
+	}
+	if err := <-doneCh; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// meshcertRun is meshcert, as a process of its own, serving a mesh.
+type meshcertRun struct {
+	e        *env
+	p        *cluster.Process
+	metrics  string
+	log      string
+	peakRSS  uint64 // bytes
+	peakHeap float64
+}
+
+const benchNamespace = "bench"
+
+// startMeshcert starts a cluster and a meshcert process serving mesh bench,
+// whose certificates expire after expiration.
+func startMeshcert(ctx context.Context, dir, expiration string, extra ...string) (*meshcertRun, error) {
+	e, err := newEnv(ctx, false, signerControllers...)
+	if err != nil {
+		return nil, err
+	}
+	r := &meshcertRun{e: e, log: filepath.Join(dir, "meshcert.log")}
+	if err := cluster.EnsureNamespace(ctx, e.c.Client, benchNamespace); err != nil {
+		r.stop()
+		return nil, err
+	}
+	spec, _ := json.Marshal(map[string]any{"mtls": map[string]any{"enabledBackend": "cm", "backends": []any{map[string]any{
+		"name": "cm", "type": "certmanager", "dpCert": map[string]any{"rotation": map[string]any{"expiration": expiration}},
+		"conf": map[string]any{"issuerRef": map[string]any{"name": "mesh-ca", "kind": "ClusterIssuer"}},
+	}}}})
+	if err := e.c.Client.Create(ctx, &model.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: "bench"}, Spec: spec}); err != nil {
+		r.stop()
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		r.stop()
+		return nil, err
+	}
+	r.metrics = fmt.Sprintf("127.0.0.1:%d", port)
+	args := append([]string{"--enable-webhook=false", "--system-namespace=" + systemNamespace,
+		"--dataplane-namespaces=" + benchNamespace, "--metrics-bind-address=" + r.metrics}, extra...)
+	if r.p, err = e.c.StartProcess(r.log, args...); err != nil {
+		r.stop()
+		return nil, err
+	}
+	go r.sampleMemory(ctx)
+	return r, nil
+}
+
+func (r *meshcertRun) stop() {
+	if r.p != nil {
+		r.p.Kill()
+	}
+	r.e.stop()
+}
+
+// sampleMemory records the process's peak resident set and Go heap.
+func (r *meshcertRun) sampleMemory(ctx context.Context) {
+	for !r.p.Exited() && ctx.Err() == nil {
+		if rss, err := residentBytes(r.p.Pid()); err == nil && rss > r.peakRSS {
+			r.peakRSS = rss
+		}
+		if m, err := scrape(r.metrics); err == nil && m["go_memstats_heap_inuse_bytes"] > r.peakHeap {
+			r.peakHeap = m["go_memstats_heap_inuse_bytes"]
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// createDataplanes creates n dataplanes of mesh bench, and waits until each
+// has its Secret. It returns the time from the first create.
+func (r *meshcertRun) createDataplanes(ctx context.Context, n int) (time.Duration, error) {
+	doneCh := make(chan error, 1)
+	go func() {
+		doneCh <- countUntil(ctx, r.e, &corev1.Secret{}, benchNamespace, n, 60*time.Minute, func(o client.Object) bool {
+			return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0
+		})
+	}()
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	if err := parallel(n, func(i int) error {
+		spec, _ := json.Marshal(map[string]any{"networking": map[string]any{"address": "10.0.0.1",
+			"inbound": []any{map[string]any{"port": 8080, "tags": map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}}}}})
+		return r.e.c.Client.Create(ctx, &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace}, Mesh: "bench", Spec: spec})
+	}); err != nil {
+		return 0, err
+	}
+	if err := <-doneCh; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// writes counts meshcert's API requests that change something.
+func (r *meshcertRun) writes() (float64, error) {
+	m, err := scrapeAll(r.metrics, "rest_client_requests_total")
+	if err != nil {
+		return 0, err
+	}
+	total := 0.0
+	for labels, v := range m {
+		for _, method := range []string{`method="POST"`, `method="PUT"`, `method="PATCH"`, `method="DELETE"`} {
+			if contains(labels, method) {
+				total += v
+			}
+		}
+	}
+	return total, nil
+}
+
+func pemCSR(der []byte) []byte {
+	return pemEncode("CERTIFICATE REQUEST", der)
+}

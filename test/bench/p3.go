@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+)
+
+// issuance is P3, P4 and P5: issuance for N dataplanes against cert-manager's
+// signer alone (a) and against cert-manager's own Certificates (b); the
+// memory meshcert took to do it; and its API writes at rest afterwards.
+func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
+	sizes := []int{1000, 10000}
+	steady := 10 * time.Minute
+	if o.Quick {
+		sizes, steady = []int{200}, time.Minute
+	}
+	dir, err := os.MkdirTemp("", "meshcert-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	var rows []Row
+	var p5 chan Row
+	rss := map[int]uint64{}
+	for i, n := range sizes {
+		progress("P3: N=%d: (a) cert-manager's CA signer alone", n)
+		a, err := signerAlone(ctx, n)
+		if err != nil {
+			return nil, fmt.Errorf("P3 (a): %w", err)
+		}
+		progress("P3: N=%d: (b) cert-manager Certificates", n)
+		b, err := certificates(ctx, n)
+		if err != nil {
+			return nil, fmt.Errorf("P3 (b): %w", err)
+		}
+		progress("P3: N=%d: meshcert", n)
+		// Resyncs every minute (every 15s when quick), for P5.
+		syncPeriod := time.Minute
+		if o.Quick {
+			syncPeriod = 15 * time.Second
+		}
+		run, err := startMeshcert(ctx, dir, "24h", fmt.Sprintf("--sync-period=%s", syncPeriod))
+		if err != nil {
+			return nil, err
+		}
+		ours, err := run.createDataplanes(ctx, n)
+		if err != nil {
+			run.stop()
+			return nil, fmt.Errorf("P3 meshcert: %w", err)
+		}
+		progress("P3: N=%d: (a) %s, (b) %s, meshcert %s", n, a.Round(100*time.Millisecond), b.Round(100*time.Millisecond), ours.Round(100*time.Millisecond))
+		ofSigner, thanCertificates := a.Seconds()/ours.Seconds(), b.Seconds()/ours.Seconds()
+		rows = append(rows,
+			Row{ID: "P3", Measure: fmt.Sprintf("N=%d dataplanes to N valid Secrets, vs (a) the CA signer alone on N bare requests", n),
+				Ours:     fmt.Sprintf("%s (%.0f/s)", ours.Round(100*time.Millisecond), float64(n)/ours.Seconds()),
+				Baseline: fmt.Sprintf("%s (%.0f/s)", a.Round(100*time.Millisecond), float64(n)/a.Seconds()),
+				Ratio:    fmt.Sprintf("%.2f× of (a)", ofSigner), Target: "≥ 0.7× of (a)", Met: met(ofSigner >= 0.7)},
+			Row{ID: "P3", Measure: fmt.Sprintf("N=%d, vs (b) the same identities as cert-manager Certificates", n),
+				Ours: ours.Round(100 * time.Millisecond).String(), Baseline: fmt.Sprintf("%s (%.0f/s)", b.Round(100*time.Millisecond), float64(n)/b.Seconds()),
+				Ratio: fmt.Sprintf("%.1f× faster", thanCertificates), Target: "≥ 2× faster", Met: met(thanCertificates >= 2)},
+		)
+		time.Sleep(time.Second) // a last sample of the settled process
+		rss[n] = run.peakRSS
+		row := Row{ID: "P4", Measure: fmt.Sprintf("meshcert's peak memory at N=%d", n),
+			Ours: fmt.Sprintf("RSS %s, heap %s", mib(float64(run.peakRSS)), mib(run.peakHeap))}
+		if n == 10000 {
+			row.Target, row.Met = "≤ 150 MiB", met(run.peakRSS <= 150<<20)
+		}
+		rows = append(rows, row)
+		if i == 0 {
+			// P5 runs at rest in the background, while the next sizes run.
+			p5 = make(chan Row, 1)
+			go func() {
+				defer run.stop()
+				p5 <- atRest(ctx, run, n, steady, syncPeriod, progress)
+			}()
+		} else {
+			run.stop()
+		}
+	}
+	if len(sizes) > 1 {
+		lo, hi := sizes[0], sizes[len(sizes)-1]
+		growth := (float64(rss[hi]) - float64(rss[lo])) / float64(hi-lo)
+		rows = append(rows, Row{ID: "P4", Measure: "meshcert's memory per dataplane (RSS, from N=1,000 to 10,000)", Ours: fmt.Sprintf("%.1f KiB", growth/1024)})
+	}
+	if p5 != nil {
+		progress("P5: waiting for the measure at rest to end")
+		rows = append(rows, <-p5)
+	}
+	return rows, nil
+}
+
+// atRest is P5: meshcert's API writes during a steady state with forced
+// resyncs, which must make none.
+func atRest(ctx context.Context, r *meshcertRun, n int, window, syncPeriod time.Duration, progress func(string, ...any)) Row {
+	time.Sleep(5 * time.Second) // the last requests' deletions
+	before, err1 := r.writes()
+	reconcilesBefore, err2 := scrapeAll(r.metrics, "controller_runtime_reconcile_total")
+	time.Sleep(window)
+	after, err3 := r.writes()
+	reconcilesAfter, err4 := scrapeAll(r.metrics, "controller_runtime_reconcile_total")
+	for _, err := range []error{err1, err2, err3, err4} {
+		if err != nil {
+			return Row{ID: "P5", Measure: "API writes at rest", Ours: "error: " + err.Error()}
+		}
+	}
+	reconciled := sum(reconcilesAfter) - sum(reconcilesBefore)
+	writes := after - before
+	progress("P5: %.0f writes in %s at rest, %.0f reconciles", writes, window, reconciled)
+	return Row{ID: "P5", Measure: fmt.Sprintf("API writes by meshcert in %s at rest, N=%d, a resync every %s (%.0f reconciles)", window, n, syncPeriod, reconciled),
+		Ours: fmt.Sprintf("%.0f", writes), Target: "0", Met: met(writes == 0)}
+}
+
+func sum(m map[string]float64) float64 {
+	total := 0.0
+	for _, v := range m {
+		total += v
+	}
+	return total
+}

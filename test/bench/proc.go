@@ -1,0 +1,83 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// residentBytes reads a process's resident set size.
+func residentBytes(pid int) (uint64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for process %d", pid)
+}
+
+// scrapeAll reads the samples of one metric family from a Prometheus text
+// endpoint, by their label set.
+func scrapeAll(addr, name string) (map[string]float64, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	s := bufio.NewScanner(resp.Body)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		line := s.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		labels := ""
+		if strings.HasPrefix(rest, "{") {
+			end := strings.Index(rest, "}")
+			labels, rest = rest[1:end], rest[end+1:]
+		} else if !strings.HasPrefix(rest, " ") {
+			continue // another metric whose name starts alike
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if err == nil {
+			out[labels] += v
+		}
+	}
+	return out, s.Err()
+}
+
+// scrape sums each of a few metrics over its labels.
+func scrape(addr string) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, name := range []string{"go_memstats_heap_inuse_bytes", "workqueue_depth"} {
+		m, err := scrapeAll(addr, name)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range m {
+			out[name] += v
+		}
+	}
+	return out, nil
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func pemEncode(kind string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})
+}
+
+func mib(b float64) string { return fmt.Sprintf("%.0f MiB", b/(1<<20)) }

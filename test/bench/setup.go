@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/test/cluster"
+)
+
+const systemNamespace = "kong-mesh-system"
+
+// env is a test cluster with cert-manager's controllers and a CA Issuer and
+// ClusterIssuer named mesh-ca.
+type env struct {
+	c       *cluster.Cluster
+	cm      *cluster.CertManager
+	ca      *cluster.CA
+	stopped bool
+}
+
+// newEnv starts a cluster with the given cert-manager controllers.
+func newEnv(ctx context.Context, webhooks bool, controllers ...string) (*env, error) {
+	c, err := cluster.Start(cluster.Options{Webhooks: webhooks})
+	if err != nil {
+		return nil, err
+	}
+	e := &env{c: c}
+	if err := e.setup(ctx, controllers); err != nil {
+		e.stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *env) setup(ctx context.Context, controllers []string) error {
+	if err := e.c.InstallCRDs(); err != nil {
+		return err
+	}
+	var err error
+	if e.cm, err = e.c.StartCertManager(ctx, cluster.CertManagerOptions{ClusterResourceNamespace: systemNamespace, Controllers: controllers}); err != nil {
+		return err
+	}
+	if err := cluster.EnsureNamespace(ctx, e.c.Client, systemNamespace); err != nil {
+		return err
+	}
+	if e.ca, err = cluster.NewCA("bench CA"); err != nil {
+		return err
+	}
+	for _, iss := range []cluster.CAIssuer{
+		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: e.ca},
+		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: e.ca},
+	} {
+		if err := cluster.CreateCAIssuer(ctx, e.c.Client, iss); err != nil {
+			return err
+		}
+		kind := cmapi.IssuerKind
+		if iss.Namespace == "" {
+			kind = cmapi.ClusterIssuerKind
+		}
+		if err := cluster.WaitIssuerReady(ctx, e.c.Client, cmmeta.IssuerReference{Name: iss.Name, Kind: kind}, iss.Namespace); err != nil {
+			return err
+		}
+	}
+	// The mesh Secret the documented example names as caCert.
+	return e.c.Client.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "demo-ca", Namespace: systemNamespace, Labels: map[string]string{model.MeshLabel: "demo"}},
+		Type:       model.MeshSecretType,
+		Data:       map[string][]byte{model.SecretValueKey: e.ca.CertPEM},
+	})
+}
+
+func (e *env) stop() {
+	if e.stopped {
+		return
+	}
+	e.stopped = true
+	if e.cm != nil {
+		e.cm.Stop()
+	}
+	_ = e.c.Stop()
+}
+
+// testdata reads a file under test/testdata.
+func testdata(name string) ([]byte, error) {
+	_, file, _, _ := runtime.Caller(0)
+	return os.ReadFile(filepath.Join(filepath.Dir(file), "..", "testdata", name))
+}
+
+// reviewMeshes are the example Meshes of the admission benchmark: as in a
+// real cluster, most are valid (one looks up a mesh Secret and checks its CA,
+// others an Issuer or a ClusterIssuer), some not (one error, or eight).
+var reviewMeshes = []string{"documented", "unknown-fields", "external-issuer", "cacert-file", "other-backend-types", "issuerref-missing-name", "many-errors"}
+
+// reviews wraps the example Meshes in AdmissionReviews for CREATE.
+func reviews() ([][]byte, error) {
+	var out [][]byte
+	for _, f := range reviewMeshes {
+		y, err := testdata("meshes/" + f + ".yaml")
+		if err != nil {
+			return nil, err
+		}
+		obj, err := yaml.YAMLToJSON(y)
+		if err != nil {
+			return nil, err
+		}
+		var meta struct {
+			Metadata struct{ Name string } `json:"metadata"`
+		}
+		_ = json.Unmarshal(obj, &meta)
+		review, err := json.Marshal(map[string]any{
+			"apiVersion": "admission.k8s.io/v1",
+			"kind":       "AdmissionReview",
+			"request": map[string]any{
+				"uid":       fmt.Sprintf("bench-%s", f),
+				"kind":      map[string]string{"group": "kuma.io", "version": "v1alpha1", "kind": "Mesh"},
+				"resource":  map[string]string{"group": "kuma.io", "version": "v1alpha1", "resource": "meshes"},
+				"name":      meta.Metadata.Name,
+				"operation": "CREATE",
+				"object":    json.RawMessage(obj),
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, review)
+	}
+	return out, nil
+}
