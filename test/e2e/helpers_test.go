@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -317,9 +318,45 @@ func watchRequests(t *testing.T, labels client.MatchingLabels) func() int {
 	return func() int { return len(times()) }
 }
 
+// requestsPerDataplane counts, by dataplane, the CertificateRequests with
+// these labels created from now on.
+func requestsPerDataplane(t *testing.T, labels client.MatchingLabels) func() map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	counts := map[string]int{}
+	watchRequestEvents(t, labels, func(cr *cmapi.CertificateRequest) {
+		mu.Lock()
+		defer mu.Unlock()
+		counts[cr.Annotations[model.DataplaneNameAnnotation]]++
+	})
+	return func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(counts)
+	}
+}
+
 // requestTimes records when each CertificateRequest with these labels is
 // created, from now on, through a watch.
 func requestTimes(t *testing.T, labels client.MatchingLabels) func() []time.Time {
+	t.Helper()
+	var mu sync.Mutex
+	var created []time.Time
+	watchRequestEvents(t, labels, func(*cmapi.CertificateRequest) {
+		mu.Lock()
+		defer mu.Unlock()
+		created = append(created, time.Now())
+	})
+	return func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(created)
+	}
+}
+
+// watchRequestEvents calls added for each CertificateRequest with these
+// labels created from now on, until the test ends.
+func watchRequestEvents(t *testing.T, labels client.MatchingLabels, added func(*cmapi.CertificateRequest)) {
 	t.Helper()
 	w, err := client.NewWithWatch(testEnv.cluster.Config, client.Options{Scheme: app.Scheme()})
 	if err != nil {
@@ -330,23 +367,14 @@ func requestTimes(t *testing.T, labels client.MatchingLabels) func() []time.Time
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var created []time.Time
 	go func() {
 		for ev := range watcher.ResultChan() {
-			if ev.Type == watch.Added {
-				mu.Lock()
-				created = append(created, time.Now())
-				mu.Unlock()
+			if cr, ok := ev.Object.(*cmapi.CertificateRequest); ok && ev.Type == watch.Added {
+				added(cr)
 			}
 		}
 	}()
 	t.Cleanup(func() { watcher.Stop(); cancel() })
-	return func() []time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(created)
-	}
 }
 
 // requestsOf lists the CertificateRequests of a dataplane.
