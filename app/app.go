@@ -100,6 +100,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			TLSOpts:     webhook.TLSOptions(cfg.TLSMinVersion, cfg.EnableHTTP2),
 		},
 		HealthProbeBindAddress:        cfg.ProbeAddr,
+		PprofBindAddress:              cfg.PprofAddr,
 		WebhookServer:                 webhookServer,
 		LeaderElection:                cfg.LeaderElect,
 		LeaderElectionID:              cfg.LeaderElectionID,

@@ -41,6 +41,7 @@ type Config struct {
 
 	MetricsAddr string
 	ProbeAddr   string
+	PprofAddr   string
 
 	ReconcilerEnabled bool
 	KeyAlgorithm      string
@@ -93,6 +94,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.EnableHTTP2, "enable-http2", false, "Allow HTTP/2 on the webhook and metrics servers. Off by default (CVE-2023-44487, CVE-2023-39325).")
 	fs.BoolVar(&c.AllowUnsafeCASwitch, "allow-unsafe-ca-switch", false, "Let one Mesh update add a backend and enable it, skipping the two-step CA rotation. For emergencies, such as a compromised CA key.")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 turns it off.")
+	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "0", "Address of Go's pprof endpoints, for profiling; 0 (the default) turns them off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
 	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of dataplane certificates: ecdsa-p256, or rsa-2048 as Kuma's builtin CA makes.")
@@ -205,7 +207,7 @@ func (c Config) validate() error {
 	if c.WebhookEnabled && c.CertDir == "" {
 		bad("webhook-cert-dir", c.CertDir, "must be set when the webhook is enabled")
 	}
-	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}} {
+	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}, {"pprof-bind-address", c.PprofAddr}} {
 		if err := validateBindAddress(a.value); err != nil {
 			bad(a.flag, a.value, err.Error())
 		}

@@ -329,8 +329,6 @@ func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p
 	if secret != nil && secret.Annotations[model.BackendAnnotation] != p.backend {
 		r.reportSwitchProgress(p)
 	}
-	r.Recorder.Eventf(dp, nil, corev1.EventTypeNormal, "Issued", "IssueCertificate",
-		"certificate from backend %q (%s %s), valid until %s", p.backend, p.issuerRef.Kind, p.issuerRef.Name, leaf.NotAfter.UTC().Format(time.RFC3339))
 	logf.FromContext(ctx).Info("Delivered certificate", "backend", p.backend, "notAfter", leaf.NotAfter, "serial", leaf.SerialNumber.String())
 	return ctrl.Result{RequeueAfter: renewalTime(leaf, p.jitterSeed()).Sub(now)}, nil
 }

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"strings"
 
+	"go.uber.org/zap/zapcore"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/meshcert/meshcert/test/bench"
 )
@@ -25,8 +28,12 @@ func main() {
 		_ = json.NewEncoder(os.Stdout).Encode(bench.RunLoad(ctrl.SetupSignalHandler(), spec))
 		return
 	}
+	// The bench's own informers log only what goes wrong.
+	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
 	quick := flag.Bool("quick", false, "Run every measure at a small size, in a few minutes.")
 	results := flag.String("results", "bench/results.md", "Where to write the Markdown report; empty for none.")
+	only := flag.String("only", "", "Comma-separated ids of the measures to run, e.g. P3; all when empty.")
+	apiProfiles := flag.String("apiserver-profiles", "", "A directory for CPU profiles of kube-apiserver during each run of P3.")
 	cpuProfile := flag.String("cpuprofile", "", "Write a CPU profile of the whole run (load, servers and all) to this file.")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -41,9 +48,16 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := bench.Run(ctrl.SetupSignalHandler(), bench.Options{Quick: *quick, Out: os.Stdout, Results: *results}); err != nil {
+	if err := bench.Run(ctrl.SetupSignalHandler(), bench.Options{Quick: *quick, Out: os.Stdout, Results: *results, Only: onlyIDs(*only), ProfileDir: *apiProfiles}); err != nil {
 		pprof.StopCPUProfile()
 		fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+func onlyIDs(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(strings.ToUpper(s), ",")
 }

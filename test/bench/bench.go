@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -22,12 +23,44 @@ type Options struct {
 	Out io.Writer
 	// Results is where the Markdown report is written, if set.
 	Results string
+	// ProfileDir, if set, receives CPU profiles of kube-apiserver during
+	// issuance (P3).
+	ProfileDir string
+	// Only, if set, runs just the measures that report these ids.
+	Only []string
+}
+
+// measure runs a group of measures that share a setup.
+type measure struct {
+	ids []string
+	run func(context.Context, Options, func(string, ...any)) ([]Row, error)
+}
+
+var measures = []measure{
+	{[]string{"P1"}, admissionRate},
+	{[]string{"P2"}, apiCreate},
+	{[]string{"P3", "P4", "P5"}, issuance},
+	{[]string{"P6"}, renewalStorm},
+}
+
+func (o Options) wants(m measure) bool {
+	if len(o.Only) == 0 {
+		return true
+	}
+	for _, id := range m.ids {
+		if slices.Contains(o.Only, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // Row is one line of the results table.
 type Row struct {
 	ID, Measure, Ours, Baseline, Ratio, Target string
 	Met                                        *bool
+	// Note, if set, is printed under the table: what bounds the figure.
+	Note string
 }
 
 func met(ok bool) *bool { return &ok }
@@ -39,10 +72,11 @@ func Run(ctx context.Context, o Options) error {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(o.Out, "[%s] %s\n", time.Since(start).Round(time.Second), fmt.Sprintf(format, args...))
 	}
-	for _, m := range []func(context.Context, Options, func(string, ...any)) ([]Row, error){
-		admissionRate, apiCreate, issuance, renewalStorm,
-	} {
-		r, err := m(ctx, o, progress)
+	for _, m := range measures {
+		if !o.wants(m) {
+			continue
+		}
+		r, err := m.run(ctx, o, progress)
 		if err != nil {
 			return err
 		}
@@ -75,6 +109,15 @@ func Report(rows []Row, quick bool, took time.Duration) string {
 			verdict = map[bool]string{true: "yes", false: "**no**"}[*r.Met]
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.ID, r.Measure, r.Ours, orDash(r.Baseline), orDash(r.Ratio), orDash(r.Target), verdict)
+	}
+	var notes []string
+	for _, r := range rows {
+		if r.Note != "" {
+			notes = append(notes, fmt.Sprintf("- %s: %s\n", r.ID, r.Note))
+		}
+	}
+	if len(notes) > 0 {
+		b.WriteString("\n" + strings.Join(notes, ""))
 	}
 	fmt.Fprintf(&b, "\nThe run took %s.\n", took.Round(time.Second))
 	return b.String()

@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
@@ -82,16 +84,16 @@ func parallel(n int, fn func(i int) error) error {
 // countUntil follows one type's objects in a namespace through an informer
 // (which relists and rewatches as needed) and returns once done says n of
 // them are done.
-func countUntil(ctx context.Context, e *env, obj client.Object, ns string, n int, timeout time.Duration, done func(client.Object) bool) error {
+func countUntil(ctx context.Context, e *env, obj client.Object, ns string, n int, timeout time.Duration, done func(client.Object) bool) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := crcache.New(e.c.Config, crcache.Options{Scheme: e.c.Client.Scheme(), DefaultNamespaces: map[string]crcache.Config{ns: {}}})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	informer, err := c.GetInformer(ctx, obj)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var mu sync.Mutex
 	finished := map[string]bool{}
@@ -111,16 +113,16 @@ func countUntil(ctx context.Context, e *env, obj client.Object, ns string, n int
 		}
 	}
 	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, o any) { check(o) }}); err != nil {
-		return err
+		return 0, err
 	}
 	go func() { _ = c.Start(ctx) }()
 	select {
 	case <-all:
-		return nil
+		return n, nil
 	case <-ctx.Done():
 		mu.Lock()
 		defer mu.Unlock()
-		return fmt.Errorf("%d of %d done after %s", len(finished), n, timeout)
+		return len(finished), fmt.Errorf("%d of %d done after %s", len(finished), n, timeout)
 	}
 }
 
@@ -135,15 +137,15 @@ func ready(conds []cmapi.CertificateRequestCondition) bool {
 
 // signerAlone is baseline (a): cert-manager's CA signer signing n bare
 // CertificateRequests, their CSRs made beforehand: the ceiling of issuance.
-func signerAlone(ctx context.Context, n int) (time.Duration, error) {
+func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, string, error) {
 	e, err := newEnv(ctx, false, signerControllers...)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer e.stop()
 	const ns = "bench-signer"
 	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	csrs := make([][]byte, n)
 	if err := parallel(n, func(i int) error {
@@ -163,15 +165,18 @@ func signerAlone(ctx context.Context, n int) (time.Duration, error) {
 		csrs[i] = pemCSR(der)
 		return nil
 	}); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	doneCh := make(chan error, 1)
 	go func() {
-		doneCh <- countUntil(ctx, e, &cmapi.CertificateRequest{}, ns, n, 30*time.Minute, func(o client.Object) bool {
+		_, err := countUntil(ctx, e, &cmapi.CertificateRequest{}, ns, n, 30*time.Minute, func(o client.Object) bool {
 			return ready(o.(*cmapi.CertificateRequest).Status.Conditions)
 		})
+		doneCh <- err
 	}()
 	time.Sleep(200 * time.Millisecond) // let the watch start
+	cpu := e.cpuMeter(0)
+	profiled := e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p3-a-%d", n))
 	start := time.Now()
 	if err := parallel(n, func(i int) error {
 		return e.c.Client.Create(ctx, &cmapi.CertificateRequest{
@@ -180,30 +185,36 @@ func signerAlone(ctx context.Context, n int) (time.Duration, error) {
 				Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages},
 		})
 	}); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if err := <-doneCh; err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return time.Since(start), nil
+	took := time.Since(start)
+	return took, cpu.String(), profiled()
 }
 
 // certificates is baseline (b): the same identities as cert-manager
 // Certificates, through cert-manager's own certificates controllers: what a
-// user would do without meshcert.
-func certificates(ctx context.Context, n int) (time.Duration, error) {
+// user would do without meshcert. It is slow: after limit, it stops, and
+// says how many were ready by then.
+func certificates(ctx context.Context, n int, limit time.Duration, profileDir string) (time.Duration, int, string, error) {
 	e, err := newEnv(ctx, false, certificateControllers...)
 	if err != nil {
-		return 0, err
+		return 0, 0, "", err
 	}
 	defer e.stop()
 	const ns = "bench-certificates"
 	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
-		return 0, err
+		return 0, 0, "", err
 	}
-	doneCh := make(chan error, 1)
+	type outcome struct {
+		ready int
+		err   error
+	}
+	doneCh := make(chan outcome, 1)
 	go func() {
-		doneCh <- countUntil(ctx, e, &cmapi.Certificate{}, ns, n, 60*time.Minute, func(o client.Object) bool {
+		ready, err := countUntil(ctx, e, &cmapi.Certificate{}, ns, n, limit, func(o client.Object) bool {
 			for _, c := range o.(*cmapi.Certificate).Status.Conditions {
 				if c.Type == cmapi.CertificateConditionReady && c.Status == cmmeta.ConditionTrue {
 					return true
@@ -211,8 +222,11 @@ func certificates(ctx context.Context, n int) (time.Duration, error) {
 			}
 			return false
 		})
+		doneCh <- outcome{ready, err}
 	}()
 	time.Sleep(200 * time.Millisecond)
+	cpu := e.cpuMeter(0)
+	profiled := e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p3-b-%d", n))
 	start := time.Now()
 	if err := parallel(n, func(i int) error {
 		return e.c.Client.Create(ctx, &cmapi.Certificate{
@@ -224,12 +238,14 @@ func certificates(ctx context.Context, n int) (time.Duration, error) {
 			},
 		})
 	}); err != nil {
-		return 0, err
+		return 0, 0, "", err
 	}
-	if err := <-doneCh; err != nil {
-		return 0, err
+	o := <-doneCh
+	if o.err != nil && o.ready == 0 {
+		return 0, 0, "", o.err
 	}
-	return time.Since(start), nil
+	took := time.Since(start)
+	return took, o.ready, cpu.String(), profiled()
 }
 
 // meshcertRun is meshcert, as a process of its own, serving a mesh.
@@ -238,8 +254,11 @@ type meshcertRun struct {
 	p        *cluster.Process
 	metrics  string
 	log      string
+	pprof    string // address
 	peakRSS  uint64 // bytes
 	peakHeap float64
+	// cpu measures the processes from the first dataplane on.
+	cpu *cpuMeter
 }
 
 const benchNamespace = "bench"
@@ -270,8 +289,13 @@ func startMeshcert(ctx context.Context, dir, expiration string, extra ...string)
 		return nil, err
 	}
 	r.metrics = fmt.Sprintf("127.0.0.1:%d", port)
+	if port, err = freePort(); err != nil {
+		r.stop()
+		return nil, err
+	}
+	r.pprof = fmt.Sprintf("127.0.0.1:%d", port)
 	args := append([]string{"--enable-webhook=false", "--system-namespace=" + systemNamespace,
-		"--dataplane-namespaces=" + benchNamespace, "--metrics-bind-address=" + r.metrics}, extra...)
+		"--dataplane-namespaces=" + benchNamespace, "--metrics-bind-address=" + r.metrics, "--pprof-bind-address=" + r.pprof}, extra...)
 	if r.p, err = e.c.StartProcess(r.log, args...); err != nil {
 		r.stop()
 		return nil, err
@@ -302,14 +326,21 @@ func (r *meshcertRun) sampleMemory(ctx context.Context) {
 
 // createDataplanes creates n dataplanes of mesh bench, and waits until each
 // has its Secret. It returns the time from the first create.
-func (r *meshcertRun) createDataplanes(ctx context.Context, n int) (time.Duration, error) {
+func (r *meshcertRun) createDataplanes(ctx context.Context, n int, profileDir string) (time.Duration, error) {
 	doneCh := make(chan error, 1)
 	go func() {
-		doneCh <- countUntil(ctx, r.e, &corev1.Secret{}, benchNamespace, n, 60*time.Minute, func(o client.Object) bool {
+		_, err := countUntil(ctx, r.e, &corev1.Secret{}, benchNamespace, n, 60*time.Minute, func(o client.Object) bool {
 			return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0
 		})
+		doneCh <- err
 	}()
 	time.Sleep(200 * time.Millisecond)
+	r.cpu = r.e.cpuMeter(r.p.Pid())
+	profiled := r.e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p3-meshcert-%d-kube-apiserver", n))
+	profiledMeshcert := func() error { return nil }
+	if profileDir != "" {
+		profiledMeshcert = profile(ctx, http.DefaultClient, "http://"+r.pprof, filepath.Join(profileDir, fmt.Sprintf("p3-meshcert-%d.pprof", n)))
+	}
 	start := time.Now()
 	if err := parallel(n, func(i int) error {
 		spec, _ := json.Marshal(map[string]any{"networking": map[string]any{"address": "10.0.0.1",
@@ -321,7 +352,8 @@ func (r *meshcertRun) createDataplanes(ctx context.Context, n int) (time.Duratio
 	if err := <-doneCh; err != nil {
 		return 0, err
 	}
-	return time.Since(start), nil
+	took := time.Since(start)
+	return took, errors.Join(profiled(), profiledMeshcert())
 }
 
 // writes counts meshcert's API requests that change something.

@@ -12,9 +12,10 @@ import (
 // memory meshcert took to do it; and its API writes at rest afterwards.
 func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
 	sizes := []int{1000, 10000}
-	steady := 10 * time.Minute
+	// (b) is slow enough at 10,000 to take the whole budget of the run.
+	steady, certificatesLimit := 10*time.Minute, 5*time.Minute
 	if o.Quick {
-		sizes, steady = []int{200}, time.Minute
+		sizes, steady, certificatesLimit = []int{200}, time.Minute, 2*time.Minute
 	}
 	dir, err := os.MkdirTemp("", "meshcert-bench-")
 	if err != nil {
@@ -27,14 +28,22 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 	rss := map[int]uint64{}
 	for i, n := range sizes {
 		progress("P3: N=%d: (a) cert-manager's CA signer alone", n)
-		a, err := signerAlone(ctx, n)
+		a, aCPU, err := signerAlone(ctx, n, o.ProfileDir)
 		if err != nil {
 			return nil, fmt.Errorf("P3 (a): %w", err)
 		}
+		progress("P3: N=%d: (a) %s; CPU %s", n, a.Round(100*time.Millisecond), aCPU)
 		progress("P3: N=%d: (b) cert-manager Certificates", n)
-		b, err := certificates(ctx, n)
+		b, bReady, bCPU, err := certificates(ctx, n, certificatesLimit, o.ProfileDir)
 		if err != nil {
 			return nil, fmt.Errorf("P3 (b): %w", err)
+		}
+		progress("P3: N=%d: (b) %d ready in %s; CPU %s", n, bReady, b.Round(100*time.Millisecond), bCPU)
+		bText := fmt.Sprintf("%s (%.0f/s)", b.Round(100*time.Millisecond), float64(n)/b.Seconds())
+		if bReady < n {
+			// Stopped at the limit: what it would take at its rate so far.
+			b = time.Duration(float64(b) * float64(n) / float64(max(bReady, 1)))
+			bText = fmt.Sprintf("≥ %s (%d of %d ready after %s: %.0f/s)", b.Round(time.Second), bReady, n, certificatesLimit, float64(bReady)/certificatesLimit.Seconds())
 		}
 		progress("P3: N=%d: meshcert", n)
 		// Resyncs every minute (every 15s when quick), for P5.
@@ -46,12 +55,13 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 		if err != nil {
 			return nil, err
 		}
-		ours, err := run.createDataplanes(ctx, n)
+		ours, err := run.createDataplanes(ctx, n, o.ProfileDir)
 		if err != nil {
 			run.stop()
 			return nil, fmt.Errorf("P3 meshcert: %w", err)
 		}
-		progress("P3: N=%d: (a) %s, (b) %s, meshcert %s", n, a.Round(100*time.Millisecond), b.Round(100*time.Millisecond), ours.Round(100*time.Millisecond))
+		oursCPU := run.cpu.String()
+		progress("P3: N=%d: meshcert %s; CPU %s", n, ours.Round(100*time.Millisecond), oursCPU)
 		ofSigner, thanCertificates := a.Seconds()/ours.Seconds(), b.Seconds()/ours.Seconds()
 		rows = append(rows,
 			Row{ID: "P3", Measure: fmt.Sprintf("N=%d dataplanes to N valid Secrets, vs (a) the CA signer alone on N bare requests", n),
@@ -59,8 +69,9 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 				Baseline: fmt.Sprintf("%s (%.0f/s)", a.Round(100*time.Millisecond), float64(n)/a.Seconds()),
 				Ratio:    fmt.Sprintf("%.2f× of (a)", ofSigner), Target: "≥ 0.7× of (a)", Met: met(ofSigner >= 0.7)},
 			Row{ID: "P3", Measure: fmt.Sprintf("N=%d, vs (b) the same identities as cert-manager Certificates", n),
-				Ours: ours.Round(100 * time.Millisecond).String(), Baseline: fmt.Sprintf("%s (%.0f/s)", b.Round(100*time.Millisecond), float64(n)/b.Seconds()),
-				Ratio: fmt.Sprintf("%.1f× faster", thanCertificates), Target: "≥ 2× faster", Met: met(thanCertificates >= 2)},
+				Ours: ours.Round(100 * time.Millisecond).String(), Baseline: bText,
+				Ratio: fmt.Sprintf("%.1f× faster", thanCertificates), Target: "≥ 2× faster", Met: met(thanCertificates >= 2),
+				Note: fmt.Sprintf("N=%d, CPU seconds used from the first create: (a) %s; (b) %s; meshcert %s.", n, aCPU, bCPU, oursCPU)},
 		)
 		time.Sleep(time.Second) // a last sample of the settled process
 		rss[n] = run.peakRSS

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -81,3 +82,60 @@ func pemEncode(kind string, der []byte) []byte {
 }
 
 func mib(b float64) string { return fmt.Sprintf("%.0f MiB", b/(1<<20)) }
+
+// cpuSeconds reads the CPU time a process has used, user and system.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command may hold spaces; the fields we want follow its ')'.
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // clock ticks, USER_HZ = 100
+}
+
+// pidsUsing finds the processes whose command line names dir: a test
+// cluster's kube-apiserver and etcd.
+func pidsUsing(dir string) map[string]int {
+	out := map[string]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(cmdline), dir) {
+			continue
+		}
+		out[filepath.Base(strings.SplitN(string(cmdline), "\x00", 2)[0])] = pid
+	}
+	return out
+}
+
+// cpuMeter measures the CPU time each process of a run uses.
+type cpuMeter struct {
+	pids  map[string]int
+	start map[string]float64
+}
+
+func newCPUMeter(pids map[string]int) *cpuMeter {
+	m := &cpuMeter{pids: pids, start: map[string]float64{}}
+	for name, pid := range pids {
+		m.start[name] = cpuSeconds(pid)
+	}
+	return m
+}
+
+// String reports each process's CPU seconds since the meter started.
+func (m *cpuMeter) String() string {
+	var parts []string
+	for _, name := range []string{"kube-apiserver", "etcd", "cert-manager and the load", "meshcert"} {
+		if pid, ok := m.pids[name]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.1fs", name, cpuSeconds(pid)-m.start[name]))
+		}
+	}
+	return strings.Join(parts, ", ")
+}

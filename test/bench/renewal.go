@@ -41,7 +41,7 @@ func renewalStorm(ctx context.Context, o Options, progress func(string, ...any))
 	if err != nil {
 		return nil, err
 	}
-	if _, err := run.createDataplanes(ctx, n); err != nil {
+	if _, err := run.createDataplanes(ctx, n, ""); err != nil {
 		return nil, err
 	}
 	select {

@@ -4,14 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshcert/meshcert/model"
@@ -80,6 +84,18 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 	})
 }
 
+// cpuMeter starts measuring the CPU time of the cluster's processes, of this
+// process (cert-manager's controllers and the load), and of meshcert's
+// process if pid is not 0.
+func (e *env) cpuMeter(meshcert int) *cpuMeter {
+	pids := pidsUsing(e.c.Dir())
+	pids["cert-manager and the load"] = os.Getpid()
+	if meshcert != 0 {
+		pids["meshcert"] = meshcert
+	}
+	return newCPUMeter(pids)
+}
+
 func (e *env) stop() {
 	if e.stopped {
 		return
@@ -136,4 +152,46 @@ func reviews() ([][]byte, error) {
 		out = append(out, review)
 	}
 	return out, nil
+}
+
+// profileAPIServer, when dir is set, records a CPU profile of the cluster's
+// kube-apiserver for the next few seconds into dir/name.pprof, to see where
+// its time goes during a measure. Wait for it with the returned func.
+func (e *env) profileAPIServer(ctx context.Context, dir, name string) func() error {
+	if dir == "" {
+		return func() error { return nil }
+	}
+	hc, err := rest.HTTPClientFor(e.c.Config)
+	if err != nil {
+		return func() error { return err }
+	}
+	return profile(ctx, hc, strings.TrimSuffix(e.c.Config.Host, "/"), filepath.Join(dir, name+".pprof"))
+}
+
+// profile records a 5-second CPU profile from the pprof endpoints at base
+// into path, in the background. Wait for it with the returned func.
+func profile(ctx context.Context, hc *http.Client, base, path string) func() error {
+	done := make(chan error, 1)
+	go func() {
+		done <- func() error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/debug/pprof/profile?seconds=5", nil)
+			if err != nil {
+				return err
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("profiling %s: %s", base, resp.Status)
+			}
+			return os.WriteFile(path, b, 0o644)
+		}()
+	}()
+	return func() error { return <-done }
 }

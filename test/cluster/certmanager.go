@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	cmcontroller "github.com/cert-manager/cert-manager/pkg/controller"
 	"github.com/go-logr/logr"
@@ -109,8 +110,14 @@ func (c *Cluster) StartCertManager(ctx context.Context, opts CertManagerOptions)
 	return cm, nil
 }
 
-// Stop stops the controllers and waits for them to return.
+// Stop stops the controllers and waits, up to half a minute, for them to
+// return: a worker may be deep in an API call when its context ends.
 func (cm *CertManager) Stop() {
 	cm.cancel()
-	cm.wg.Wait()
+	done := make(chan struct{})
+	go func() { cm.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	}
 }
