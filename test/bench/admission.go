@@ -3,7 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net"
+	"io"
 	"sync/atomic"
 	"time"
 
@@ -19,29 +19,12 @@ import (
 // highest rate each sustains, and the latency of each at half its highest.
 func admissionRate(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
 	progress("P1: starting a cluster for the admission handler")
-	e, err := newEnv(ctx, true, "issuers", "clusterissuers")
+	w, err := startWebhookEnv(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer e.stop()
-	cfg, err := e.c.MeshcertConfig(systemNamespace)
-	if err != nil {
-		return nil, err
-	}
-	cfg.ReconcilerEnabled = false
-	m, err := e.c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: discard{}})
-	if err != nil {
-		return nil, err
-	}
-	defer m.Stop()
-
-	// The baseline: the same server, TLS and admission decoding, allowing all.
-	noopCtx, stopNoop := context.WithCancel(ctx)
-	defer stopNoop()
-	noop, err := startNoopWebhook(noopCtx, cfg)
-	if err != nil {
-		return nil, err
-	}
+	defer w.stop()
+	e, cfg, noop := w.env, w.cfg, w.noop
 
 	bodies, err := reviews()
 	if err != nil {
@@ -102,6 +85,41 @@ func admissionRate(ctx context.Context, o Options, progress func(string, ...any)
 	}, nil
 }
 
+// webhookEnv is a cluster with meshcert's webhooks registered and served in
+// this process, and a no-op webhook beside them for a baseline.
+type webhookEnv struct {
+	env  *env
+	cfg  config.Config
+	noop *noopWebhook
+	stop func()
+}
+
+func startWebhookEnv(ctx context.Context) (*webhookEnv, error) {
+	e, err := newEnv(ctx, true, "issuers", "clusterissuers")
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := e.c.MeshcertConfig(systemNamespace)
+	if err != nil {
+		e.stop()
+		return nil, err
+	}
+	cfg.ReconcilerEnabled = false
+	m, err := e.c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: io.Discard})
+	if err != nil {
+		e.stop()
+		return nil, err
+	}
+	noopCtx, stopNoop := context.WithCancel(ctx)
+	noop, err := startNoopWebhook(noopCtx, cfg)
+	stop := func() { stopNoop(); m.Stop(); e.stop() }
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return &webhookEnv{env: e, cfg: cfg, noop: noop, stop: stop}, nil
+}
+
 // noopWebhook is meshcert's webhook server stack (TLS, admission decoding)
 // with a handler that allows everything unchanged: the cost of being a
 // webhook at all.
@@ -111,7 +129,7 @@ type noopWebhook struct {
 }
 
 func startNoopWebhook(ctx context.Context, cfg config.Config) (*noopWebhook, error) {
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -138,17 +156,4 @@ func waitServing(d *driver) error {
 		}
 	}
 	return fmt.Errorf("the baseline server never answered")
-}
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -11,8 +11,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/yaml"
-
-	"github.com/meshcert/meshcert/test/cluster"
 )
 
 // apiCreate is P2: creating a Mesh through the API server, as kubectl does,
@@ -21,21 +19,12 @@ import (
 // place. They alternate in rounds, so the drifts of a shared machine hit all.
 func apiCreate(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
 	progress("P2: starting a cluster with meshcert's webhooks registered")
-	e, err := newEnv(ctx, true, "issuers", "clusterissuers")
+	w, err := startWebhookEnv(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer e.stop()
-	cfg, err := e.c.MeshcertConfig(systemNamespace)
-	if err != nil {
-		return nil, err
-	}
-	cfg.ReconcilerEnabled = false
-	m, err := e.c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: discard{}})
-	if err != nil {
-		return nil, err
-	}
-	defer m.Stop()
+	defer w.stop()
+	e, noop := w.env, w.noop
 
 	y, err := testdata("meshes/documented.yaml")
 	if err != nil {
@@ -51,12 +40,6 @@ func apiCreate(ctx context.Context, o Options, progress func(string, ...any)) ([
 		return nil, err
 	}
 	if err := e.c.Client.Get(ctx, client.ObjectKey{Name: "meshcert-local"}, &validating); err != nil {
-		return nil, err
-	}
-	noopCtx, stopNoop := context.WithCancel(ctx)
-	defer stopNoop()
-	noop, err := startNoopWebhook(noopCtx, cfg)
-	if err != nil {
 		return nil, err
 	}
 	noopMutating, noopValidating := mutating.DeepCopy(), validating.DeepCopy()

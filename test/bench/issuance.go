@@ -167,31 +167,22 @@ func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, 
 	}); err != nil {
 		return 0, "", err
 	}
-	doneCh := make(chan error, 1)
-	go func() {
-		_, err := countUntil(ctx, e, &cmapi.CertificateRequest{}, ns, n, 30*time.Minute, func(o client.Object) bool {
-			return ready(o.(*cmapi.CertificateRequest).Status.Conditions)
-		})
-		doneCh <- err
-	}()
-	time.Sleep(200 * time.Millisecond) // let the watch start
-	cpu := e.cpuMeter(0)
-	profiled := e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p3-a-%d", n))
-	start := time.Now()
-	if err := parallel(n, func(i int) error {
-		return e.c.Client.Create(ctx, &cmapi.CertificateRequest{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
-			Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer,
-				Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages},
-		})
-	}); err != nil {
-		return 0, "", err
+	t, err := e.timeCreates(ctx, timedCreates{
+		watch: &cmapi.CertificateRequest{}, ns: ns, n: n, limit: 30 * time.Minute,
+		done: func(o client.Object) bool { return ready(o.(*cmapi.CertificateRequest).Status.Conditions) },
+		create: func(i int) error {
+			return e.c.Client.Create(ctx, &cmapi.CertificateRequest{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
+				Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer,
+					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages},
+			})
+		},
+		profileDir: profileDir, profileName: fmt.Sprintf("p3-a-%d", n),
+	})
+	if err == nil && t.ready < n {
+		err = fmt.Errorf("%d of %d signed after %s", t.ready, n, t.took)
 	}
-	if err := <-doneCh; err != nil {
-		return 0, "", err
-	}
-	took := time.Since(start)
-	return took, cpu.String(), profiled()
+	return t.took, t.cpu, err
 }
 
 // certificates is baseline (b): the same identities as cert-manager
@@ -208,44 +199,32 @@ func certificates(ctx context.Context, n int, limit time.Duration, profileDir st
 	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
 		return 0, 0, "", err
 	}
-	type outcome struct {
-		ready int
-		err   error
-	}
-	doneCh := make(chan outcome, 1)
-	go func() {
-		ready, err := countUntil(ctx, e, &cmapi.Certificate{}, ns, n, limit, func(o client.Object) bool {
+	t, err := e.timeCreates(ctx, timedCreates{
+		watch: &cmapi.Certificate{}, ns: ns, n: n, limit: limit,
+		done: func(o client.Object) bool {
 			for _, c := range o.(*cmapi.Certificate).Status.Conditions {
 				if c.Type == cmapi.CertificateConditionReady && c.Status == cmmeta.ConditionTrue {
 					return true
 				}
 			}
 			return false
-		})
-		doneCh <- outcome{ready, err}
-	}()
-	time.Sleep(200 * time.Millisecond)
-	cpu := e.cpuMeter(0)
-	profiled := e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p3-b-%d", n))
-	start := time.Now()
-	if err := parallel(n, func(i int) error {
-		return e.c.Client.Create(ctx, &cmapi.Certificate{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
-			Spec: cmapi.CertificateSpec{
-				SecretName: fmt.Sprintf("web-%d-mtls", i), URIs: identity(i), IssuerRef: clusterIssuer,
-				Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages,
-				PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
-			},
-		})
-	}); err != nil {
-		return 0, 0, "", err
+		},
+		create: func(i int) error {
+			return e.c.Client.Create(ctx, &cmapi.Certificate{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
+				Spec: cmapi.CertificateSpec{
+					SecretName: fmt.Sprintf("web-%d-mtls", i), URIs: identity(i), IssuerRef: clusterIssuer,
+					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages,
+					PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
+				},
+			})
+		},
+		profileDir: profileDir, profileName: fmt.Sprintf("p3-b-%d", n),
+	})
+	if err == nil && t.ready == 0 {
+		err = fmt.Errorf("no Certificate ready after %s", limit)
 	}
-	o := <-doneCh
-	if o.err != nil && o.ready == 0 {
-		return 0, 0, "", o.err
-	}
-	took := time.Since(start)
-	return took, o.ready, cpu.String(), profiled()
+	return t.took, t.ready, t.cpu, err
 }
 
 // meshcertRun is meshcert, as a process of its own, serving a mesh.
@@ -257,8 +236,8 @@ type meshcertRun struct {
 	pprof    string // address
 	peakRSS  uint64 // bytes
 	peakHeap float64
-	// cpu measures the processes from the first dataplane on.
-	cpu *cpuMeter
+	// cpu is the CPU each process used to issue the dataplanes.
+	cpu string
 }
 
 const benchNamespace = "bench"
@@ -283,13 +262,13 @@ func startMeshcert(ctx context.Context, dir, expiration string, extra ...string)
 		r.stop()
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		r.stop()
 		return nil, err
 	}
 	r.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	if port, err = freePort(); err != nil {
+	if port, err = cluster.FreePort(); err != nil {
 		r.stop()
 		return nil, err
 	}
@@ -327,33 +306,77 @@ func (r *meshcertRun) sampleMemory(ctx context.Context) {
 // createDataplanes creates n dataplanes of mesh bench, and waits until each
 // has its Secret. It returns the time from the first create.
 func (r *meshcertRun) createDataplanes(ctx context.Context, n int, profileDir string) (time.Duration, error) {
-	doneCh := make(chan error, 1)
+	t, err := r.e.timeCreates(ctx, timedCreates{
+		watch: &corev1.Secret{}, ns: benchNamespace, n: n, limit: 60 * time.Minute,
+		done: func(o client.Object) bool { return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0 },
+		create: func(i int) error {
+			spec, _ := json.Marshal(map[string]any{"networking": map[string]any{"address": "10.0.0.1",
+				"inbound": []any{map[string]any{"port": 8080, "tags": map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}}}}})
+			return r.e.c.Client.Create(ctx, &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace}, Mesh: "bench", Spec: spec})
+		},
+		meshcertPID: r.p.Pid(), meshcertPprof: r.pprof,
+		profileDir: profileDir, profileName: fmt.Sprintf("p3-meshcert-%d", n),
+	})
+	if err == nil && t.ready < n {
+		err = fmt.Errorf("%d of %d Secrets after %s", t.ready, n, t.took)
+	}
+	r.cpu = t.cpu
+	return t.took, err
+}
+
+// timedCreates is one timed measure: n objects created in parallel, and a
+// watch that counts those done.
+type timedCreates struct {
+	watch  client.Object // the type whose objects are counted, in ns
+	ns     string
+	n      int
+	limit  time.Duration
+	done   func(client.Object) bool
+	create func(i int) error
+	// meshcertPID and meshcertPprof, if set, add meshcert's process to the
+	// CPU meter and to the profiles.
+	meshcertPID   int
+	meshcertPprof string
+	// profileDir, if set, receives CPU profiles named after profileName.
+	profileDir, profileName string
+}
+
+type timed struct {
+	took  time.Duration
+	ready int
+	cpu   string
+}
+
+// timeCreates runs t: it returns the time from the first create until the
+// last object is done, or until the limit, with how many were done by then
+// and the CPU each process used.
+func (e *env) timeCreates(ctx context.Context, t timedCreates) (timed, error) {
+	type outcome struct {
+		ready int
+		err   error
+	}
+	doneCh := make(chan outcome, 1)
 	go func() {
-		_, err := countUntil(ctx, r.e, &corev1.Secret{}, benchNamespace, n, 60*time.Minute, func(o client.Object) bool {
-			return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0
-		})
-		doneCh <- err
+		ready, err := countUntil(ctx, e, t.watch, t.ns, t.n, t.limit, t.done)
+		doneCh <- outcome{ready, err}
 	}()
-	time.Sleep(200 * time.Millisecond)
-	r.cpu = r.e.cpuMeter(r.p.Pid())
-	profiled := r.e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p3-meshcert-%d-kube-apiserver", n))
+	time.Sleep(200 * time.Millisecond) // let the watch start
+	cpu := e.cpuMeter(t.meshcertPID)
+	profiled := e.profileAPIServer(ctx, t.profileDir, t.profileName+"-kube-apiserver")
 	profiledMeshcert := func() error { return nil }
-	if profileDir != "" {
-		profiledMeshcert = profile(ctx, http.DefaultClient, "http://"+r.pprof, filepath.Join(profileDir, fmt.Sprintf("p3-meshcert-%d.pprof", n)))
+	if t.profileDir != "" && t.meshcertPprof != "" {
+		profiledMeshcert = profile(ctx, http.DefaultClient, "http://"+t.meshcertPprof, filepath.Join(t.profileDir, t.profileName+"-meshcert.pprof"))
 	}
 	start := time.Now()
-	if err := parallel(n, func(i int) error {
-		spec, _ := json.Marshal(map[string]any{"networking": map[string]any{"address": "10.0.0.1",
-			"inbound": []any{map[string]any{"port": 8080, "tags": map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}}}}})
-		return r.e.c.Client.Create(ctx, &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace}, Mesh: "bench", Spec: spec})
-	}); err != nil {
-		return 0, err
+	if err := parallel(t.n, t.create); err != nil {
+		return timed{}, err
 	}
-	if err := <-doneCh; err != nil {
-		return 0, err
+	o := <-doneCh
+	result := timed{took: time.Since(start), ready: o.ready, cpu: cpu.String()}
+	if o.err != nil && o.ready == 0 {
+		return result, o.err
 	}
-	took := time.Since(start)
-	return took, errors.Join(profiled(), profiledMeshcert())
+	return result, errors.Join(profiled(), profiledMeshcert())
 }
 
 // writes counts meshcert's API requests that change something.

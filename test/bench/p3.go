@@ -60,7 +60,7 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 			run.stop()
 			return nil, fmt.Errorf("P3 meshcert: %w", err)
 		}
-		oursCPU := run.cpu.String()
+		oursCPU := run.cpu
 		progress("P3: N=%d: meshcert %s; CPU %s", n, ours.Round(100*time.Millisecond), oursCPU)
 		ofSigner, thanCertificates := a.Seconds()/ours.Seconds(), b.Seconds()/ours.Seconds()
 		rows = append(rows,

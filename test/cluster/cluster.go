@@ -149,7 +149,7 @@ func (c *Cluster) Dir() string { return c.dir }
 // configurations for it, by URL. envtest generates the serving certificate and
 // fills in the caBundle.
 func (c *Cluster) prepareWebhooks() error {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return err
 	}
@@ -344,7 +344,8 @@ func killProcessesUsing(dir string) error {
 	return nil
 }
 
-func freePort() (int, error) {
+// FreePort finds a loopback port that nothing listens on.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

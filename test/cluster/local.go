@@ -132,7 +132,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 			return "", err
 		}
 		cfg.Dev = true
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return "", err
 		}

@@ -36,7 +36,7 @@ type MeshcertOptions struct {
 // StartMeshcert runs meshcert with cfg through app.Run, and waits until its
 // readiness probe passes. The probe address is chosen here.
 func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, opts MeshcertOptions) (*Meshcert, error) {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -56,7 +56,7 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -181,6 +181,15 @@ func createObject(t *testing.T, obj client.Object) {
 	})
 }
 
+// meshInNamespace creates namespace ns and applies the manifest of Mesh
+// mesh; both are deleted when the test ends.
+func meshInNamespace(t *testing.T, ns, mesh, manifest string) {
+	t.Helper()
+	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
+	applyMesh(t, manifest)
+	deleteMeshAtEnd(t, mesh)
+}
+
 // deleteMeshAtEnd deletes a Mesh when the test ends.
 func deleteMeshAtEnd(t *testing.T, name string) {
 	t.Cleanup(func() { deleteMesh(t, name) })

@@ -101,9 +101,7 @@ func TestIssuesKumaIdentities(t *testing.T) {
 func TestIssue100Dataplanes(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "hundred"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("hundred", "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, "hundred")
+	meshInNamespace(t, ns, "hundred", certManagerMesh("hundred", "Issuer", "mesh-ca", "", ""))
 	const n = 100
 	start := time.Now()
 	for i := range n {
@@ -131,9 +129,7 @@ func TestIssue100Dataplanes(t *testing.T) {
 func TestRotation(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "rotation"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("rotation", "Issuer", "mesh-ca", "", "10s"))
-	deleteMeshAtEnd(t, "rotation")
+	meshInNamespace(t, ns, "rotation", certManagerMesh("rotation", "Issuer", "mesh-ca", "", "10s"))
 	createObject(t, newDataplane(ns, "web", "rotation", map[string]string{"kuma.io/service": "web"}))
 
 	first := waitSecret(t, ns, "web", 20*time.Second, nil)
@@ -261,9 +257,7 @@ spec:
 func TestDeniedRequestBacksOff(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "denied"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("denied", "Issuer", "denied-ca", "", ""))
-	deleteMeshAtEnd(t, "denied")
+	meshInNamespace(t, ns, "denied", certManagerMesh("denied", "Issuer", "denied-ca", "", ""))
 	requests := requestTimes(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns, model.DataplaneNameLabel: "web"})
 	createObject(t, newDataplane(ns, "web", "denied", map[string]string{"kuma.io/service": "web"}))
 
@@ -315,9 +309,7 @@ func TestDeniedRequestBacksOff(t *testing.T) {
 func TestMissingCA(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "missing-ca"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("missing-ca", "ExternalIssuer", "vault", externalGroup, ""))
-	deleteMeshAtEnd(t, "missing-ca")
+	meshInNamespace(t, ns, "missing-ca", certManagerMesh("missing-ca", "ExternalIssuer", "vault", externalGroup, ""))
 	createObject(t, newDataplane(ns, "web", "missing-ca", map[string]string{"kuma.io/service": "web"}))
 
 	waitFor(t, 15*time.Second, "the MissingCA event on the Mesh", func() bool { return len(eventsFor(t, "Mesh", "missing-ca")["MissingCA"]) > 0 })
@@ -354,9 +346,7 @@ func TestCACertFromMeshSecret(t *testing.T) {
 func TestDeletedDataplaneLosesItsSecret(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "deletion"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("deletion", "ClusterIssuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, "deletion")
+	meshInNamespace(t, ns, "deletion", certManagerMesh("deletion", "ClusterIssuer", "mesh-ca", "", ""))
 	dp := newDataplane(ns, "web", "deletion", map[string]string{"kuma.io/service": "web"})
 	createObject(t, dp)
 	waitSecret(t, ns, "web", 20*time.Second, nil)
@@ -372,9 +362,7 @@ func TestDeletedDataplaneLosesItsSecret(t *testing.T) {
 // whose keys died with it.
 func TestRestartMidIssuance(t *testing.T) {
 	ns := "restart"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("restart", "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, "restart")
+	meshInNamespace(t, ns, "restart", certManagerMesh("restart", "Issuer", "mesh-ca", "", ""))
 	// Hold every request undecided while the reconciler restarts.
 	testEnv.hooks.SetPolicy(nil)
 	t.Cleanup(func() { testEnv.hooks.SetPolicy(approveAllButDenied) })
@@ -444,9 +432,7 @@ func startFirst(t *testing.T) func() error {
 func TestSteadyStateWritesNothing(t *testing.T) {
 	calls := startReconciler(t, func(c *config.Config) { c.SyncPeriod = time.Second })
 	ns := "steady"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("steady", "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, "steady")
+	meshInNamespace(t, ns, "steady", certManagerMesh("steady", "Issuer", "mesh-ca", "", ""))
 	const n = 10
 	for i := range n {
 		createObject(t, newDataplane(ns, fmt.Sprintf("web-%d", i), "steady", map[string]string{"kuma.io/service": "web"}))
@@ -471,9 +457,7 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "foreign"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh("foreign", "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, "foreign")
+	meshInNamespace(t, ns, "foreign", certManagerMesh("foreign", "Issuer", "mesh-ca", "", ""))
 	mine := &corev1.Secret{ObjectMeta: objectMeta(ns, reconciler.SecretName("web")), Data: map[string][]byte{"app": []byte("mine")}}
 	createObject(t, mine)
 	requests := countRequests(t, ns, "web")

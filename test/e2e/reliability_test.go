@@ -123,9 +123,7 @@ func TestCrashDuringIssuance(t *testing.T) {
 		n, kills = 5000, 50
 	}
 	const ns, mesh = "crash", "crash"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh(mesh, "ClusterIssuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, certManagerMesh(mesh, "ClusterIssuer", "mesh-ca", "", ""))
 	cleanupNamespace(t, ns)
 	createDataplanes(t, ns, mesh, 0, n)
 
@@ -178,9 +176,7 @@ func TestSignerOutage(t *testing.T) {
 	outage := 60 * time.Second
 	const ns, mesh, n = "outage", "outage", 20
 	startReconciler(t, nil)
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
 	cleanupNamespace(t, ns)
 	requests := watchRequests(t, client.MatchingLabels{model.ManagedMeshLabel: mesh})
 
@@ -226,9 +222,7 @@ func TestSignerOutage(t *testing.T) {
 // and that no dataplane is ever issued for by both.
 func TestLeaderFailover(t *testing.T) {
 	const ns, mesh = "leader", "leader"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
 	cleanupNamespace(t, ns)
 	dir := t.TempDir()
 	args := reconcilerArgs(ns,
@@ -371,9 +365,7 @@ func registerWebhooks(t *testing.T, name, addr string) {
 func TestAPIServerRestart(t *testing.T) {
 	const ns, mesh = "api-restart", "api-restart"
 	startReconciler(t, nil)
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
 	cleanupNamespace(t, ns)
 	createDataplanes(t, ns, mesh, 0, 1)
 	waitFor(t, 20*time.Second, "the first certificate", func() bool { v, _ := validSecrets(t, ns, testEnv.ca.Cert); return v == 1 })
@@ -550,9 +542,7 @@ func TestNoKeyMaterialInLogsOrEvents(t *testing.T) {
 	start := len(testEnv.logs.String())
 	startReconciler(t, func(c *config.Config) { c.LogLevel = 10 })
 	const ns, mesh = "secrecy", "secrecy"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
 	cleanupNamespace(t, ns)
 	createDataplanes(t, ns, mesh, 0, 5)
 	waitFor(t, 30*time.Second, "5 certificates", func() bool { v, _ := validSecrets(t, ns, testEnv.ca.Cert); return v == 5 })

@@ -36,9 +36,7 @@ func rotationMesh(name, enabled string, backends ...string) string {
 func TestCARotation(t *testing.T) {
 	startReconciler(t, func(c *config.Config) { c.SwitchWindow = 6 * time.Second })
 	const ns, mesh, n = "ca-rotation", "ca-rotation", 6
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, rotationMesh(mesh, "ca-1", "ca-1"))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, rotationMesh(mesh, "ca-1", "ca-1"))
 	for i := range n {
 		createObject(t, newDataplane(ns, fmt.Sprintf("web-%d", i), mesh, map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}))
 	}
@@ -146,9 +144,7 @@ func TestCARotation(t *testing.T) {
 func TestCARotationGuardRails(t *testing.T) {
 	startReconciler(t, nil)
 	const ns, mesh = "ca-guard", "ca-guard"
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyMesh(t, rotationMesh(mesh, "ca-1", "ca-1"))
-	deleteMeshAtEnd(t, mesh)
+	meshInNamespace(t, ns, mesh, rotationMesh(mesh, "ca-1", "ca-1"))
 	for i := range 3 {
 		createObject(t, newDataplane(ns, fmt.Sprintf("web-%d", i), mesh, map[string]string{"kuma.io/service": "web"}))
 	}
