@@ -150,6 +150,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			KeepRequests:    cfg.KeepRequests,
 			Backoff:         reconciler.Backoff{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
 			SwitchWindow:    cfg.SwitchWindow,
+			MaxInFlight:     cfg.MaxInFlight,
 		}
 		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the reconciler: %w", err)

@@ -48,6 +48,7 @@ type Config struct {
 	RequestTimeout    time.Duration
 	KeepRequests      bool
 	Workers           int
+	MaxInFlight       int
 	BackoffInitial    time.Duration
 	BackoffMax        time.Duration
 	SyncPeriod        time.Duration
@@ -101,6 +102,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
 	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
 	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")
+	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 500, "CertificateRequests open at once; more dataplanes wait their turn. 0 is no limit.")
 	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
 	fs.DurationVar(&c.SwitchWindow, "switch-window", time.Minute, "When a Mesh's enabled backend changes, spread the dataplanes' reissues over this window.")
@@ -231,6 +233,9 @@ func (c Config) validate() error {
 	}
 	if c.Workers < 1 {
 		bad("workers", c.Workers, "must be at least 1")
+	}
+	if c.MaxInFlight < 0 {
+		bad("max-requests-in-flight", c.MaxInFlight, "must not be negative; 0 is no limit")
 	}
 	if c.KubeAPIQPS == 0 || c.KubeAPIQPS < -1 {
 		bad("kube-api-qps", c.KubeAPIQPS, "must be positive, or -1 for no client-side limit")

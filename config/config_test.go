@@ -51,6 +51,7 @@ func TestParse(t *testing.T) {
 			},
 		},
 		"bad TLS version":        {args: []string{"--tls-min-version=1.1"}, wantErr: `invalid --tls-min-version "1.1": must be 1.2 or 1.3`},
+		"negative in-flight cap": {args: []string{"--max-requests-in-flight=-1"}, wantErr: `invalid --max-requests-in-flight "-1": must not be negative; 0 is no limit`},
 		"bad port":               {args: []string{"--webhook-port=0"}, wantErr: `invalid --webhook-port "0": must be between 1 and 65535`},
 		"bad namespace":          {args: []string{"--system-namespace=Kong_Mesh"}, wantErr: `invalid --system-namespace "Kong_Mesh": a lowercase RFC 1123 label`},
 		"bad metrics address":    {args: []string{"--metrics-bind-address=8080"}, wantErr: `invalid --metrics-bind-address "8080": must be host:port, :port, or 0 to turn it off`},

@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/meshcert/meshcert/lookup"
@@ -52,6 +53,10 @@ type Reconciler struct {
 	Backoff      Backoff
 	// SwitchWindow spreads the reissues of a switch of enabled backend.
 	SwitchWindow time.Duration
+	// MaxInFlight caps the CertificateRequests open at once; 0 is no cap.
+	// A large mesh then finishes requests before it starts more, rather than
+	// holding thousands of keys and requests while the signer catches up.
+	MaxInFlight int
 
 	once     sync.Once
 	pending  *pendingRequests
@@ -65,7 +70,7 @@ type Reconciler struct {
 
 func (r *Reconciler) init() {
 	r.once.Do(func() {
-		r.pending = &pendingRequests{byKey: map[types.NamespacedName]*pendingRequest{}}
+		r.pending = newPendingRequests(r.MaxInFlight)
 		r.failures = newFailures(r.Backoff)
 		r.trust = newTrustStore()
 		r.switches = newSwitches(r.SwitchWindow)
@@ -175,6 +180,11 @@ func (r *Reconciler) issue(ctx context.Context, dp *model.DataplaneResource, p *
 	}
 	pr := r.pending.get(key)
 	if pr == nil {
+		if !r.pending.admit(key) {
+			// At the cap: woken when a request in flight ends, or else by the
+			// timer, in case the wake-up went to a dataplane that needed none.
+			return ctrl.Result{RequeueAfter: admitRetry}, nil
+		}
 		return r.createRequest(ctx, dp, p, name)
 	}
 
@@ -416,17 +426,12 @@ func (r *Reconciler) cleanupRequests(ctx context.Context, key types.NamespacedNa
 		r.pending.delete(key)
 	}
 	var list cmapi.CertificateRequestList
-	err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace), client.MatchingLabels{
-		model.ManagedByLabel:          model.ManagedByValue,
-		model.DataplaneNamespaceLabel: labelValue(key.Namespace),
-		model.DataplaneNameLabel:      labelValue(key.Name),
-	})
-	if err != nil {
+	if err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace), client.MatchingFields{dataplaneIndex: key.String()}); err != nil {
 		return err
 	}
 	for i := range list.Items {
 		cr := &list.Items[i]
-		if cr.Name == keep || cr.Annotations[model.DataplaneNamespaceAnnotation] != key.Namespace || cr.Annotations[model.DataplaneNameAnnotation] != key.Name {
+		if cr.Name == keep {
 			continue
 		}
 		if r.KeepRequests && apiutil.CertificateRequestHasCondition(cr, cmapi.CertificateRequestCondition{Type: cmapi.CertificateRequestConditionReady, Status: cmmeta.ConditionTrue}) {
@@ -471,10 +476,20 @@ func serialOf(s *corev1.Secret) string {
 
 // pendingRequests holds the key of each request in flight. It lives only in
 // memory: a key never touches the API server before its certificate exists.
+// With a cap, the dataplanes turned away wait in line, and each request that
+// ends wakes the first of them.
 type pendingRequests struct {
-	mu    sync.Mutex
-	byKey map[types.NamespacedName]*pendingRequest
+	mu      sync.Mutex
+	byKey   map[types.NamespacedName]*pendingRequest
+	max     int
+	waiting []types.NamespacedName
+	queued  map[types.NamespacedName]bool
+	// wake receives the dataplanes whose turn has come.
+	wake chan event.GenericEvent
 }
+
+// admitRetry is how often a dataplane turned away at the cap tries again.
+const admitRetry = 30 * time.Second
 
 type pendingRequest struct {
 	name    string
@@ -482,10 +497,34 @@ type pendingRequest struct {
 	created time.Time
 }
 
+func newPendingRequests(maxInFlight int) *pendingRequests {
+	return &pendingRequests{
+		byKey:  map[types.NamespacedName]*pendingRequest{},
+		max:    maxInFlight,
+		queued: map[types.NamespacedName]bool{},
+		wake:   make(chan event.GenericEvent, 1024),
+	}
+}
+
 func (p *pendingRequests) get(key types.NamespacedName) *pendingRequest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.byKey[key]
+}
+
+// admit tells whether a new request may start, or puts key in line. The cap
+// is soft: workers admitted at the same moment may pass it by a few.
+func (p *pendingRequests) admit(key types.NamespacedName) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.max <= 0 || len(p.byKey) < p.max {
+		return true
+	}
+	if !p.queued[key] {
+		p.queued[key] = true
+		p.waiting = append(p.waiting, key)
+	}
+	return false
 }
 
 func (p *pendingRequests) set(key types.NamespacedName, pr *pendingRequest) {
@@ -497,12 +536,28 @@ func (p *pendingRequests) set(key types.NamespacedName, pr *pendingRequest) {
 	p.byKey[key] = pr
 }
 
+// delete ends key's request, and wakes as many waiting dataplanes as there
+// are free places.
 func (p *pendingRequests) delete(key types.NamespacedName) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.byKey[key]; ok {
-		inFlight.Dec()
-		delete(p.byKey, key)
+	if _, ok := p.byKey[key]; !ok {
+		p.mu.Unlock()
+		return
+	}
+	inFlight.Dec()
+	delete(p.byKey, key)
+	var next []types.NamespacedName
+	for len(p.waiting) > 0 && len(next) < p.max-len(p.byKey) {
+		next = append(next, p.waiting[0])
+		delete(p.queued, p.waiting[0])
+		p.waiting = p.waiting[1:]
+	}
+	p.mu.Unlock()
+	for _, k := range next {
+		select {
+		case p.wake <- event.GenericEvent{Object: &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name}}}:
+		default: // Enough are awake already; the others' timers bring them back.
+		}
 	}
 }
 

@@ -13,13 +13,20 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshcert/meshcert/defaults"
 	"github.com/meshcert/meshcert/model"
 )
 
-// meshIndex indexes Dataplanes by their mesh.
-const meshIndex = "mesh"
+const (
+	// meshIndex indexes Dataplanes by their mesh.
+	meshIndex = "mesh"
+	// dataplaneIndex indexes meshcert's CertificateRequests by their
+	// dataplane, so that finding a dataplane's requests does not scan them
+	// all: thousands are open at once while a large mesh is issued.
+	dataplaneIndex = "dataplane"
+)
 
 // SetupWithManager registers the reconciler and what it watches: Dataplanes,
 // their Meshes, the issuers and mesh Secrets the Meshes refer to, and the
@@ -28,6 +35,17 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	r.init()
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &model.DataplaneResource{}, meshIndex, func(o client.Object) []string {
 		return []string{o.(*model.DataplaneResource).MeshName()}
+	}); err != nil {
+		return err
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &cmapi.CertificateRequest{}, dataplaneIndex, func(o client.Object) []string {
+		if o.GetLabels()[model.ManagedByLabel] != model.ManagedByValue {
+			return nil
+		}
+		if reqs := dataplaneOf(ctx, o); len(reqs) == 1 {
+			return []string{reqs[0].String()}
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -41,6 +59,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfSecret)).
 		Watches(&cmapi.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.IssuerKind))).
 		Watches(&cmapi.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.ClusterIssuerKind))).
+		WatchesRawSource(source.Channel(r.pending.wake, &handler.EnqueueRequestForObject{})).
 		// One controller runs per process, but tests start one after another
 		// in the same process, which the name check would refuse.
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).

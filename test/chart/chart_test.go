@@ -185,11 +185,11 @@ func TestEveryDocumentedOption(t *testing.T) {
 			},
 		},
 		"reconciler settings": {
-			args: []string{"--set", "dataplaneNamespaces={team-a}", "--set", "reconciler.keyAlgorithm=rsa-2048", "--set", "reconciler.workers=4",
+			args: []string{"--set", "dataplaneNamespaces={team-a}", "--set", "reconciler.keyAlgorithm=rsa-2048", "--set", "reconciler.workers=4", "--set", "reconciler.maxRequestsInFlight=0",
 				"--set", "reconciler.keepRequests=true", "--set", "systemNamespace=kuma-system", "--set", "extraArgs={--kube-api-qps=50}"},
 			check: func(t *testing.T, m Manifests) {
 				args := one[appsv1.Deployment](t, m, "Deployment").Spec.Template.Spec.Containers[0].Args
-				for _, want := range []string{"--key-algorithm=rsa-2048", "--workers=4", "--keep-requests=true", "--system-namespace=kuma-system", "--kube-api-qps=50"} {
+				for _, want := range []string{"--key-algorithm=rsa-2048", "--workers=4", "--max-requests-in-flight=0", "--keep-requests=true", "--system-namespace=kuma-system", "--kube-api-qps=50"} {
 					if !slices.Contains(args, want) {
 						t.Errorf("args %v lack %s", args, want)
 					}

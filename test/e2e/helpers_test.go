@@ -333,7 +333,10 @@ func requestsPerDataplane(t *testing.T, labels client.MatchingLabels) func() map
 	t.Helper()
 	var mu sync.Mutex
 	counts := map[string]int{}
-	watchRequestEvents(t, labels, func(cr *cmapi.CertificateRequest) {
+	watchRequestEvents(t, labels, func(ev watch.EventType, cr *cmapi.CertificateRequest) {
+		if ev != watch.Added {
+			return
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		counts[cr.Annotations[model.DataplaneNameAnnotation]]++
@@ -351,7 +354,10 @@ func requestTimes(t *testing.T, labels client.MatchingLabels) func() []time.Time
 	t.Helper()
 	var mu sync.Mutex
 	var created []time.Time
-	watchRequestEvents(t, labels, func(*cmapi.CertificateRequest) {
+	watchRequestEvents(t, labels, func(ev watch.EventType, _ *cmapi.CertificateRequest) {
+		if ev != watch.Added {
+			return
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		created = append(created, time.Now())
@@ -363,9 +369,9 @@ func requestTimes(t *testing.T, labels client.MatchingLabels) func() []time.Time
 	}
 }
 
-// watchRequestEvents calls added for each CertificateRequest with these
-// labels created from now on, until the test ends.
-func watchRequestEvents(t *testing.T, labels client.MatchingLabels, added func(*cmapi.CertificateRequest)) {
+// watchRequestEvents calls seen for each CertificateRequest with these labels
+// created or deleted from now on, until the test ends.
+func watchRequestEvents(t *testing.T, labels client.MatchingLabels, seen func(watch.EventType, *cmapi.CertificateRequest)) {
 	t.Helper()
 	w, err := client.NewWithWatch(testEnv.cluster.Config, client.Options{Scheme: app.Scheme()})
 	if err != nil {
@@ -378,8 +384,8 @@ func watchRequestEvents(t *testing.T, labels client.MatchingLabels, added func(*
 	}
 	go func() {
 		for ev := range watcher.ResultChan() {
-			if cr, ok := ev.Object.(*cmapi.CertificateRequest); ok && ev.Type == watch.Added {
-				added(cr)
+			if cr, ok := ev.Object.(*cmapi.CertificateRequest); ok && (ev.Type == watch.Added || ev.Type == watch.Deleted) {
+				seen(ev.Type, cr)
 			}
 		}
 	}()

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
@@ -122,6 +124,44 @@ func TestIssue100Dataplanes(t *testing.T) {
 	}
 	t.Logf("100 dataplanes: created in %s, all Secrets delivered %s after the first was created (%.0f certificates/s)",
 		created.Round(time.Millisecond), elapsed.Round(time.Millisecond), n/elapsed.Seconds())
+}
+
+// TestRequestsInFlightAreCapped: a mesh larger than --max-requests-in-flight
+// is issued a few requests at a time, and every dataplane gets its turn.
+func TestRequestsInFlightAreCapped(t *testing.T) {
+	const inFlight, workers, n = 4, 2, 40
+	startReconciler(t, func(c *config.Config) { c.MaxInFlight, c.Workers = inFlight, workers })
+	ns := "capped"
+	var mu sync.Mutex
+	open, most := 0, 0
+	watchRequestEvents(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns}, func(ev watch.EventType, _ *cmapi.CertificateRequest) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ev == watch.Added {
+			open++
+		} else {
+			open--
+		}
+		most = max(most, open)
+	})
+	meshInNamespace(t, ns, "capped", certManagerMesh("capped", "Issuer", "mesh-ca", "", ""))
+	for i := range n {
+		createObject(t, newDataplane(ns, fmt.Sprintf("web-%d", i), "capped", map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}))
+	}
+	for i := range n {
+		name := fmt.Sprintf("web-%d", i)
+		s := waitSecret(t, ns, name, time.Minute, func(s *corev1.Secret) bool { return len(s.Data[corev1.TLSCertKey]) > 0 })
+		assertValidSecret(t, s, []string{"spiffe://capped/" + name, "kuma://kuma.io/service/" + name}, testEnv.ca.Cert)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The cap is soft by the workers admitted at the same moment.
+	if most > inFlight+workers-1 {
+		t.Errorf("%d CertificateRequests open at once, want at most %d", most, inFlight+workers-1)
+	}
+	if most < inFlight {
+		t.Errorf("at most %d CertificateRequests open at once: the cap of %d was never reached, so this test shows nothing", most, inFlight)
+	}
 }
 
 // TestRotation: a short-lived certificate is renewed before it expires, with
