@@ -62,7 +62,7 @@ caBundle: {{ .root.Values.webhook.certificate.caBundle }}
 {{- end }}
 
 {{- define "meshcert.webhookAnnotations" -}}
-{{- if eq .Values.webhook.certificate.source "cert-manager" }}
+{{- if eq .Values.webhook.certificate.source "cert-manager" -}}
 annotations:
   cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "meshcert.fullname" . }}-webhook
 {{- end }}
