@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/meshcert/meshcert/lookup"
-	"github.com/meshcert/meshcert/validation"
 )
 
 // ServerOptions configures the webhook HTTPS server.
@@ -113,7 +112,7 @@ func Register(mgr ctrl.Manager, systemNamespace string, allowUnsafeCASwitch bool
 	srv.Register(DefaultingPath, NewAdmission(Defaulter{}))
 	srv.Register(ValidatingPath, NewAdmission(&Validator{
 		SystemNamespace:     systemNamespace,
-		Lookup:              func(context.Context) validation.Lookup { return index },
+		Lookup:              index,
 		Now:                 time.Now,
 		AllowUnsafeCASwitch: allowUnsafeCASwitch,
 	}))

@@ -24,9 +24,9 @@ var MeshGroupKind = schema.GroupKind{Group: "kuma.io", Kind: "Mesh"}
 // as an Invalid status with one cause per field.
 type Validator struct {
 	SystemNamespace string
-	// Lookup reads referenced objects from the informer cache; it must never
-	// call the API server.
-	Lookup func(ctx context.Context) validation.Lookup
+	// Lookup reads referenced objects from the informers' index; it must
+	// never call the API server.
+	Lookup validation.Lookup
 	// Now is the clock for certificate validity checks.
 	Now func() time.Time
 	// AllowUnsafeCASwitch lets an update enable the backend it adds.
@@ -51,7 +51,7 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 		env := validation.Env{
 			SystemNamespace:     v.SystemNamespace,
 			Now:                 v.Now(),
-			Lookup:              v.Lookup(ctx),
+			Lookup:              v.Lookup,
 			AllowUnsafeCASwitch: v.AllowUnsafeCASwitch,
 		}
 		res = validation.ValidateMesh(mesh, env)

@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -31,7 +30,7 @@ func (emptyCluster) IssuedBy(string, string) (int, error) { return 0, nil }
 func testValidator() *Validator {
 	return &Validator{
 		SystemNamespace: "kong-mesh-system",
-		Lookup:          func(context.Context) validation.Lookup { return emptyCluster{} },
+		Lookup:          emptyCluster{},
 		Now:             func() time.Time { return time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC) },
 	}
 }

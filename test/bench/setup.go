@@ -11,8 +11,6 @@ import (
 	"runtime"
 	"strings"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -61,20 +59,11 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 	if e.ca, err = cluster.NewCA("bench CA"); err != nil {
 		return err
 	}
-	for _, iss := range []cluster.CAIssuer{
+	if err := cluster.CreateCAIssuers(ctx, e.c.Client, []cluster.CAIssuer{
 		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: e.ca},
 		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: e.ca},
-	} {
-		if err := cluster.CreateCAIssuer(ctx, e.c.Client, iss); err != nil {
-			return err
-		}
-		kind := cmapi.IssuerKind
-		if iss.Namespace == "" {
-			kind = cmapi.ClusterIssuerKind
-		}
-		if err := cluster.WaitIssuerReady(ctx, e.c.Client, cmmeta.IssuerReference{Name: iss.Name, Kind: kind}, iss.Namespace); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 	// The mesh Secret the documented example names as caCert.
 	return e.c.Client.Create(ctx, &corev1.Secret{

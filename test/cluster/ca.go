@@ -91,9 +91,25 @@ type CAIssuer struct {
 	CA              *CA
 }
 
-// CreateCAIssuer stores the CA key pair in a Secret and creates a cert-manager
+// CreateCAIssuers creates each CA issuer, then waits until cert-manager marks
+// every one Ready.
+func CreateCAIssuers(ctx context.Context, c client.Client, issuers []CAIssuer) error {
+	for _, iss := range issuers {
+		if err := createCAIssuer(ctx, c, iss); err != nil {
+			return err
+		}
+	}
+	for _, iss := range issuers {
+		if err := waitIssuerReady(ctx, c, iss); err != nil {
+			return fmt.Errorf("waiting for issuer %s to be Ready: %w", iss.Name, err)
+		}
+	}
+	return nil
+}
+
+// createCAIssuer stores the CA key pair in a Secret and creates a cert-manager
 // CA Issuer or ClusterIssuer for it.
-func CreateCAIssuer(ctx context.Context, c client.Client, iss CAIssuer) error {
+func createCAIssuer(ctx context.Context, c client.Client, iss CAIssuer) error {
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      iss.SecretName,
@@ -125,22 +141,22 @@ func CreateCAIssuer(ctx context.Context, c client.Client, iss CAIssuer) error {
 	return nil
 }
 
-// WaitIssuerReady waits until cert-manager marks the issuer Ready.
-func WaitIssuerReady(ctx context.Context, c client.Client, ref cmmeta.IssuerReference, namespace string) error {
+// waitIssuerReady waits until cert-manager marks the issuer Ready.
+func waitIssuerReady(ctx context.Context, c client.Client, iss CAIssuer) error {
 	return wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		var status cmapi.IssuerStatus
-		if ref.Kind == cmapi.ClusterIssuerKind {
-			var iss cmapi.ClusterIssuer
-			if err := c.Get(ctx, client.ObjectKey{Name: ref.Name}, &iss); err != nil {
+		if iss.Namespace == "" {
+			var ci cmapi.ClusterIssuer
+			if err := c.Get(ctx, client.ObjectKey{Name: iss.Name}, &ci); err != nil {
 				return false, client.IgnoreNotFound(err)
 			}
-			status = iss.Status
+			status = ci.Status
 		} else {
-			var iss cmapi.Issuer
-			if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: ref.Name}, &iss); err != nil {
+			var i cmapi.Issuer
+			if err := c.Get(ctx, client.ObjectKey{Namespace: iss.Namespace, Name: iss.Name}, &i); err != nil {
 				return false, client.IgnoreNotFound(err)
 			}
-			status = iss.Status
+			status = i.Status
 		}
 		for _, cond := range status.Conditions {
 			if cond.Type == cmapi.IssuerConditionReady && cond.Status == cmmeta.ConditionTrue {

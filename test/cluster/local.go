@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/go-logr/logr"
 	crzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
 )
@@ -202,23 +200,11 @@ func setupLocalCA(ctx context.Context, c *Cluster, namespace string) error {
 	if err != nil {
 		return err
 	}
-	for _, iss := range []CAIssuer{
+	return CreateCAIssuers(ctx, c.Client, []CAIssuer{
 		{Name: LocalCA, Namespace: namespace, SecretName: LocalCA, SecretNamespace: namespace, CA: ca},
 		{Name: LocalCA, SecretName: LocalCA, SecretNamespace: namespace, CA: ca},
 		{Name: LocalCA2, Namespace: namespace, SecretName: LocalCA2, SecretNamespace: namespace, CA: ca2},
-	} {
-		if err := CreateCAIssuer(ctx, c.Client, iss); err != nil {
-			return err
-		}
-		kind := cmapi.IssuerKind
-		if iss.Namespace == "" {
-			kind = cmapi.ClusterIssuerKind
-		}
-		if err := WaitIssuerReady(ctx, c.Client, cmmeta.IssuerReference{Name: iss.Name, Kind: kind}, iss.Namespace); err != nil {
-			return fmt.Errorf("%s %s is not Ready: %w", kind, iss.Name, err)
-		}
-	}
-	return nil
+	})
 }
 
 // fileLogger logs to w in zap's console format.

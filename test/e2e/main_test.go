@@ -14,7 +14,6 @@ import (
 	"testing"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 
 	"github.com/meshcert/meshcert/test/cluster"
 )
@@ -138,24 +137,12 @@ func setup(ctx context.Context, c *cluster.Cluster) error {
 	if testEnv.other, err = cluster.NewCA("other-ca"); err != nil {
 		return err
 	}
-	for _, iss := range []cluster.CAIssuer{
+	return cluster.CreateCAIssuers(ctx, c.Client, []cluster.CAIssuer{
 		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
 		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
 		{Name: "other-ca", Namespace: systemNamespace, SecretName: "other-ca", SecretNamespace: systemNamespace, CA: testEnv.other},
 		{Name: "denied-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
-	} {
-		if err := cluster.CreateCAIssuer(ctx, c.Client, iss); err != nil {
-			return err
-		}
-		kind := cmapi.IssuerKind
-		if iss.Namespace == "" {
-			kind = cmapi.ClusterIssuerKind
-		}
-		if err := cluster.WaitIssuerReady(ctx, c.Client, cmmeta.IssuerReference{Name: iss.Name, Kind: kind}, iss.Namespace); err != nil {
-			return fmt.Errorf("waiting for %s %s: %w", kind, iss.Name, err)
-		}
-	}
-	return nil
+	})
 }
 
 // kubectlIn runs kubectl from the testdata folder, so file names in its
