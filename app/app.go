@@ -11,6 +11,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -22,9 +23,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/reconciler"
@@ -138,23 +141,32 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		}
 	}
 	if cfg.ReconcilerEnabled {
-		r := &reconciler.Reconciler{
+		r := reconciler.New(reconciler.Options{
 			Client:          mgr.GetClient(),
 			APIReader:       mgr.GetAPIReader(),
 			Lookup:          index,
 			Recorder:        mgr.GetEventRecorder("meshcert"),
 			Clock:           clock.RealClock{},
 			SystemNamespace: cfg.SystemNamespace,
-			KeyAlgorithm:    reconciler.KeyAlgorithm(cfg.KeyAlgorithm),
+			KeyAlgorithm:    issuance.KeyAlgorithm(cfg.KeyAlgorithm),
 			RequestTimeout:  cfg.RequestTimeout,
 			KeepRequests:    cfg.KeepRequests,
-			Backoff:         reconciler.Backoff{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
 			SwitchWindow:    cfg.SwitchWindow,
 			MaxInFlight:     cfg.MaxInFlight,
-		}
+		})
 		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the reconciler: %w", err)
 		}
+		// The inventory's gauges come from the leader alone, as its
+		// certificates do.
+		go func() {
+			select {
+			case <-mgr.Elected():
+				registerInventory(ctx, index.Inventory())
+			case <-ctx.Done():
+			}
+		}()
 	}
 	if err := mgr.AddReadyzCheck("informers", cachesSynced(mgr)); err != nil {
 		return err
@@ -168,6 +180,23 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		return fmt.Errorf("running the manager: %w", err)
 	}
 	return nil
+}
+
+// registerInventory exports the inventory's gauges until ctx ends. A process
+// that runs meshcert again, as the tests do, replaces the previous one's.
+func registerInventory(ctx context.Context, inv prometheus.Collector) {
+	if err := metrics.Registry.Register(inv); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			return
+		}
+		metrics.Registry.Unregister(already.ExistingCollector)
+		if metrics.Registry.Register(inv) != nil {
+			return
+		}
+	}
+	<-ctx.Done()
+	metrics.Registry.Unregister(inv)
 }
 
 // cachesSynced is ready once every informer has synced.

@@ -1,6 +1,7 @@
-// Package lookup answers validation's questions about cluster objects from
-// maps fed by informer events, never from the API server. The webhook and the
-// reconciler both read through it.
+// Package lookup answers the questions of package references about cluster
+// objects, and keeps meshcert's inventory of the certificates it delivered,
+// from maps fed by informer events, never from the API server. The webhook
+// and the reconciler both read through it.
 package lookup
 
 import (
@@ -10,42 +11,33 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/validation"
+	"github.com/meshcert/meshcert/references"
 )
 
-// Index keeps just what validation asks about: the Secrets of the system
-// namespace, the readiness of its Issuers and of every ClusterIssuer, and how
-// many delivered certificates each backend issued. A question is a map read:
+// Index keeps just what meshcert asks about: the Secrets of the system
+// namespace, the readiness of its Issuers and of every ClusterIssuer, and the
+// inventory of delivered certificates. A question is a map read:
 // no copy of the object, no REST mapping, as a cache read would cost on each
 // admission. The objects are the informers' own and are never modified.
 type Index struct {
 	systemNamespace string
 
-	mu       sync.RWMutex
-	secrets  map[string]*corev1.Secret
-	issuers  map[issuerKey]Issuer
-	issued   map[string]int
-	issuedBy map[types.UID]string
+	mu        sync.RWMutex
+	secrets   map[string]*corev1.Secret
+	issuers   map[issuerKey]references.IssuerState
+	inventory *Inventory
 
 	registrations []toolscache.ResourceEventHandlerRegistration
 }
 
 type issuerKey struct{ kind, name string }
 
-// Issuer is an issuer's readiness, and its version: a change to the issuer
-// ends a backoff.
-type Issuer struct {
-	State           validation.IssuerState
-	ResourceVersion string
-}
-
-var _ validation.Lookup = (*Index)(nil)
+var _ references.Lookup = (*Index)(nil)
 
 // NewIndex feeds an Index from the cache's informers of Secrets, Issuers and
 // ClusterIssuers, which it asks for if they do not exist yet.
@@ -53,9 +45,8 @@ func NewIndex(ctx context.Context, c cache.Cache, systemNamespace string) (*Inde
 	x := &Index{
 		systemNamespace: systemNamespace,
 		secrets:         map[string]*corev1.Secret{},
-		issuers:         map[issuerKey]Issuer{},
-		issued:          map[string]int{},
-		issuedBy:        map[types.UID]string{},
+		issuers:         map[issuerKey]references.IssuerState{},
+		inventory:       newInventory(),
 	}
 	for obj, handler := range map[client.Object]func(obj any, deleted bool){
 		&corev1.Secret{}:       x.onSecret,
@@ -108,19 +99,7 @@ func (x *Index) onSecret(obj any, deleted bool) {
 			x.secrets[s.Name] = s
 		}
 	}
-	// Count the certificates meshcert delivered, by mesh and backend.
-	if old, ok := x.issuedBy[s.UID]; ok {
-		x.issued[old]--
-		if x.issued[old] <= 0 {
-			delete(x.issued, old)
-		}
-		delete(x.issuedBy, s.UID)
-	}
-	if !deleted && s.Labels[model.ManagedByLabel] == model.ManagedByValue {
-		key := s.Annotations[model.MeshAnnotation] + "/" + s.Annotations[model.BackendAnnotation]
-		x.issued[key]++
-		x.issuedBy[s.UID] = key
-	}
+	x.inventory.onSecret(s, deleted || s.Labels[model.ManagedByLabel] != model.ManagedByValue)
 }
 
 func (x *Index) onIssuer(obj any, deleted bool) {
@@ -144,47 +123,43 @@ func (x *Index) onIssuer(obj any, deleted bool) {
 		delete(x.issuers, key)
 		return
 	}
-	x.issuers[key] = Issuer{State: readiness(status), ResourceVersion: version}
+	state := readiness(status)
+	state.ResourceVersion = version
+	x.issuers[key] = state
 }
 
-// SystemSecret implements validation.Lookup.
+// SystemSecret implements references.Lookup.
 func (x *Index) SystemSecret(name string) (*corev1.Secret, error) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return x.secrets[name], nil
 }
 
-// Issuer implements validation.Lookup.
-func (x *Index) Issuer(ref cmmeta.IssuerReference) (*validation.IssuerState, error) {
-	iss, ok := x.GenericIssuer(ref)
+// Issuer implements references.Lookup.
+func (x *Index) Issuer(ref cmmeta.IssuerReference) (*references.IssuerState, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	state, ok := x.issuers[issuerKey{ref.Kind, ref.Name}]
 	if !ok {
 		return nil, nil
 	}
-	return &iss.State, nil
+	return &state, nil
 }
 
-// GenericIssuer returns the Issuer (in the system namespace) or ClusterIssuer
-// that a defaulted cert-manager.io issuerRef names.
-func (x *Index) GenericIssuer(ref cmmeta.IssuerReference) (Issuer, bool) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	iss, ok := x.issuers[issuerKey{ref.Kind, ref.Name}]
-	return iss, ok
-}
-
-// IssuedBy implements validation.Lookup.
+// IssuedBy implements references.Lookup.
 func (x *Index) IssuedBy(mesh, backend string) (int, error) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return x.issued[mesh+"/"+backend], nil
+	return x.inventory.count(mesh, backend), nil
 }
+
+// Inventory is what meshcert knows of the certificates it delivered.
+func (x *Index) Inventory() *Inventory { return x.inventory }
 
 // readiness reads an issuer's Ready condition.
-func readiness(status *cmapi.IssuerStatus) validation.IssuerState {
+func readiness(status *cmapi.IssuerStatus) references.IssuerState {
 	for _, c := range status.Conditions {
 		if c.Type == cmapi.IssuerConditionReady {
-			return validation.IssuerState{Ready: c.Status == cmmeta.ConditionTrue, Reason: c.Reason, Message: c.Message}
+			return references.IssuerState{Ready: c.Status == cmmeta.ConditionTrue, Reason: c.Reason, Message: c.Message}
 		}
 	}
-	return validation.IssuerState{}
+	return references.IssuerState{}
 }

@@ -75,6 +75,9 @@ type Backend struct {
 	CertManager *CertManagerConf
 	// ProvidedCert is the conf.cert of a provided backend: its CA certificate.
 	ProvidedCert *DataSource
+	// Malformed says a value of this backend has the wrong type: its rules
+	// are not checked, since they would read a half-parsed backend.
+	Malformed bool
 }
 
 // DpCert is spec.mtls.backends[].dpCert.
@@ -161,12 +164,15 @@ func (r *reader) mtls(obj map[string]any, p *field.Path) *MTLS {
 	}
 	for i, item := range r.array(obj, "backends", p) {
 		bp := p.Child("backends").Index(i)
-		if b, ok := r.object(item, bp); ok {
-			m.Backends = append(m.Backends, r.backend(b, bp))
-		} else {
-			// Keep the index aligned with the JSON, so paths and patches stay right.
-			m.Backends = append(m.Backends, Backend{})
+		before := len(r.errs)
+		var b Backend
+		if obj, ok := r.object(item, bp); ok {
+			b = r.backend(obj, bp)
 		}
+		// Keep the index aligned with the JSON, so paths and patches stay
+		// right, and mark a backend whose values did not all parse.
+		b.Malformed = len(r.errs) > before
+		m.Backends = append(m.Backends, b)
 	}
 	return m
 }

@@ -52,8 +52,8 @@ func TestParseMeshSpec(t *testing.T) {
 		"wrong types are reported with full paths": {
 			json: `{"mtls":{"enabledBackend":1,"backends":[{"name":["x"],"type":"certmanager","dpCert":"1d","conf":{"issuerRef":{"name":true},"caCert":{"inline":"%%%"}}},"str"]}}`,
 			want: MeshSpec{MTLS: &MTLS{Backends: []Backend{
-				{Type: "certmanager", CertManager: &CertManagerConf{HasIssuerRef: true, CACert: &DataSource{HasInline: true, Inline: []byte{}}}},
-				{},
+				{Type: "certmanager", CertManager: &CertManagerConf{HasIssuerRef: true, CACert: &DataSource{HasInline: true, Inline: []byte{}}}, Malformed: true},
+				{Malformed: true},
 			}}},
 			wantErrs: []string{
 				"spec.mtls.enabledBackend: Invalid value: must be a string, not a number",

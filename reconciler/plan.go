@@ -4,23 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcert/meshcert/defaults"
 	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/validation"
+	"github.com/meshcert/meshcert/references"
 )
-
-// DefaultExpiration is a dataplane certificate's lifetime when the backend
-// sets no dpCert.rotation.expiration, as in Kuma.
-const DefaultExpiration = 24 * time.Hour
 
 // plan is what a dataplane's certificate should be, derived from its Mesh and
 // its tags.
@@ -68,6 +62,11 @@ type problem struct {
 
 func (p *problem) Error() string { return p.reason + ": " + p.message }
 
+// env is where the reconciler resolves what a Mesh refers to.
+func (r *Reconciler) env() references.Env {
+	return references.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
+}
+
 // makePlan reads the dataplane's Mesh. It returns nil and no problem when the
 // dataplane is not meshcert's to issue for: its mesh is missing, has mTLS off,
 // or enables a backend of another type.
@@ -93,17 +92,11 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 		spec:      spec,
 		backend:   backend.Name,
 		issuerRef: defaults.IssuerRef(backend.CertManager.IssuerRef),
-		duration:  DefaultExpiration,
-		timeout:   r.RequestTimeout,
+		duration:  backend.DpCert.Lifetime(),
+		timeout:   backend.DpCert.RequestTimeoutOr(r.RequestTimeout),
 	}
 	backendProblem := func(reason, format string, args ...any) (*plan, *problem, error) {
 		return nil, &problem{onMesh: true, retry: true, reason: reason, message: fmt.Sprintf("backend %q: ", backend.Name) + fmt.Sprintf(format, args...)}, nil
-	}
-	if d, err := validation.ParseKumaDuration(backend.DpCert.Expiration); err == nil && d > 0 {
-		p.duration = d
-	}
-	if d, err := validation.ParseKumaDuration(backend.DpCert.RequestTimeout); err == nil && d > 0 {
-		p.timeout = d
 	}
 
 	tags, errs := model.ParseDataplaneTags(dp.Spec)
@@ -119,32 +112,32 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 	for i, u := range uris {
 		uriStrings[i] = u.String()
 	}
-	p.identityHash = hash(uriStrings...)
+	p.identityHash = model.Hash(uriStrings...)
 
+	env := r.env()
 	if ds := backend.CertManager.CACert; ds != nil {
-		env := validation.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
-		index := slices.IndexFunc(spec.MTLS.Backends, func(b model.Backend) bool { return b.Name == backend.Name })
-		data, errs, _ := validation.CACert(mesh.Name, *ds, model.BackendsPath.Index(index).Child("conf", "caCert"), env)
-		if len(errs) > 0 {
-			return backendProblem("InvalidCACert", "%s", errs.ToAggregate().Error())
+		ca := references.ResolveCACert(mesh.Name, *ds, env)
+		switch {
+		case ca.Unresolved != nil:
+			return backendProblem("InvalidCACert", "caCert: %s", ca.Unresolved.Message)
+		case len(ca.Problems) > 0:
+			return backendProblem("InvalidCACert", "caCert: %s", strings.Join(ca.Problems, "; "))
 		}
-		p.trust = data
+		p.trust = ca.PEM
 	}
 	p.enabledKey = certManagerKey(mesh.Name, *backend, p.trust)
 	p.issuerHash = p.enabledKey.config
 
-	if p.issuerRef.Group == defaults.IssuerGroup {
-		iss, found := r.Lookup.GenericIssuer(p.issuerRef)
-		state := iss.State
-		p.issuerVersion = iss.ResourceVersion
-		switch {
-		case !found && p.issuerRef.Kind == cmapi.IssuerKind:
-			return backendProblem("IssuerNotFound", "Issuer %s/%s not found; an Issuer must be in the system namespace", r.SystemNamespace, p.issuerRef.Name)
-		case !found:
-			return backendProblem("IssuerNotFound", "%s %s not found", p.issuerRef.Kind, p.issuerRef.Name)
-		case !state.Ready:
-			return backendProblem("IssuerNotReady", "%s %s is not Ready: %s", p.issuerRef.Kind, p.issuerRef.Name, strings.TrimSpace(state.Reason+" "+state.Message))
+	state, prob := references.IssuerProblem(p.issuerRef, env)
+	if state != nil {
+		p.issuerVersion = state.ResourceVersion
+	}
+	if prob != nil {
+		reason := "IssuerNotReady"
+		if prob.Type == references.NotFound {
+			reason = "IssuerNotFound"
 		}
+		return backendProblem(reason, "%s", prob.Message)
 	}
 	return p, nil, nil
 }

@@ -6,23 +6,30 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/meshcert/meshcert/model"
 )
+
+// SecretName is the name of the Secret delivered for a dataplane, in its namespace.
+func SecretName(dataplane string) string {
+	return model.LimitName(dataplane, "-mtls")
+}
 
 // ownedLabels mark what meshcert creates for a dataplane; the caches select on
 // model.ManagedByLabel.
 func ownedLabels(p *plan) map[string]string {
 	return map[string]string{
 		model.ManagedByLabel:          model.ManagedByValue,
-		model.ManagedMeshLabel:        labelValue(p.mesh.Name),
-		model.DataplaneNamespaceLabel: labelValue(p.dataplane.Namespace),
-		model.DataplaneNameLabel:      labelValue(p.dataplane.Name),
+		model.ManagedMeshLabel:        model.LabelValue(p.mesh.Name),
+		model.DataplaneNamespaceLabel: model.LabelValue(p.dataplane.Namespace),
+		model.DataplaneNameLabel:      model.LabelValue(p.dataplane.Name),
 	}
 }
 
@@ -81,4 +88,25 @@ func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResourc
 	s.Labels, s.Annotations, s.OwnerReferences = meta.Labels, meta.Annotations, meta.OwnerReferences
 	s.Data = data
 	return r.Client.Update(ctx, s)
+}
+
+// updateBundle rewrites only a Secret's ca.crt: a backend was added or
+// removed, and the certificate and key stay as they are.
+func (r *Reconciler) updateBundle(ctx context.Context, s *corev1.Secret, bundle []byte) error {
+	updated := s.DeepCopy()
+	updated.Data[model.CAKey] = bundle
+	logf.FromContext(ctx).V(1).Info("Updating the trust bundle", "secret", s.Name)
+	return r.Client.Update(ctx, updated)
+}
+
+// serialOf is the serial of a Secret's certificate, or "".
+func serialOf(s *corev1.Secret) string {
+	if s == nil {
+		return ""
+	}
+	chain, err := pki.DecodeX509CertificateChainBytes(s.Data[corev1.TLSCertKey])
+	if err != nil {
+		return ""
+	}
+	return chain[0].SerialNumber.String()
 }

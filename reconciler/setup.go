@@ -16,37 +16,25 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 )
 
-const (
-	// meshIndex indexes Dataplanes by their mesh.
-	meshIndex = "mesh"
-	// dataplaneIndex indexes meshcert's CertificateRequests by their
-	// dataplane, so that finding a dataplane's requests does not scan them
-	// all: thousands are open at once while a large mesh is issued.
-	dataplaneIndex = "dataplane"
-)
+// meshIndex indexes Dataplanes by their mesh.
+const meshIndex = "mesh"
 
 // SetupWithManager registers the reconciler and what it watches: Dataplanes,
 // their Meshes, the issuers and mesh Secrets the Meshes refer to, and the
 // CertificateRequests and Secrets meshcert made.
 func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, workers int) error {
-	r.init()
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &model.DataplaneResource{}, meshIndex, func(o client.Object) []string {
 		return []string{o.(*model.DataplaneResource).MeshName()}
 	}); err != nil {
 		return err
 	}
-	if err := mgr.GetFieldIndexer().IndexField(ctx, &cmapi.CertificateRequest{}, dataplaneIndex, func(o client.Object) []string {
-		if o.GetLabels()[model.ManagedByLabel] != model.ManagedByValue {
-			return nil
-		}
-		if reqs := dataplaneOf(ctx, o); len(reqs) == 1 {
-			return []string{reqs[0].String()}
-		}
-		return nil
-	}); err != nil {
+	// Finding an owner's requests must not scan them all: thousands are
+	// open at once while a large mesh is issued.
+	if err := issuance.IndexRequests(ctx, mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).
@@ -59,7 +47,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfSecret)).
 		Watches(&cmapi.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.IssuerKind))).
 		Watches(&cmapi.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.dataplanesOfIssuer(cmapi.ClusterIssuerKind))).
-		WatchesRawSource(source.Channel(r.pending.wake, &handler.EnqueueRequestForObject{})).
+		WatchesRawSource(source.Channel(r.dataplaneTurns, &handler.EnqueueRequestForObject{})).
 		// One controller runs per process, but tests start one after another
 		// in the same process, which the name check would refuse.
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
@@ -75,6 +63,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetAnnotations()[model.MeshAnnotation]}}}
 		})).
+		WatchesRawSource(source.Channel(r.meshTurns, &handler.EnqueueRequestForObject{})).
 		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
 		Complete(reconcile.Func(r.ReconcileMesh))
 }

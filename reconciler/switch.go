@@ -4,7 +4,10 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshcert/meshcert/issuance"
 )
 
 // switches tracks the meshes whose enabled backend changed, so the reissues
@@ -49,7 +52,7 @@ func (s *switches) wait(mesh string, dp types.NamespacedName, now time.Time) tim
 	if sw == nil {
 		return 0
 	}
-	due := sw.started.Add(time.Duration(float64(s.window) * unitFraction(dp.String(), sw.to)))
+	due := sw.started.Add(time.Duration(float64(s.window) * issuance.Spread(dp.String(), sw.to)))
 	return max(due.Sub(now), 0)
 }
 
@@ -73,4 +76,18 @@ func (s *switches) progress(mesh, backend string) (done, total int, report, comp
 		return done, total, true, false
 	}
 	return done, total, false, false
+}
+
+// reportSwitchProgress reports a switch of enabled backend on the Mesh: each
+// tenth of the way, then its end.
+func (r *Reconciler) reportSwitchProgress(p *plan) {
+	done, total, report, complete := r.switches.progress(p.mesh.Name, p.backend)
+	switch {
+	case complete:
+		r.Recorder.Eventf(p.mesh, nil, corev1.EventTypeNormal, "BackendSwitchComplete", "SwitchBackend",
+			"all %d dataplanes hold certificates from backend %q; backends that no longer issue can be removed", total, p.backend)
+	case report:
+		r.Recorder.Eventf(p.mesh, nil, corev1.EventTypeNormal, "BackendSwitchProgress", "SwitchBackend",
+			"%d of %d dataplanes reissued from backend %q", done, total, p.backend)
+	}
 }

@@ -12,8 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/validation"
+	"github.com/meshcert/meshcert/references"
 )
 
 // backendKey names a backend as configured: a change to its issuer or its
@@ -36,7 +37,7 @@ func newTrustStore() *trustStore {
 }
 
 // learn records a backend's roots, and reports whether they are news.
-func (s *trustStore) learn(k backendKey, roots []*x509.Certificate) bool {
+func (s *trustStore) learn(k backendKey, roots ...*x509.Certificate) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.failed, k)
@@ -67,6 +68,13 @@ func (s *trustStore) failedSince(k backendKey) (time.Time, bool) {
 	return t, ok
 }
 
+// givenUp tells whether learning a backend's root failed less than retry ago:
+// until then the bundle does without it, rather than wait for it.
+func (s *trustStore) givenUp(k backendKey, now time.Time, retry time.Duration) bool {
+	at, failed := s.failedSince(k)
+	return failed && now.Sub(at) < retry
+}
+
 // prune forgets the backends of a mesh that are no longer configured.
 func (s *trustStore) prune(mesh string, keep map[backendKey]bool) {
 	s.mu.Lock()
@@ -86,7 +94,7 @@ func (s *trustStore) prune(mesh string, keep map[backendKey]bool) {
 // certManagerKey identifies a certmanager backend by its issuer and caCert.
 func certManagerKey(mesh string, b model.Backend, caCert []byte) backendKey {
 	ref := defaults.IssuerRef(b.CertManager.IssuerRef)
-	return backendKey{mesh: mesh, backend: b.Name, config: hash(b.Name, ref.Group, ref.Kind, ref.Name, string(caCert))}
+	return backendKey{mesh: mesh, backend: b.Name, config: model.Hash(b.Name, ref.Group, ref.Kind, ref.Name, string(caCert))}
 }
 
 // meshTrust is what a mesh's trust bundle is made of.
@@ -122,41 +130,37 @@ func encodeRoots(roots []*x509.Certificate) []byte {
 // caCert of a certmanager backend or else its learned root, the cert of a
 // provided backend, and the CA Secret Kuma keeps for a builtin one. The
 // enabled backend's root, when it must be learned, is learned from its own
-// certificates, so it is never counted as unknown.
+// certificates, so it is never counted as unknown; another backend whose
+// probe failed is probed again once the longest backoff has passed.
 func (r *Reconciler) trustOf(mesh string, spec model.MeshSpec) meshTrust {
 	t := meshTrust{keys: map[backendKey]bool{}}
 	if spec.MTLS == nil {
 		return t
 	}
-	env := validation.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
-	dataSource := func(ds *model.DataSource, i int) []*x509.Certificate {
+	env := r.env()
+	dataSource := func(ds *model.DataSource) []*x509.Certificate {
 		if ds == nil {
 			return nil
 		}
-		data, errs, _ := validation.CACert(mesh, *ds, model.BackendsPath.Index(i), env)
-		if len(errs) > 0 || data == nil {
-			return nil
-		}
-		certs, _ := pki.DecodeX509CertificateSetBytes(data)
-		return certs
+		return references.ResolveCACert(mesh, *ds, env).Roots()
 	}
-	for i, b := range spec.MTLS.Backends {
+	for _, b := range spec.MTLS.Backends {
 		switch {
 		case b.CertManager != nil && b.CertManager.CACert != nil:
-			t.roots = append(t.roots, dataSource(b.CertManager.CACert, i)...)
+			t.roots = append(t.roots, dataSource(b.CertManager.CACert)...)
 		case b.CertManager != nil:
 			k := certManagerKey(mesh, b, nil)
 			t.keys[k] = true
 			if roots, ok := r.trust.roots(k); ok {
 				t.roots = append(t.roots, roots...)
-			} else if _, failed := r.trust.failedSince(k); !failed && b.Name != spec.MTLS.EnabledBackend {
+			} else if b.Name != spec.MTLS.EnabledBackend && !r.trust.givenUp(k, env.Now, r.Backoff.Max) {
 				t.unknown = append(t.unknown, b)
 			}
 		case b.Type == model.BackendTypeProvided:
-			t.roots = append(t.roots, dataSource(b.ProvidedCert, i)...)
+			t.roots = append(t.roots, dataSource(b.ProvidedCert)...)
 		case b.Type == model.BackendTypeBuiltin:
 			name := model.BuiltinCASecretName(mesh, b.Name)
-			t.roots = append(t.roots, dataSource(&model.DataSource{Secret: &name}, i)...)
+			t.roots = append(t.roots, dataSource(&model.DataSource{Secret: &name})...)
 		}
 	}
 	return t
@@ -176,7 +180,7 @@ func (r *Reconciler) learnFromSecret(p *plan, s *corev1.Secret) {
 	if err != nil {
 		return
 	}
-	if root, err := verifiedRoot(chain, s.Data[model.CAKey], r.Clock.Now()); err == nil {
-		r.trust.learn(p.enabledKey, []*x509.Certificate{root})
+	if root, err := issuance.VerifyChain(chain, s.Data[model.CAKey], r.Clock.Now()); err == nil {
+		r.trust.learn(p.enabledKey, root)
 	}
 }

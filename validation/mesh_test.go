@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/test/testpki"
+
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -15,9 +18,9 @@ import (
 )
 
 func TestValidateMesh(t *testing.T) {
-	caPEM := certPEM(t, certOpts{ca: true, usage: x509.KeyUsageCertSign})
-	leafPEM := certPEM(t, certOpts{usage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement})
-	futureCAPEM := certPEM(t, certOpts{ca: true, usage: x509.KeyUsageCertSign, notBefore: now.Add(time.Hour)})
+	caPEM := testpki.CertPEM(t, now, testpki.Opts{CA: true, Usage: x509.KeyUsageCertSign})
+	leafPEM := testpki.CertPEM(t, now, testpki.Opts{Usage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement})
+	futureCAPEM := testpki.CertPEM(t, now, testpki.Opts{CA: true, Usage: x509.KeyUsageCertSign, NotBefore: now.Add(time.Hour)})
 
 	secret := func(name, typ string, labels map[string]string, value string) *corev1.Secret {
 		return &corev1.Secret{
@@ -36,7 +39,7 @@ func TestValidateMesh(t *testing.T) {
 			"leaf":       secret("leaf", model.MeshSecretType, map[string]string{model.MeshLabel: "demo"}, leafPEM),
 			"empty":      secret("empty", model.MeshSecretType, map[string]string{model.MeshLabel: "demo"}, ""),
 		},
-		issuers: map[cmmeta.IssuerReference]IssuerState{
+		issuers: map[cmmeta.IssuerReference]references.IssuerState{
 			{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"}:        {Ready: true},
 			{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}: {Ready: true},
 			{Name: "broken", Kind: "Issuer", Group: "cert-manager.io"}:    {Reason: "ErrGetKeyPair", Message: "secret not found"},
@@ -59,7 +62,7 @@ func TestValidateMesh(t *testing.T) {
 
 	tests := map[string]struct {
 		mtls         *model.MTLS
-		lookup       Lookup
+		lookup       references.Lookup
 		wantErrs     []string
 		wantWarnings []string
 	}{
@@ -187,7 +190,7 @@ func TestValidateMesh(t *testing.T) {
 		},
 		"missing ClusterIssuer warns": {
 			mtls:         mtls("cm", cm("cm", model.CertManagerConf{HasIssuerRef: true, IssuerRef: cmmeta.IssuerReference{Name: "later", Kind: "ClusterIssuer"}})),
-			wantWarnings: []string{"spec.mtls.backends[0].conf.issuerRef: ClusterIssuer later not found: no dataplane certificate can be issued until it exists"},
+			wantWarnings: []string{"spec.mtls.backends[0].conf.issuerRef: ClusterIssuer later not found; no dataplane certificate can be issued until it exists"},
 		},
 		"issuer not Ready warns": {
 			mtls:         mtls("cm", cm("cm", ref("broken"))),
@@ -212,6 +215,25 @@ func TestValidateMesh(t *testing.T) {
 			wantErrs:     []string{"spec.mtls.backends[0].conf.caCert.secret: Internal error: could not look up Secret kong-mesh-system/good: cache not started"},
 			wantWarnings: []string{"spec.mtls.backends[0].conf.issuerRef: could not look up Issuer kong-mesh-system/ca: cache not started"},
 		},
+		"a missing issuer name does not hide a missing caCert Secret": {
+			mtls: mtls("cm", cm("cm", withCA(ref(""), model.DataSource{Secret: str("does-not-exist")}))),
+			wantErrs: []string{
+				"spec.mtls.backends[0].conf.issuerRef.name: Required value: the name of the cert-manager Issuer or ClusterIssuer that signs this mesh's dataplane certificates",
+				`spec.mtls.backends[0].conf.caCert.secret: Not found: "does-not-exist": no Secret "does-not-exist" in the system namespace "kong-mesh-system", where mesh Secrets must be`,
+			},
+		},
+		"a caCert with two sources is not looked up, and the issuer still is": {
+			mtls:         mtls("cm", cm("cm", withCA(ref("later"), model.DataSource{Secret: str("does-not-exist"), InlineString: str("x")}))),
+			wantErrs:     []string{"spec.mtls.backends[0].conf.caCert: Invalid value: exactly one of secret, inline, inlineString or file must be set, but secret and inlineString are set"},
+			wantWarnings: []string{`spec.mtls.backends[0].conf.issuerRef: Issuer kong-mesh-system/later not found: an Issuer must be in the system namespace "kong-mesh-system" (or use a ClusterIssuer); no dataplane certificate can be issued until it exists`},
+		},
+		"a backend that did not parse is left to its type errors, the others are checked": {
+			mtls: mtls("cm",
+				model.Backend{Name: "cm", Type: model.BackendTypeCertManager, CertManager: &model.CertManagerConf{}, Malformed: true},
+				cm("other", model.CertManagerConf{}),
+			),
+			wantErrs: []string{"spec.mtls.backends[1].conf.issuerRef.name: Required value: the name of the cert-manager Issuer or ClusterIssuer that signs this mesh's dataplane certificates"},
+		},
 		"every error of every backend at once": {
 			mtls: mtls("missing",
 				cm("a", model.CertManagerConf{}),
@@ -227,7 +249,7 @@ func TestValidateMesh(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			env := Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: lookup}
+			env := Env{Env: references.Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: lookup}}
 			if tc.lookup != nil {
 				env.Lookup = tc.lookup
 			}

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/references"
 )
 
 func TestValidateMeshUpdate(t *testing.T) {
@@ -25,14 +26,14 @@ func TestValidateMeshUpdate(t *testing.T) {
 		return m
 	}
 	lookup := fakeLookup{
-		issuers: map[cmmeta.IssuerReference]IssuerState{{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}: {Ready: true}},
+		issuers: map[cmmeta.IssuerReference]references.IssuerState{{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}: {Ready: true}},
 		issued:  map[string]int{"demo/ca-1": 37},
 	}
 	const forbidden = `spec.mtls.enabledBackend: Forbidden: backend "ca-2" is added by this same update`
 	tests := map[string]struct {
 		old, new     model.Mesh
 		unsafe       bool
-		lookup       Lookup
+		lookup       references.Lookup
 		wantErr      string
 		wantWarnings []string
 	}{
@@ -63,7 +64,7 @@ func TestValidateMeshUpdate(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			env := Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: lookup, AllowUnsafeCASwitch: tc.unsafe}
+			env := Env{Env: references.Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: lookup}, AllowUnsafeCASwitch: tc.unsafe}
 			if tc.lookup != nil {
 				env.Lookup = tc.lookup
 			}

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/references"
 	"github.com/meshcert/meshcert/validation"
 )
 
@@ -26,7 +27,7 @@ type Validator struct {
 	SystemNamespace string
 	// Lookup reads referenced objects from the informers' index; it must
 	// never call the API server.
-	Lookup validation.Lookup
+	Lookup references.Lookup
 	// Now is the clock for certificate validity checks.
 	Now func() time.Time
 	// AllowUnsafeCASwitch lets an update enable the backend it adds.
@@ -44,25 +45,14 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err)
 	}
-	var res validation.Result
-	// As with any Kubernetes object, a value of the wrong type fails decoding:
-	// report those alone, since rules over a half-read spec would add noise.
-	if len(errs) == 0 {
-		env := validation.Env{
-			SystemNamespace:     v.SystemNamespace,
-			Now:                 v.Now(),
-			Lookup:              v.Lookup,
-			AllowUnsafeCASwitch: v.AllowUnsafeCASwitch,
-		}
-		res = validation.ValidateMesh(mesh, env)
-		if req.Operation == admissionv1.Update {
-			// An old object that no longer parses cannot guard anything.
-			if old, oldErrs := decodeOldMesh(req); oldErrs == nil {
-				res = validation.ValidateMeshUpdate(old, mesh, env)
-			}
-		}
-		errs = res.Errors
+	// A value of the wrong type is reported with every rule that does not
+	// depend on it: validation skips only the backends that did not parse.
+	env := validation.Env{
+		Env:                 references.Env{SystemNamespace: v.SystemNamespace, Now: v.Now(), Lookup: v.Lookup},
+		AllowUnsafeCASwitch: v.AllowUnsafeCASwitch,
 	}
+	res := validate(req, mesh, env)
+	errs = append(errs, res.Errors...)
 	log := logf.FromContext(ctx).V(1)
 	if len(errs) == 0 {
 		log.Info("Admitted mesh", "mesh", mesh.Name, "operation", req.Operation, "warnings", len(res.Warnings))
@@ -75,6 +65,18 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 		Result:   &status,
 		Warnings: res.Warnings,
 	}}
+}
+
+// validate runs the rules once: those of an update when there is an old Mesh
+// to guard, else those of any Mesh.
+func validate(req admission.Request, mesh model.Mesh, env validation.Env) validation.Result {
+	if req.Operation == admissionv1.Update {
+		// An old object that no longer parses cannot guard anything.
+		if old, err := decodeOldMesh(req); err == nil {
+			return validation.ValidateMeshUpdate(old, mesh, env)
+		}
+	}
+	return validation.ValidateMesh(mesh, env)
 }
 
 // maxErrors bounds the causes of a rejection. Building an Invalid status

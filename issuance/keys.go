@@ -1,4 +1,4 @@
-package reconciler
+package issuance
 
 import (
 	"crypto"
@@ -11,7 +11,7 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 )
 
-// KeyAlgorithm is the kind of private key generated for dataplanes.
+// KeyAlgorithm is the kind of private key generated for a certificate.
 type KeyAlgorithm string
 
 // The supported key algorithms. RSA 2048 matches Kuma's builtin CA; ECDSA
@@ -21,12 +21,12 @@ const (
 	RSA2048   KeyAlgorithm = "rsa-2048"
 )
 
-// usages are the key usages of a dataplane certificate: it is both the server
+// usages are the key usages of a workload certificate: it is both the server
 // and the client of mTLS.
 var usages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
 
-// generateKey makes a private key in-process; it never leaves meshcert but in
-// the dataplane's Secret.
+// generateKey makes a private key in-process. It is never logged, and never
+// sent to the API server: only its CSR is.
 func generateKey(alg KeyAlgorithm) (crypto.Signer, error) {
 	switch alg {
 	case RSA2048:

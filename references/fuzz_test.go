@@ -1,4 +1,4 @@
-package validation
+package references
 
 import (
 	"bytes"
@@ -6,12 +6,14 @@ import (
 	"encoding/pem"
 	"strings"
 	"testing"
+
+	"github.com/meshcert/meshcert/test/testpki"
 )
 
 // FuzzCAProblems: any bytes are checked without panic, and no message ever
 // quotes the content of a PEM block (it could be a private key).
 func FuzzCAProblems(f *testing.F) {
-	ca := certPEM(f, certOpts{ca: true, usage: x509.KeyUsageCertSign})
+	ca := testpki.CertPEM(f, now, testpki.Opts{CA: true, Usage: x509.KeyUsageCertSign})
 	f.Add([]byte(ca))
 	f.Add([]byte(ca + "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n"))
 	f.Add([]byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"))

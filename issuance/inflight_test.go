@@ -1,14 +1,11 @@
-package reconciler
+package issuance
 
 import (
 	"slices"
 	"testing"
-
-	"k8s.io/apimachinery/pkg/types"
 )
 
-func TestPendingRequestsCap(t *testing.T) {
-	dp := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "app", Name: name} }
+func TestInFlightCap(t *testing.T) {
 	type step struct {
 		admit, start, end string
 		// admitted is what admit answers; woken, what the step wakes.
@@ -25,7 +22,7 @@ func TestPendingRequestsCap(t *testing.T) {
 				{start: "a"}, {start: "b"}, {admit: "c", admitted: true}, {end: "a"},
 			},
 		},
-		"at the cap, dataplanes wait in line and each end wakes the first": {
+		"at the cap, owners wait in line and each end wakes the first": {
 			max: 2,
 			steps: []step{
 				{start: "a"}, {admit: "b", admitted: true}, {start: "b"},
@@ -50,21 +47,19 @@ func TestPendingRequestsCap(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			p := newPendingRequests(tc.max)
+			var woken []string
+			f := newInFlight(tc.max, func(owner string) { woken = append(woken, owner) })
 			for i, s := range tc.steps {
+				woken = nil
 				switch {
 				case s.admit != "":
-					if got := p.admit(dp(s.admit)); got != s.admitted {
+					if got := f.admit(s.admit); got != s.admitted {
 						t.Fatalf("step %d: admit(%s) = %v, want %v", i, s.admit, got, s.admitted)
 					}
 				case s.start != "":
-					p.set(dp(s.start), &pendingRequest{name: s.start})
+					f.start(s.start, &pending{name: s.start})
 				case s.end != "":
-					p.delete(dp(s.end))
-				}
-				var woken []string
-				for len(p.wake) > 0 {
-					woken = append(woken, (<-p.wake).Object.GetName())
+					f.end(s.end)
 				}
 				if !slices.Equal(woken, s.woken) {
 					t.Fatalf("step %d: woken %v, want %v", i, woken, s.woken)

@@ -1,4 +1,4 @@
-package validation
+package model
 
 import (
 	"fmt"
@@ -35,4 +35,27 @@ func ParseKumaDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q is too long", s)
 	}
 	return time.Duration(n) * unit, nil
+}
+
+// DefaultExpiration is a dataplane certificate's lifetime when its backend
+// sets no dpCert.rotation.expiration, as in Kuma.
+const DefaultExpiration = 24 * time.Hour
+
+// Lifetime is the certificate lifetime dpCert asks for: its
+// rotation.expiration, or Kuma's default when that is unset, zero or invalid
+// (validation reports an invalid one).
+func (d DpCert) Lifetime() time.Duration {
+	if v, err := ParseKumaDuration(d.Expiration); err == nil && v > 0 {
+		return v
+	}
+	return DefaultExpiration
+}
+
+// RequestTimeoutOr is dpCert.requestTimeout, or fallback when that is unset,
+// zero or invalid.
+func (d DpCert) RequestTimeoutOr(fallback time.Duration) time.Duration {
+	if v, err := ParseKumaDuration(d.RequestTimeout); err == nil && v > 0 {
+		return v
+	}
+	return fallback
 }

@@ -1,0 +1,86 @@
+package issuance
+
+import (
+	"sync"
+	"time"
+)
+
+// BackoffPolicy spaces out retries after failed attempts: Initial, doubling
+// up to Max.
+type BackoffPolicy struct {
+	Initial, Max time.Duration
+}
+
+// Backoff remembers each owner's recent failures. A failure is recorded with
+// its cause, what the attempt was made with: when the cause changes (the
+// identity, the issuer, or the issuer's resourceVersion), the backoff ends,
+// since the fix may be in.
+type Backoff struct {
+	policy BackoffPolicy
+	mu     sync.Mutex
+	byKey  map[string]*failure
+}
+
+type failure struct {
+	count   int
+	retryAt time.Time
+	cause   string
+}
+
+// NewBackoff returns an empty Backoff with the policy.
+func NewBackoff(policy BackoffPolicy) *Backoff {
+	return &Backoff{policy: policy, byKey: map[string]*failure{}}
+}
+
+// Policy is the backoff's policy.
+func (b *Backoff) Policy() BackoffPolicy { return b.policy }
+
+// Record counts a failure and returns how long to wait before the next try.
+func (b *Backoff) Record(owner, cause string, now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.byKey[owner]
+	if f == nil || f.cause != cause {
+		f = &failure{cause: cause}
+		b.byKey[owner] = f
+	}
+	f.count++
+	delay := b.policy.Initial
+	for i := 1; i < f.count && delay < b.policy.Max; i++ {
+		delay *= 2
+	}
+	delay = min(delay, b.policy.Max)
+	f.retryAt = now.Add(delay)
+	return delay
+}
+
+// Wait returns how long the owner must still wait, or 0. A different cause
+// clears the backoff.
+func (b *Backoff) Wait(owner, cause string, now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.byKey[owner]
+	if f == nil {
+		return 0
+	}
+	if f.cause != cause {
+		delete(b.byKey, owner)
+		return 0
+	}
+	return max(f.retryAt.Sub(now), 0)
+}
+
+// Known tells whether the owner's last failure had this cause.
+func (b *Backoff) Known(owner, cause string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.byKey[owner]
+	return f != nil && f.cause == cause
+}
+
+// Forget ends the owner's backoff.
+func (b *Backoff) Forget(owner string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.byKey, owner)
+}

@@ -1,0 +1,30 @@
+package issuance
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBackoff(t *testing.T) {
+	b := NewBackoff(BackoffPolicy{Initial: time.Second, Max: 5 * time.Second})
+	const owner = "Dataplane:ns/web"
+	var got []time.Duration
+	for range 5 {
+		got = append(got, b.Record(owner, "cause", now))
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("delays %v, want %v", got, want)
+		}
+	}
+	if w := b.Wait(owner, "cause", now.Add(time.Second)); w != 4*time.Second {
+		t.Errorf("wait = %s, want 4s", w)
+	}
+	if w := b.Wait(owner, "a fix", now); w != 0 {
+		t.Errorf("a new cause still waits %s", w)
+	}
+	if d := b.Record(owner, "a fix", now); d != time.Second {
+		t.Errorf("the backoff of a new cause starts at %s, want 1s", d)
+	}
+}

@@ -1,0 +1,44 @@
+// Package references resolves what a Mesh or an identity refers to: the mesh
+// Secrets of the system namespace, cert-manager issuers and their readiness,
+// and CA material with its problems. It answers in plain values, without field
+// paths: validation places them at its own paths, and the reconciler and the
+// issuance code use them as they are.
+package references
+
+import (
+	"time"
+
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Lookup answers questions about cluster objects. meshcert serves it from its
+// informer cache (package lookup); tests serve it from maps. A nil object with
+// a nil error means "not found"; an error means the lookup itself failed.
+type Lookup interface {
+	// SystemSecret returns the Secret of that name in the system namespace.
+	SystemSecret(name string) (*corev1.Secret, error)
+	// Issuer returns the state of the Issuer (in the system namespace) or
+	// ClusterIssuer that a defaulted cert-manager.io issuerRef names.
+	Issuer(ref cmmeta.IssuerReference) (*IssuerState, error)
+	// IssuedBy counts the dataplanes of a mesh whose current certificate,
+	// as meshcert delivered it, came from the backend.
+	IssuedBy(mesh, backend string) (int, error)
+}
+
+// IssuerState is what meshcert needs of an Issuer or ClusterIssuer.
+type IssuerState struct {
+	Ready   bool
+	Reason  string
+	Message string
+	// ResourceVersion changes with the issuer: a change ends a backoff.
+	ResourceVersion string
+}
+
+// Env is where references are resolved: the system namespace, the clock for
+// certificate validity, and the lookup.
+type Env struct {
+	SystemNamespace string
+	Now             time.Time
+	Lookup          Lookup
+}
