@@ -14,7 +14,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/meshcert/meshcert/test/bench"
+	"github.com/meshcert/meshcert/internal/bench"
 )
 
 func main() {

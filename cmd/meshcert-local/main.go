@@ -11,7 +11,7 @@ import (
 
 	ctrl "sigs.k8s.io/controller-runtime"
 
-	"github.com/meshcert/meshcert/test/cluster"
+	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
 func main() {
@@ -24,7 +24,7 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	err := cluster.RunLocal(ctrl.SetupSignalHandler(), cluster.LocalOptions{
+	err := localcluster.RunLocal(ctrl.SetupSignalHandler(), localcluster.LocalOptions{
 		Dir:             *dir,
 		Out:             os.Stdout,
 		SystemNamespace: *systemNamespace,

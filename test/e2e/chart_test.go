@@ -13,8 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/app"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/test/chart"
-	"github.com/meshcert/meshcert/test/cluster"
 )
 
 const chartServiceAccount = "system:serviceaccount:" + chart.Namespace + ":meshcert"
@@ -57,7 +57,7 @@ func TestChartInstallsAndItsRBACIsEnough(t *testing.T) {
 	cfg.LeaderElectionID = "meshcert-leader"
 	cfg.WebhookPort = freePort(t) // served, not registered: its caches must sync
 	logStart := len(testEnv.logs.String())
-	m, err := testEnv.cluster.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: testEnv.logs, As: chartServiceAccount})
+	m, err := testEnv.cluster.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs, As: chartServiceAccount})
 	if err != nil {
 		t.Fatalf("meshcert did not become ready as the chart's ServiceAccount: %v\n%s", err, testEnv.logs.tail(30))
 	}

@@ -29,9 +29,9 @@ import (
 
 	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/reconciler"
-	"github.com/meshcert/meshcert/test/cluster"
 )
 
 // apiCalls counts the requests meshcert sends to the API server that change
@@ -103,7 +103,7 @@ func startReconciler(t *testing.T, mutate func(*config.Config)) *apiCalls {
 		mutate(&cfg)
 	}
 	calls := &apiCalls{counts: map[string]int{}}
-	m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, cluster.MeshcertOptions{Logs: testEnv.logs, Wrap: calls.wrap})
+	m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, localcluster.MeshcertOptions{Logs: testEnv.logs, Wrap: calls.wrap})
 	if err != nil {
 		t.Fatal(err)
 	}

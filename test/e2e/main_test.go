@@ -15,7 +15,8 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
-	"github.com/meshcert/meshcert/test/cluster"
+	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/test/harness"
 )
 
 const systemNamespace = "kong-mesh-system"
@@ -24,21 +25,21 @@ var update = flag.Bool("update", false, "rewrite the golden files from kubectl's
 
 // testEnv is the cluster and meshcert shared by every test in the package.
 var testEnv struct {
-	cluster *cluster.Cluster
+	cluster *localcluster.Cluster
 	// hooks approve every request but those of the denied-ca issuer, and
 	// sign for the external issuer group.
-	hooks *cluster.CertificateRequestHooks
+	hooks *harness.CertificateRequestHooks
 	// ca signs for the mesh-ca Issuer and ClusterIssuer, other for other-ca.
-	ca, other *cluster.CA
+	ca, other *localcluster.CA
 	logs      *syncBuffer
 	// signer is cert-manager's CA signer, which a test stops for an outage.
-	signer *cluster.CertManager
+	signer *localcluster.CertManager
 }
 
 // startSigner starts cert-manager's CA signer of CertificateRequests.
 func startSigner() error {
 	var err error
-	testEnv.signer, err = testEnv.cluster.StartCertManager(context.Background(), cluster.CertManagerOptions{
+	testEnv.signer, err = testEnv.cluster.StartCertManager(context.Background(), localcluster.CertManagerOptions{
 		ClusterResourceNamespace: systemNamespace,
 		Controllers:              []string{"certificaterequests-issuer-ca"},
 	})
@@ -50,11 +51,11 @@ const externalGroup = "external.test.meshcert.io"
 
 // approveAllButDenied is the approval policy of the tests: it denies the
 // requests for the denied-ca Issuer, as approver-policy would.
-func approveAllButDenied(cr *cmapi.CertificateRequest) cluster.Decision {
+func approveAllButDenied(cr *cmapi.CertificateRequest) harness.Decision {
 	if cr.Spec.IssuerRef.Name == "denied-ca" {
-		return cluster.Decision{Message: "no policy allows requests for denied-ca"}
+		return harness.Decision{Message: "no policy allows requests for denied-ca"}
 	}
-	return cluster.Decision{Approve: true, Message: "allowed by the test policy"}
+	return harness.Decision{Approve: true, Message: "allowed by the test policy"}
 }
 
 func TestMain(m *testing.M) {
@@ -69,7 +70,7 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) (int, error) {
 	ctx := context.Background()
-	c, err := cluster.Start(cluster.Options{Webhooks: true})
+	c, err := localcluster.Start(localcluster.Options{Webhooks: true})
 	if err != nil {
 		return 0, err
 	}
@@ -80,7 +81,7 @@ func run(m *testing.M) (int, error) {
 	}
 
 	// cert-manager's issuers and CA signer; approval is the test policy's.
-	cm, err := c.StartCertManager(ctx, cluster.CertManagerOptions{
+	cm, err := c.StartCertManager(ctx, localcluster.CertManagerOptions{
 		ClusterResourceNamespace: systemNamespace,
 		Controllers:              []string{"issuers", "clusterissuers"},
 	})
@@ -95,10 +96,10 @@ func run(m *testing.M) (int, error) {
 	if err := setup(ctx, c); err != nil {
 		return 0, err
 	}
-	testEnv.hooks = &cluster.CertificateRequestHooks{Policy: approveAllButDenied, ExternalGroup: externalGroup, ExternalCA: testEnv.other}
+	testEnv.hooks = &harness.CertificateRequestHooks{Policy: approveAllButDenied, ExternalGroup: externalGroup, ExternalCA: testEnv.other}
 	hooksCtx, stopHooks := context.WithCancel(ctx)
 	defer stopHooks()
-	if err := c.StartHooks(hooksCtx, testEnv.hooks); err != nil {
+	if err := harness.StartHooks(hooksCtx, c, testEnv.hooks); err != nil {
 		return 0, err
 	}
 
@@ -110,7 +111,7 @@ func run(m *testing.M) (int, error) {
 	}
 	cfg.ReconcilerEnabled = false
 	testEnv.logs = &syncBuffer{}
-	mc, err := c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: testEnv.logs})
+	mc, err := c.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs})
 	if err != nil {
 		return 0, err
 	}
@@ -124,20 +125,20 @@ func run(m *testing.M) (int, error) {
 // setup creates what the manifests under testdata refer to: the namespaces,
 // the mesh Secrets, a CA Issuer and ClusterIssuer named mesh-ca, and the
 // Issuers other-ca (another CA) and denied-ca (whose requests are denied).
-func setup(ctx context.Context, c *cluster.Cluster) error {
+func setup(ctx context.Context, c *localcluster.Cluster) error {
 	for _, f := range []string{"setup/namespaces.yaml", "setup/mesh-secrets.yaml"} {
 		if _, stderr, err := kubectlIn(ctx, nil, "apply", "-f", f); err != nil {
 			return fmt.Errorf("applying %s: %v: %s", f, err, stderr)
 		}
 	}
 	var err error
-	if testEnv.ca, err = cluster.NewCA("mesh-ca"); err != nil {
+	if testEnv.ca, err = localcluster.NewCA("mesh-ca"); err != nil {
 		return err
 	}
-	if testEnv.other, err = cluster.NewCA("other-ca"); err != nil {
+	if testEnv.other, err = localcluster.NewCA("other-ca"); err != nil {
 		return err
 	}
-	return cluster.CreateCAIssuers(ctx, c.Client, []cluster.CAIssuer{
+	return localcluster.CreateCAIssuers(ctx, c.Client, []localcluster.CAIssuer{
 		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
 		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
 		{Name: "other-ca", Namespace: systemNamespace, SecretName: "other-ca", SecretNamespace: systemNamespace, CA: testEnv.other},

@@ -14,9 +14,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/reconciler"
-	"github.com/meshcert/meshcert/test/cluster"
+	"github.com/meshcert/meshcert/test/harness"
 )
 
 // TestIssuesKumaIdentities applies the example mesh and dataplanes with
@@ -256,7 +257,7 @@ spec:
 		s = waitSecret(t, ns, "web", 20*time.Second, newSerial(old))
 	})
 	t.Run("tampered key", func(t *testing.T) {
-		other, err := cluster.NewCA("not-the-key")
+		other, err := localcluster.NewCA("not-the-key")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,7 +336,7 @@ func TestDeniedRequestBacksOff(t *testing.T) {
 		t.Fatal("a denied dataplane got a Secret")
 	}
 
-	testEnv.hooks.SetPolicy(func(*cmapi.CertificateRequest) cluster.Decision { return cluster.Decision{Approve: true} })
+	testEnv.hooks.SetPolicy(func(*cmapi.CertificateRequest) harness.Decision { return harness.Decision{Approve: true} })
 	t.Cleanup(func() { testEnv.hooks.SetPolicy(approveAllButDenied) })
 	waitSecret(t, ns, "web", 10*time.Second, nil)
 	if left := requestsOf(t, ns, "web"); len(left) != 0 {
@@ -460,7 +461,7 @@ func startFirst(t *testing.T) func() error {
 		t.Fatal(err)
 	}
 	cfg.WebhookEnabled = false
-	m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, cluster.MeshcertOptions{Logs: testEnv.logs})
+	m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, localcluster.MeshcertOptions{Logs: testEnv.logs})
 	if err != nil {
 		t.Fatal(err)
 	}

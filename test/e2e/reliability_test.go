@@ -21,8 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/test/cluster"
+	"github.com/meshcert/meshcert/test/harness"
 	"github.com/meshcert/meshcert/webhook"
 )
 
@@ -164,7 +165,7 @@ func TestCrashDuringIssuance(t *testing.T) {
 	if _, problems := validSecrets(t, ns, testEnv.ca.Cert); len(problems) > 0 {
 		t.Errorf("unsound Secrets: %v", problems[:min(10, len(problems))])
 	}
-	if logs := cluster.Logs(logPath); strings.Contains(logs, "PRIVATE KEY") {
+	if logs := localcluster.Logs(logPath); strings.Contains(logs, "PRIVATE KEY") {
 		t.Error("a private key reached the logs")
 	}
 }
@@ -234,7 +235,7 @@ func TestLeaderFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Kill() })
-	waitFor(t, 30*time.Second, "replica a to lead", func() bool { return strings.Contains(cluster.Logs(logA), "Successfully acquired lease") })
+	waitFor(t, 30*time.Second, "replica a to lead", func() bool { return strings.Contains(localcluster.Logs(logA), "Successfully acquired lease") })
 	b, err := testEnv.cluster.StartProcess(logB, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +255,7 @@ func TestLeaderFailover(t *testing.T) {
 	if failover > 15*time.Second {
 		t.Errorf("failover took %s, want at most 15s", failover)
 	}
-	if !strings.Contains(cluster.Logs(logB), "Successfully acquired lease") {
+	if !strings.Contains(localcluster.Logs(logB), "Successfully acquired lease") {
 		t.Error("replica b never led")
 	}
 	// Each dataplane was issued for once, by one replica: one request each.
@@ -271,7 +272,7 @@ func TestLeaderFailover(t *testing.T) {
 // SIGTERM) while a stream of applies goes on. No apply may fail.
 func TestWebhookSurvivesAReplicaGoing(t *testing.T) {
 	dir := t.TempDir()
-	var replicas []*cluster.Process
+	var replicas []*localcluster.Process
 	var addrs []string
 	for _, name := range []string{"a", "b"} {
 		port := freePort(t)
@@ -286,7 +287,7 @@ func TestWebhookSurvivesAReplicaGoing(t *testing.T) {
 		replicas = append(replicas, p)
 		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", port))
 	}
-	lb, err := cluster.NewLoadBalancer("127.0.0.1:0", addrs...)
+	lb, err := harness.NewLoadBalancer("127.0.0.1:0", addrs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +421,7 @@ func TestMalformedAdmissionRequests(t *testing.T) {
 // webhook timeout is the chart's 5 seconds: each must get meshcert's answer.
 func TestAdversarialMeshes(t *testing.T) {
 	caPEM := string(testEnv.ca.CertPEM)
-	future, err := cluster.NewCAValidFrom("not yet valid", time.Now().Add(24*time.Hour))
+	future, err := localcluster.NewCAValidFrom("not yet valid", time.Now().Add(24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,7 +521,7 @@ func TestTLSHardening(t *testing.T) {
 			cfg.ReconcilerEnabled = false
 			cfg.WebhookPort = freePort(t)
 			tc.mutate(&cfg)
-			m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, cluster.MeshcertOptions{Logs: testEnv.logs})
+			m, err := testEnv.cluster.StartMeshcert(context.Background(), cfg, localcluster.MeshcertOptions{Logs: testEnv.logs})
 			if err != nil {
 				t.Fatal(err)
 			}

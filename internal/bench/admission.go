@@ -10,7 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/meshcert/meshcert/config"
-	"github.com/meshcert/meshcert/test/cluster"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/webhook"
 )
 
@@ -105,7 +105,7 @@ func startWebhookEnv(ctx context.Context) (*webhookEnv, error) {
 		return nil, err
 	}
 	cfg.ReconcilerEnabled = false
-	m, err := e.c.StartMeshcert(ctx, cfg, cluster.MeshcertOptions{Logs: io.Discard})
+	m, err := e.c.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: io.Discard})
 	if err != nil {
 		e.stop()
 		return nil, err
@@ -129,7 +129,7 @@ type noopWebhook struct {
 }
 
 func startNoopWebhook(ctx context.Context, cfg config.Config) (*noopWebhook, error) {
-	port, err := cluster.FreePort()
+	port, err := localcluster.FreePort()
 	if err != nil {
 		return nil, err
 	}

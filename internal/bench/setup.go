@@ -16,8 +16,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/test/cluster"
 )
 
 const systemNamespace = "kong-mesh-system"
@@ -25,15 +25,15 @@ const systemNamespace = "kong-mesh-system"
 // env is a test cluster with cert-manager's controllers and a CA Issuer and
 // ClusterIssuer named mesh-ca.
 type env struct {
-	c       *cluster.Cluster
-	cm      *cluster.CertManager
-	ca      *cluster.CA
+	c       *localcluster.Cluster
+	cm      *localcluster.CertManager
+	ca      *localcluster.CA
 	stopped bool
 }
 
 // newEnv starts a cluster with the given cert-manager controllers.
 func newEnv(ctx context.Context, webhooks bool, controllers ...string) (*env, error) {
-	c, err := cluster.Start(cluster.Options{Webhooks: webhooks})
+	c, err := localcluster.Start(localcluster.Options{Webhooks: webhooks})
 	if err != nil {
 		return nil, err
 	}
@@ -50,16 +50,16 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 		return err
 	}
 	var err error
-	if e.cm, err = e.c.StartCertManager(ctx, cluster.CertManagerOptions{ClusterResourceNamespace: systemNamespace, Controllers: controllers}); err != nil {
+	if e.cm, err = e.c.StartCertManager(ctx, localcluster.CertManagerOptions{ClusterResourceNamespace: systemNamespace, Controllers: controllers}); err != nil {
 		return err
 	}
-	if err := cluster.EnsureNamespace(ctx, e.c.Client, systemNamespace); err != nil {
+	if err := localcluster.EnsureNamespace(ctx, e.c.Client, systemNamespace); err != nil {
 		return err
 	}
-	if e.ca, err = cluster.NewCA("bench CA"); err != nil {
+	if e.ca, err = localcluster.NewCA("bench CA"); err != nil {
 		return err
 	}
-	if err := cluster.CreateCAIssuers(ctx, e.c.Client, []cluster.CAIssuer{
+	if err := localcluster.CreateCAIssuers(ctx, e.c.Client, []localcluster.CAIssuer{
 		{Name: "mesh-ca", Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: e.ca},
 		{Name: "mesh-ca", SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: e.ca},
 	}); err != nil {

@@ -1,9 +1,10 @@
-// Package cluster runs a real test cluster on this machine: kube-apiserver and
-// etcd under controller-runtime's envtest, with the Kuma-compatible and
-// cert-manager CRDs installed, cert-manager's own controllers in-process, and
-// meshcert's webhooks registered by URL. The end-to-end tests, `make run` and
-// the benchmarks all use it.
-package cluster
+// Package localcluster runs meshcert's whole system on this machine, with no
+// cluster: kube-apiserver and etcd under controller-runtime's envtest, with
+// the Kuma-compatible and cert-manager CRDs installed, cert-manager's own
+// controllers in-process, local CA issuers, and meshcert itself with its
+// webhooks registered by URL. `make run` is RunLocal; the end-to-end tests and
+// the benchmarks start the same parts one by one.
+package localcluster
 
 import (
 	"bytes"

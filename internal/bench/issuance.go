@@ -27,8 +27,8 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/revisionmanager"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
 
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/test/cluster"
 )
 
 // signerControllers are cert-manager's controllers of CertificateRequests
@@ -144,7 +144,7 @@ func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, 
 	}
 	defer e.stop()
 	const ns = "bench-signer"
-	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
+	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
 		return 0, "", err
 	}
 	csrs := make([][]byte, n)
@@ -196,7 +196,7 @@ func certificates(ctx context.Context, n int, limit time.Duration, profileDir st
 	}
 	defer e.stop()
 	const ns = "bench-certificates"
-	if err := cluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
+	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
 		return 0, 0, "", err
 	}
 	t, err := e.timeCreates(ctx, timedCreates{
@@ -230,7 +230,7 @@ func certificates(ctx context.Context, n int, limit time.Duration, profileDir st
 // meshcertRun is meshcert, as a process of its own, serving a mesh.
 type meshcertRun struct {
 	e        *env
-	p        *cluster.Process
+	p        *localcluster.Process
 	metrics  string
 	log      string
 	pprof    string // address
@@ -250,7 +250,7 @@ func startMeshcert(ctx context.Context, dir, expiration string, extra ...string)
 		return nil, err
 	}
 	r := &meshcertRun{e: e, log: filepath.Join(dir, "meshcert.log")}
-	if err := cluster.EnsureNamespace(ctx, e.c.Client, benchNamespace); err != nil {
+	if err := localcluster.EnsureNamespace(ctx, e.c.Client, benchNamespace); err != nil {
 		r.stop()
 		return nil, err
 	}
@@ -262,13 +262,13 @@ func startMeshcert(ctx context.Context, dir, expiration string, extra ...string)
 		r.stop()
 		return nil, err
 	}
-	port, err := cluster.FreePort()
+	port, err := localcluster.FreePort()
 	if err != nil {
 		r.stop()
 		return nil, err
 	}
 	r.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	if port, err = cluster.FreePort(); err != nil {
+	if port, err = localcluster.FreePort(); err != nil {
 		r.stop()
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 
-	"github.com/meshcert/meshcert/test/cluster"
+	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
 // renewalStorm is P6: N certificates issued together, so all due together.
@@ -50,7 +50,7 @@ func renewalStorm(ctx context.Context, o Options, progress func(string, ...any))
 		return nil, fmt.Errorf("P6: %d of %d certificates renewed within %s", track.count(), n, lifetime+2*time.Minute)
 	}
 	issuedOver, offsets, peak := track.summary()
-	throttled := strings.Count(cluster.Logs(run.log), "client-side throttling")
+	throttled := strings.Count(localcluster.Logs(run.log), "client-side throttling")
 	spread := percentileF(offsets, 0.95) - percentileF(offsets, 0.05)
 	progress("P6: issued over %s; renewed %.1f-%.1f s after issuance (p5-p95), peak %d/s; %d client-side throttling waits",
 		issuedOver.Round(100*time.Millisecond), percentileF(offsets, 0.05), percentileF(offsets, 0.95), peak, throttled)

@@ -1,4 +1,4 @@
-package cluster
+package localcluster
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -165,4 +166,24 @@ func waitIssuerReady(ctx context.Context, c client.Client, iss CAIssuer) error {
 		}
 		return false, nil
 	})
+}
+
+// Sign signs a PEM CSR with the CA, as cert-manager's CA issuer would.
+func (ca *CA) Sign(csrPEM []byte, duration time.Duration) ([]byte, error) {
+	tmpl, err := pki.CertificateTemplateFromCSRPEM(csrPEM, pki.CertificateTemplateOverrideDuration(duration))
+	if err != nil {
+		return nil, err
+	}
+	if tmpl.SerialNumber, err = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)); err != nil {
+		return nil, err
+	}
+	key, err := pki.DecodePrivateKeyBytes(ca.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	pem, _, err := pki.SignCertificate(tmpl, ca.Cert, tmpl.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("signing: %w", err)
+	}
+	return pem, nil
 }

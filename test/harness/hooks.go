@@ -1,22 +1,23 @@
-package cluster
+// Package harness holds what the end-to-end tests put around meshcert and
+// cert-manager to control them: an approval policy and an external issuer
+// for CertificateRequests, and a TCP load balancer in front of webhook
+// replicas.
+package harness
 
 import (
 	"context"
-	"crypto/rand"
-	"fmt"
-	"math/big"
 	"sync"
-	"time"
 
 	apiutil "github.com/cert-manager/cert-manager/pkg/api/util"
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
 	cminformers "github.com/cert-manager/cert-manager/pkg/client/informers/externalversions"
-	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
 // Decision is an approval policy's answer for one CertificateRequest.
@@ -36,7 +37,7 @@ type CertificateRequestHooks struct {
 	// signs approved requests with ExternalCA and, like many external
 	// issuers, sets no status.ca.
 	ExternalGroup string
-	ExternalCA    *CA
+	ExternalCA    *localcluster.CA
 
 	mu     sync.Mutex
 	client cmclient.Interface
@@ -56,7 +57,7 @@ func (h *CertificateRequestHooks) policy() func(*cmapi.CertificateRequest) Decis
 }
 
 // StartHooks runs the hooks against the cluster until ctx is done.
-func (c *Cluster) StartHooks(ctx context.Context, h *CertificateRequestHooks) error {
+func StartHooks(ctx context.Context, c *localcluster.Cluster, h *CertificateRequestHooks) error {
 	cs, err := cmclient.NewForConfig(c.Config)
 	if err != nil {
 		return err
@@ -132,24 +133,4 @@ func (h *CertificateRequestHooks) handle(ctx context.Context, cr *cmapi.Certific
 	}
 	_, err = h.client.CertmanagerV1().CertificateRequests(cr.Namespace).UpdateStatus(ctx, cr, metav1.UpdateOptions{})
 	return err
-}
-
-// Sign signs a PEM CSR with the CA, as cert-manager's CA issuer would.
-func (ca *CA) Sign(csrPEM []byte, duration time.Duration) ([]byte, error) {
-	tmpl, err := pki.CertificateTemplateFromCSRPEM(csrPEM, pki.CertificateTemplateOverrideDuration(duration))
-	if err != nil {
-		return nil, err
-	}
-	if tmpl.SerialNumber, err = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)); err != nil {
-		return nil, err
-	}
-	key, err := pki.DecodePrivateKeyBytes(ca.KeyPEM)
-	if err != nil {
-		return nil, err
-	}
-	pem, _, err := pki.SignCertificate(tmpl, ca.Cert, tmpl.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("signing: %w", err)
-	}
-	return pem, nil
 }
