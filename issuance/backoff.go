@@ -32,9 +32,6 @@ func NewBackoff(policy BackoffPolicy) *Backoff {
 	return &Backoff{policy: policy, byKey: map[string]*failure{}}
 }
 
-// Policy is the backoff's policy.
-func (b *Backoff) Policy() BackoffPolicy { return b.policy }
-
 // Record counts a failure and returns how long to wait before the next try.
 func (b *Backoff) Record(owner, cause string, now time.Time) time.Duration {
 	b.mu.Lock()

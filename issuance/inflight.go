@@ -87,10 +87,3 @@ func (f *inFlight) end(owner string) {
 		f.onTurn(o)
 	}
 }
-
-// open counts the requests in flight.
-func (f *inFlight) open() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.byOwner)
-}

@@ -230,7 +230,7 @@ func TestStep(t *testing.T) {
 			if got := len(h.requests()); got != tc.wantRequests {
 				t.Errorf("%d requests left, want %d", got, tc.wantRequests)
 			}
-			if got, want := h.issuer.inFlight.open(), tc.wantRequests; got != want {
+			if got, want := len(h.issuer.inFlight.byOwner), tc.wantRequests; got != want {
 				t.Errorf("%d requests in flight, want %d", got, want)
 			}
 		})
@@ -298,7 +298,7 @@ func TestRequestNamesAndCleanup(t *testing.T) {
 	if err := h.issuer.Cleanup(context.Background(), "web"); err != nil {
 		t.Fatal(err)
 	}
-	if len(h.requests()) != 0 || h.issuer.inFlight.open() != 0 {
+	if len(h.requests()) != 0 || len(h.issuer.inFlight.byOwner) != 0 {
 		t.Error("Cleanup left a request")
 	}
 }

@@ -68,13 +68,13 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 			checkIssuer(b.CertManager.IssuerRef, refPath, env, &res)
 		}
 		if ds := b.CertManager.CACert; ds != nil {
-			dsErrs := validateDataSource(*ds, caPath)
-			res.Errors = append(res.Errors, dsErrs...)
-			if lookups && len(dsErrs) == 0 {
-				res.add(ValidateCACert(mesh.Name, *ds, caPath, env))
-			}
-			if ds.File != nil {
+			// The material is read only from one well-formed source.
+			if dsErrs := validateDataSource(*ds, caPath); len(dsErrs) > 0 {
+				res.Errors = append(res.Errors, dsErrs...)
+			} else if ds.File != nil {
 				res.warn(caPath.Child("file"), "a file on the control plane cannot be checked by this webhook; prefer secret or inlineString")
+			} else if lookups {
+				res.add(ValidateCACert(mesh.Name, *ds, caPath, env))
 			}
 		}
 	}

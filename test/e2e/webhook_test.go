@@ -113,6 +113,20 @@ func TestApplyMeshes(t *testing.T) {
 				"spec.mtls.backends[1].conf.caCert: Required value",
 			},
 		},
+		"independent problems are reported together": {
+			file: "independent-problems", rejected: true,
+			wantErrors: []string{
+				"spec.mtls.backends[0].conf.issuerRef.name: Required value",
+				`spec.mtls.backends[0].conf.caCert.secret: Not found: "does-not-exist"`,
+			},
+		},
+		"a type error does not hide another backend's problems": {
+			file: "wrong-type-and-rules", rejected: true,
+			wantErrors: []string{
+				"spec.mtls.backends[0].mode: Invalid value: must be a string, not a number",
+				"spec.mtls.backends[1].conf.issuerRef.name: Required value",
+			},
+		},
 		"values of the wrong type": {
 			file: "wrong-types", rejected: true,
 			wantErrors: []string{
