@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/trust"
 )
 
 var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -36,7 +37,7 @@ func TestCheckDelivered(t *testing.T) {
 			},
 		}
 	}
-	bothRoots := encodeRoots([]*x509.Certificate{ca.Cert, otherCA.Cert})
+	bothRoots := trust.EncodeRoots([]*x509.Certificate{ca.Cert, otherCA.Cert})
 	tests := map[string]struct {
 		secret    func() *corev1.Secret
 		plan      func(*plan)

@@ -14,6 +14,7 @@ import (
 	"github.com/meshcert/meshcert/defaults"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/trust"
 )
 
 // plan is what a dataplane's certificate should be, derived from its Mesh and
@@ -34,7 +35,7 @@ type plan struct {
 	// issuer's status.ca.
 	trust []byte
 	// enabledKey names the enabled backend in the trust store.
-	enabledKey backendKey
+	enabledKey trust.BackendKey
 	// spec is the Mesh's parsed spec.
 	spec model.MeshSpec
 	// bundle is the mesh's trust bundle: the roots of every backend;
@@ -125,8 +126,8 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 		}
 		p.trust = ca.PEM
 	}
-	p.enabledKey = certManagerKey(mesh.Name, *backend, p.trust)
-	p.issuerHash = p.enabledKey.config
+	p.enabledKey = trust.CertManagerKey(mesh.Name, *backend, p.trust)
+	p.issuerHash = p.enabledKey.Config
 
 	state, prob := references.IssuerProblem(p.issuerRef, env)
 	if state != nil {

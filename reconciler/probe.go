@@ -15,6 +15,7 @@ import (
 	"github.com/meshcert/meshcert/defaults"
 	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/trust"
 )
 
 // ProbeLabel marks the CertificateRequests meshcert makes only to learn a
@@ -34,7 +35,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	var mesh model.MeshResource
 	if err := r.Client.Get(ctx, req.NamespacedName, &mesh); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.trust.prune(req.Name, nil)
+			r.roots.Prune(req.Name, nil)
 			return ctrl.Result{}, r.cleanupProbes(ctx, req.Name, nil)
 		}
 		return ctrl.Result{}, err
@@ -44,7 +45,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 		return ctrl.Result{}, nil
 	}
 	t := r.trustOf(mesh.Name, spec)
-	r.trust.prune(mesh.Name, t.keys)
+	r.roots.Prune(mesh.Name, t.Keys)
 
 	probing := map[string]bool{}
 	var next time.Duration
@@ -53,7 +54,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 			next = d
 		}
 	}
-	for _, b := range t.unknown {
+	for _, b := range t.Unknown {
 		wait, done, err := r.probe(ctx, &mesh, b)
 		if err != nil {
 			return ctrl.Result{}, err
@@ -65,9 +66,9 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	}
 	// A backend whose root could not be learned is probed again later.
 	now := r.Clock.Now()
-	for k := range t.keys {
-		if at, failed := r.trust.failedSince(k); failed {
-			soonest(max(at.Add(r.Backoff.Max).Sub(now), time.Second))
+	for k := range t.Keys {
+		if at, failed := r.roots.RetryAt(k); failed {
+			soonest(max(at.Sub(now), time.Second))
 		}
 	}
 	if err := r.cleanupProbes(ctx, mesh.Name, probing); err != nil {
@@ -82,7 +83,7 @@ func probeOwnerOf(mesh, backend string) string { return probeOwner + mesh + "/" 
 // learning the root or failing to; wait is when to look again.
 func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b model.Backend) (wait time.Duration, done bool, err error) {
 	log := logf.FromContext(ctx).WithValues("backend", b.Name)
-	key := certManagerKey(mesh.Name, b, nil)
+	key := trust.CertManagerKey(mesh.Name, b, nil)
 	req := issuance.Request{
 		Owner:        probeOwnerOf(mesh.Name, b.Name),
 		NamePrefix:   "probe." + mesh.Name + "." + b.Name,
@@ -100,13 +101,13 @@ func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b mode
 		return 0, false, err
 	case out.Certificate != nil:
 		root := out.Certificate.Root
-		r.trust.learn(key, root)
+		r.roots.Learn(key, root)
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeNormal, "RootLearned", "ProbeBackend",
 			"backend %q: learned its root %q; every dataplane of the mesh now trusts it", b.Name, root.Subject.String())
 		log.Info("Learned a backend's root", "root", root.Subject.String())
 		return 0, true, nil
 	case out.Failure != nil:
-		r.trust.fail(key, r.Clock.Now())
+		r.roots.Fail(key, r.Clock.Now())
 		failuresTotal.WithLabelValues("RootUnknown").Inc()
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeWarning, "RootUnknown", "ProbeBackend",
 			"backend %q: cannot learn its root (%s); dataplanes trust the roots that are known, without it. Set conf.caCert to its CA certificate", b.Name, out.Failure.Message)

@@ -26,6 +26,7 @@ import (
 	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/lookup"
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/trust"
 )
 
 // Options configure a Reconciler.
@@ -60,7 +61,7 @@ type Reconciler struct {
 	Options
 	issuer   *issuance.Issuer
 	backoff  *issuance.Backoff
-	trust    *trustStore
+	roots    *trust.Store
 	switches *switches
 	// conflicts are the dataplanes whose Secret name is held by a Secret
 	// meshcert does not manage.
@@ -75,7 +76,7 @@ func New(o Options) *Reconciler {
 	r := &Reconciler{
 		Options:        o,
 		backoff:        issuance.NewBackoff(o.Backoff),
-		trust:          newTrustStore(),
+		roots:          trust.NewStore(o.Backoff.Max),
 		switches:       newSwitches(o.SwitchWindow),
 		dataplaneTurns: make(chan event.GenericEvent, 1024),
 		meshTurns:      make(chan event.GenericEvent, 64),
@@ -156,8 +157,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	r.learnFromSecret(p, secret)
-	trust := r.trustOf(p.mesh.Name, p.spec)
-	p.bundle, p.bundleComplete = trust.bundle(), len(trust.unknown) == 0
+	meshTrust := r.trustOf(p.mesh.Name, p.spec)
+	p.bundle, p.bundleComplete = meshTrust.Bundle(), meshTrust.Complete()
 	now := r.Clock.Now()
 	v := checkDelivered(secret, p, now)
 	if v.reissue == "" {
@@ -247,10 +248,10 @@ func (r *Reconciler) issue(ctx context.Context, dp *model.DataplaneResource, p *
 // mesh's trust bundle.
 func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p *plan, secret *corev1.Secret, cert *issuance.Certificate) error {
 	if p.trust == nil {
-		r.trust.learn(p.enabledKey, cert.Root)
+		r.roots.Learn(p.enabledKey, cert.Root)
 	}
 	// The mesh's roots, with the enabled backend's now known.
-	bundle := r.trustOf(p.mesh.Name, p.spec).bundle()
+	bundle := r.trustOf(p.mesh.Name, p.spec).Bundle()
 	keyPEM, err := cert.KeyPEM()
 	if err != nil {
 		return err

@@ -1,3 +1,8 @@
+// Package webhook is meshcert's admission webhook for Kuma's Mesh objects:
+// the defaulting handler, which adds only issuerRef's kind and group as JSON
+// patches; the validating handler, which answers with every problem that
+// package validation finds as one Invalid status; their registration; and
+// the HTTPS server that drains its connections on shutdown.
 package webhook
 
 import (

@@ -1,18 +1,21 @@
-package reconciler
+package trust
 
 import (
 	"crypto/x509"
 	"testing"
+	"time"
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 
 	"github.com/meshcert/meshcert/test/testpki"
 )
 
+var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+
 func TestEncodeRootsIsStable(t *testing.T) {
 	a, b := testpki.NewCA(t, "a", now), testpki.NewCA(t, "b", now)
-	one := encodeRoots([]*x509.Certificate{a.Cert, b.Cert, a.Cert})
-	two := encodeRoots([]*x509.Certificate{b.Cert, a.Cert})
+	one := EncodeRoots([]*x509.Certificate{a.Cert, b.Cert, a.Cert})
+	two := EncodeRoots([]*x509.Certificate{b.Cert, a.Cert})
 	if string(one) != string(two) {
 		t.Error("the same roots in another order, or twice, give another bundle")
 	}

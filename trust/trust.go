@@ -1,0 +1,167 @@
+// Package trust knows which roots each mesh trusts: the CA of every backend
+// of the mesh, enabled or not, as configured, or as learned for a certmanager
+// backend that names none; and it encodes them as one stable PEM bundle, so
+// that an unchanged set of roots is the same bytes and causes no write.
+package trust
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/references"
+)
+
+// BackendKey names a backend as configured: a change to its issuer or its
+// caCert makes it another backend, whose root must be learned anew.
+type BackendKey struct {
+	Mesh, Backend, Config string
+}
+
+// CertManagerKey identifies a certmanager backend by its issuer and caCert.
+func CertManagerKey(mesh string, b model.Backend, caCert []byte) BackendKey {
+	ref := defaults.IssuerRef(b.CertManager.IssuerRef)
+	return BackendKey{Mesh: mesh, Backend: b.Name, Config: model.Hash(b.Name, ref.Group, ref.Kind, ref.Name, string(caCert))}
+}
+
+// Store remembers the roots of certmanager backends without caCert, learned
+// from a certificate they issued or from a probe, and the backends whose root
+// could not be learned.
+type Store struct {
+	// retry is how long after a failure a backend's root is asked for again.
+	retry   time.Duration
+	mu      sync.Mutex
+	learned map[BackendKey][]*x509.Certificate
+	failed  map[BackendKey]time.Time
+}
+
+// NewStore returns an empty Store that asks again for a root it failed to
+// learn once retry has passed.
+func NewStore(retry time.Duration) *Store {
+	return &Store{retry: retry, learned: map[BackendKey][]*x509.Certificate{}, failed: map[BackendKey]time.Time{}}
+}
+
+// Learn records a backend's roots, and reports whether they are news.
+func (s *Store) Learn(k BackendKey, roots ...*x509.Certificate) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.failed, k)
+	old, ok := s.learned[k]
+	s.learned[k] = roots
+	return !ok || !slices.EqualFunc(old, roots, (*x509.Certificate).Equal)
+}
+
+// Roots returns what was learned of a backend.
+func (s *Store) Roots(k BackendKey) ([]*x509.Certificate, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.learned[k]
+	return r, ok
+}
+
+// Fail records that a backend's root could not be learned.
+func (s *Store) Fail(k BackendKey, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failed[k] = at
+}
+
+// RetryAt tells when a backend whose root could not be learned is asked
+// again, if it is one.
+func (s *Store) RetryAt(k BackendKey) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.failed[k]
+	return t.Add(s.retry), ok
+}
+
+// Prune forgets the backends of a mesh that are no longer configured.
+func (s *Store) Prune(mesh string, keep map[BackendKey]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.learned {
+		if k.Mesh == mesh && !keep[k] {
+			delete(s.learned, k)
+		}
+	}
+	for k := range s.failed {
+		if k.Mesh == mesh && !keep[k] {
+			delete(s.failed, k)
+		}
+	}
+}
+
+// Mesh is what a mesh's trust bundle is made of.
+type Mesh struct {
+	Roots []*x509.Certificate
+	// Unknown lists the backends whose root is yet to be learned by a probe.
+	Unknown []model.Backend
+	// Keys are the certmanager backends without caCert, as configured, for
+	// pruning the store.
+	Keys map[BackendKey]bool
+}
+
+// Bundle is the PEM trust bundle: every root once, in a stable order.
+func (m Mesh) Bundle() []byte { return EncodeRoots(m.Roots) }
+
+// Complete says no backend's root is still to be learned.
+func (m Mesh) Complete() bool { return len(m.Unknown) == 0 }
+
+// EncodeRoots encodes roots as PEM, each once, sorted.
+func EncodeRoots(roots []*x509.Certificate) []byte {
+	ders := make([][]byte, 0, len(roots))
+	for _, r := range roots {
+		ders = append(ders, r.Raw)
+	}
+	slices.SortFunc(ders, bytes.Compare)
+	ders = slices.CompactFunc(ders, bytes.Equal)
+	var out bytes.Buffer
+	for _, d := range ders {
+		_ = pem.Encode(&out, &pem.Block{Type: "CERTIFICATE", Bytes: d})
+	}
+	return out.Bytes()
+}
+
+// Of gathers the roots of every backend of a mesh, enabled or not: the caCert
+// of a certmanager backend or else its learned root, the cert of a provided
+// backend, and the CA Secret Kuma keeps for a builtin one. The enabled
+// backend's root, when it must be learned, is learned from its own
+// certificates, so it is never counted as unknown; another backend whose
+// root could not be learned is asked for again once its retry time has come.
+func (s *Store) Of(mesh string, spec model.MeshSpec, env references.Env) Mesh {
+	m := Mesh{Keys: map[BackendKey]bool{}}
+	if spec.MTLS == nil {
+		return m
+	}
+	dataSource := func(ds *model.DataSource) []*x509.Certificate {
+		if ds == nil {
+			return nil
+		}
+		return references.ResolveCACert(mesh, *ds, env).Roots()
+	}
+	for _, b := range spec.MTLS.Backends {
+		switch {
+		case b.CertManager != nil && b.CertManager.CACert != nil:
+			m.Roots = append(m.Roots, dataSource(b.CertManager.CACert)...)
+		case b.CertManager != nil:
+			k := CertManagerKey(mesh, b, nil)
+			m.Keys[k] = true
+			if roots, ok := s.Roots(k); ok {
+				m.Roots = append(m.Roots, roots...)
+			} else if retryAt, failed := s.RetryAt(k); b.Name != spec.MTLS.EnabledBackend && (!failed || !env.Now.Before(retryAt)) {
+				m.Unknown = append(m.Unknown, b)
+			}
+		case b.Type == model.BackendTypeProvided:
+			m.Roots = append(m.Roots, dataSource(b.ProvidedCert)...)
+		case b.Type == model.BackendTypeBuiltin:
+			name := model.BuiltinCASecretName(mesh, b.Name)
+			m.Roots = append(m.Roots, dataSource(&model.DataSource{Secret: &name})...)
+		}
+	}
+	return m
+}
