@@ -99,7 +99,7 @@ func (e *env) stop() {
 // testdata reads a file under test/testdata.
 func testdata(name string) ([]byte, error) {
 	_, file, _, _ := runtime.Caller(0)
-	return os.ReadFile(filepath.Join(filepath.Dir(file), "..", "testdata", name))
+	return os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "test", "testdata", name))
 }
 
 // reviewMeshes are the example Meshes of the admission benchmark: as in a
