@@ -71,19 +71,34 @@ func (t Tags) Keys() []string {
 	return keys
 }
 
-// NoServiceTagError is Kuma's wording for a dataplane it cannot derive an identity for.
-func NoServiceTagError(dataplane string) error {
-	return fmt.Errorf("dataplane %q has no kuma.io/service tag and no kuma.io/workload label, cannot derive mTLS identity", dataplane)
+// WorkloadLabel is the Dataplane label Kuma falls back to for a dataplane's
+// service when its tags name none.
+const WorkloadLabel = "kuma.io/workload"
+
+// IdentityTags is the tag set a dataplane's identity is derived from, as Kuma
+// (v2.14.3, pkg/xds/secrets/identity_tags.go) derives it: its tags when they
+// name a service; else, when the Dataplane has a kuma.io/workload label, that
+// workload as the only service and the only tag.
+func IdentityTags(dataplane string, tags Tags, labels map[string]string) (Tags, error) {
+	if len(tags[ServiceTag]) > 0 {
+		return tags, nil
+	}
+	if workload := labels[WorkloadLabel]; workload != "" {
+		return Tags{ServiceTag: {workload}}, nil
+	}
+	return nil, fmt.Errorf("dataplane %q has no %s tag and no %s label, cannot derive mTLS identity", dataplane, ServiceTag, WorkloadLabel)
 }
 
 // IdentityURIs returns the URI SANs Kuma's builtin CA puts in a dataplane
-// certificate: spiffe://<mesh>/<service> for each service, then
-// kuma://<tag>/<value> for every tag and value, keys and values sorted.
-func IdentityURIs(mesh, dataplane string, tags Tags) ([]*url.URL, error) {
-	services := tags[ServiceTag]
-	if len(services) == 0 {
-		return nil, NoServiceTagError(dataplane)
+// certificate, from its identity tags: spiffe://<mesh>/<service> for each
+// service, then kuma://<tag>/<value> for every tag and value, keys and values
+// sorted.
+func IdentityURIs(mesh, dataplane string, tags Tags, labels map[string]string) ([]*url.URL, error) {
+	tags, err := IdentityTags(dataplane, tags, labels)
+	if err != nil {
+		return nil, err
 	}
+	services := tags[ServiceTag]
 	uris := make([]*url.URL, 0, len(services)+len(tags))
 	add := func(raw string) error {
 		u, err := url.Parse(raw)

@@ -44,6 +44,7 @@ func TestParseDataplaneTags(t *testing.T) {
 func TestIdentityURIs(t *testing.T) {
 	tests := map[string]struct {
 		tags    Tags
+		labels  map[string]string
 		want    []string
 		wantErr string
 	}{
@@ -54,14 +55,29 @@ func TestIdentityURIs(t *testing.T) {
 				"kuma://kuma.io/service/a", "kuma://kuma.io/service/b", "kuma://kuma.io/zone/z1", "kuma://version/v1",
 			},
 		},
-		"no service tag": {
+		"no service tag and no workload label": {
 			tags:    Tags{"version": {"v1"}},
+			labels:  map[string]string{"app": "web"},
 			wantErr: `dataplane "web-1" has no kuma.io/service tag and no kuma.io/workload label, cannot derive mTLS identity`,
+		},
+		"an empty workload label is none": {
+			labels:  map[string]string{WorkloadLabel: ""},
+			wantErr: `dataplane "web-1" has no kuma.io/service tag and no kuma.io/workload label, cannot derive mTLS identity`,
+		},
+		"no service tag: the workload label is the only service and the only tag": {
+			tags:   Tags{"version": {"v1"}, "team": {"a"}},
+			labels: map[string]string{WorkloadLabel: "web"},
+			want:   []string{"spiffe://demo/web", "kuma://kuma.io/service/web"},
+		},
+		"a service tag wins over the workload label": {
+			tags:   Tags{ServiceTag: {"api"}, "version": {"v1"}},
+			labels: map[string]string{WorkloadLabel: "web"},
+			want:   []string{"spiffe://demo/api", "kuma://kuma.io/service/api", "kuma://version/v1"},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			uris, err := IdentityURIs("demo", "web-1", tc.tags)
+			uris, err := IdentityURIs("demo", "web-1", tc.tags, tc.labels)
 			if tc.wantErr != "" {
 				if err == nil || err.Error() != tc.wantErr {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)

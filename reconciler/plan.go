@@ -104,7 +104,7 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 	if len(errs) > 0 {
 		return nil, &problem{reason: "InvalidDataplane", message: errs.ToAggregate().Error()}, nil
 	}
-	uris, err := model.IdentityURIs(dp.MeshName(), dp.Name, tags)
+	uris, err := model.IdentityURIs(dp.MeshName(), dp.Name, tags, dp.Labels)
 	if err != nil {
 		return nil, &problem{reason: "NoIdentity", message: err.Error()}, nil
 	}

@@ -41,6 +41,8 @@ func TestIssuesKumaIdentities(t *testing.T) {
 		"multi-1": {"spiffe://issuance/orders", "spiffe://issuance/orders-admin",
 			"kuma://kuma.io/service/orders", "kuma://kuma.io/service/orders-admin", "kuma://version/v2"},
 		"edge-1": {"spiffe://issuance/edge", "kuma://kuma.io/service/edge"},
+		// No service tag: the kuma.io/workload label is the one service and the only tag.
+		"payments-1": {"spiffe://issuance/payments", "kuma://kuma.io/service/payments"},
 	}
 	for dp, uris := range want {
 		s := waitSecret(t, "issuance", dp, 30*time.Second, nil)
