@@ -4,7 +4,7 @@ package chart
 
 import "embed"
 
-// kumaCRDs holds the Kuma-compatible Mesh and Dataplane CRDs.
+// kumaCRDs holds the Kuma-compatible Mesh, Dataplane, MeshIdentity and MeshTrust CRDs.
 //
 //go:embed files/kuma-crds/*.yaml
 var kumaCRDs embed.FS

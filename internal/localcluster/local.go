@@ -91,7 +91,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 		err = errors.Join(err, c.Stop())
 	}()
 
-	if err := step("CRDs: Kuma-compatible Mesh and Dataplane, cert-manager", func() (string, error) {
+	if err := step("CRDs: Kuma's Mesh, Dataplane, MeshIdentity, MeshTrust; cert-manager", func() (string, error) {
 		return "", c.InstallCRDs()
 	}); err != nil {
 		return err

@@ -158,7 +158,7 @@ func TestEveryDocumentedOption(t *testing.T) {
 					crds = append(crds, u.GetName())
 				}
 			}
-			if !slices.Equal(crds, []string{"dataplanes.kuma.io", "meshes.kuma.io"}) {
+			if !slices.Equal(crds, []string{"dataplanes.kuma.io", "meshes.kuma.io", "meshidentities.kuma.io", "meshtrusts.kuma.io"}) {
 				t.Errorf("CRDs %v", crds)
 			}
 		}},
