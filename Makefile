@@ -9,7 +9,7 @@ export GOTOOLCHAIN := local
 # How long each fuzz target runs: a smoke run in `make test`, longer by hand,
 # e.g. `make fuzz FUZZTIME=10m`.
 FUZZTIME ?= 5s
-FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./model:FuzzParseMeshSpec ./model:FuzzDecodeMesh ./references:FuzzCAProblems
+FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./model:FuzzParseMeshSpec ./model:FuzzDecodeMesh ./references:FuzzCAProblems ./model:FuzzSpiffeID ./webhook:FuzzMeshIdentityAdmission
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 

@@ -29,6 +29,7 @@ import (
 	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/lookup"
+	"github.com/meshcert/meshcert/meshtrust"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/reconciler"
 	"github.com/meshcert/meshcert/webhook"
@@ -72,6 +73,9 @@ func cacheOptions(cfg config.Config) cache.Options {
 			&model.DataplaneResource{}:  {Namespaces: dataplanes},
 			&cmapi.Issuer{}:             {Namespaces: system},
 			&cmapi.CertificateRequest{}: {Namespaces: system, Label: managed},
+			// Kuma admits MeshIdentities and MeshTrusts in the system namespace only.
+			&model.MeshIdentityResource{}: {Namespaces: system},
+			&model.MeshTrustResource{}:    {Namespaces: system},
 		},
 	}
 }
@@ -132,7 +136,12 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		return err
 	}
 	if cfg.WebhookEnabled {
-		webhook.Register(mgr, cfg.SystemNamespace, cfg.AllowUnsafeCASwitch, index)
+		webhook.Register(mgr, webhook.RegisterOptions{
+			SystemNamespace:     cfg.SystemNamespace,
+			Zone:                cfg.Zone,
+			AllowUnsafeCASwitch: cfg.AllowUnsafeCASwitch,
+			Lookup:              index,
+		})
 		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
 			return err
 		}
@@ -141,6 +150,11 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		}
 	}
 	if cfg.ReconcilerEnabled {
+		// Finding an owner's requests must not scan them all: thousands are
+		// open at once while a large mesh is issued.
+		if err := issuance.IndexRequests(ctx, mgr.GetFieldIndexer()); err != nil {
+			return err
+		}
 		r := reconciler.New(reconciler.Options{
 			Client:          mgr.GetClient(),
 			APIReader:       mgr.GetAPIReader(),
@@ -157,6 +171,23 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		})
 		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the reconciler: %w", err)
+		}
+		if meshtrust.Installed(mgr.GetRESTMapper()) {
+			mt := meshtrust.New(meshtrust.Options{
+				Client:          mgr.GetClient(),
+				Lookup:          index,
+				Recorder:        mgr.GetEventRecorder("meshcert"),
+				Clock:           clock.RealClock{},
+				SystemNamespace: cfg.SystemNamespace,
+				Zone:            cfg.Zone,
+				RequestTimeout:  cfg.RequestTimeout,
+				Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			})
+			if err := mt.SetupWithManager(mgr); err != nil {
+				return fmt.Errorf("setting up the MeshTrust reconciler: %w", err)
+			}
+		} else {
+			log.Info("Kuma's MeshIdentity and MeshTrust are not installed: no MeshTrust is kept")
 		}
 		// The inventory's gauges come from the leader alone, as its
 		// certificates do.

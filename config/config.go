@@ -24,6 +24,9 @@ const EnvPrefix = "MESHCERT_"
 type Config struct {
 	Kubeconfig      string
 	SystemNamespace string
+	// Zone is the control plane's zone, the .Zone of a MeshIdentity's trust
+	// domain that has no kuma.io/zone label.
+	Zone string
 	// DataplaneNamespaces limits meshcert to the Dataplanes, and so the
 	// Secrets, of these namespaces; empty means every namespace.
 	DataplaneNamespaces []string
@@ -84,6 +87,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.SetOutput(output)
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.")
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "kong-mesh-system", "The mesh's system namespace: where mesh Secrets and Issuers live (kuma-system for Kuma).")
+	fs.StringVar(&c.Zone, "zone", "default", "The control plane's zone: the .Zone of a MeshIdentity's trust domain when the identity has no kuma.io/zone label.")
 	fs.StringVar(&dataplaneNamespaces, "dataplane-namespaces", "", "Comma-separated namespaces whose Dataplanes get certificates; meshcert needs Secret rights only there. Empty: every namespace.")
 	fs.BoolVar(&c.WebhookEnabled, "enable-webhook", true, "Serve the Mesh admission webhooks.")
 	fs.StringVar(&c.WebhookHost, "webhook-host", "", "Address the webhook server binds to. Default: all interfaces.")
@@ -186,6 +190,9 @@ func (c Config) validate() error {
 	var errs []error
 	bad := func(flagName string, value any, why string) {
 		errs = append(errs, fmt.Errorf("invalid --%s %q: %s", flagName, fmt.Sprint(value), why))
+	}
+	for _, msg := range validation.IsDNS1123Label(c.Zone) {
+		bad("zone", c.Zone, msg)
 	}
 	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
 		bad("system-namespace", c.SystemNamespace, msg)

@@ -84,3 +84,33 @@ func issuerRefChange(backend int, key, value string) Change {
 		Value: value,
 	}
 }
+
+// MeshIdentity returns the defaults a MeshIdentity that meshcert serves is
+// missing: the kind and group of the issuer in Kong Mesh's certmanager
+// extension config, or in meshcert's issuer annotations. Any other identity,
+// and one whose config does not parse, gets none.
+func MeshIdentity(mid *model.MeshIdentityResource) []Change {
+	conf, errs := mid.CertManagerConf()
+	if len(errs) > 0 || !conf.HasIssuerRef {
+		return nil
+	}
+	ref, defaulted := conf.IssuerRef, IssuerRef(conf.IssuerRef)
+	var at func(key string) []string
+	switch mid.ServedBy() {
+	case model.ServedByExtension:
+		at = func(key string) []string { return []string{"spec", "provider", "extension", "config", "issuerRef", key} }
+	case model.ServedByAgent:
+		annotation := map[string]string{"kind": model.IssuerKindAnnotation, "group": model.IssuerGroupAnnotation}
+		at = func(key string) []string { return []string{"metadata", "annotations", annotation[key]} }
+	default:
+		return nil
+	}
+	var changes []Change
+	if ref.Kind != defaulted.Kind {
+		changes = append(changes, Change{Path: at("kind"), Value: defaulted.Kind})
+	}
+	if ref.Group != defaulted.Group {
+		changes = append(changes, Change{Path: at("group"), Value: defaulted.Group})
+	}
+	return changes
+}

@@ -65,3 +65,53 @@ func TestChangePointerEscapes(t *testing.T) {
 		t.Errorf("Pointer() = %q, want %q", got, want)
 	}
 }
+
+func TestMeshIdentity(t *testing.T) {
+	extension := func(config string) *model.MeshIdentityResource {
+		return &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{
+			Type: model.ProviderTypeExtension, Extension: &model.ProviderExtension{Name: model.CertManagerExtension, Config: []byte(config)},
+		}}}
+	}
+	spire := func(annotations map[string]string) *model.MeshIdentityResource {
+		mid := &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{Type: model.ProviderTypeSpire}}}
+		mid.Annotations = annotations
+		return mid
+	}
+	tests := map[string]struct {
+		mid  *model.MeshIdentityResource
+		want []string // pointer=value
+	}{
+		"Kong Mesh's extension: kind and group": {
+			mid:  extension(`{"issuerRef":{"name":"ca"}}`),
+			want: []string{"/spec/provider/extension/config/issuerRef/kind=Issuer", "/spec/provider/extension/config/issuerRef/group=cert-manager.io"},
+		},
+		"Kong Mesh's extension, defaulted already": {mid: extension(`{"issuerRef":{"name":"ca","kind":"ClusterIssuer","group":"cert-manager.io"}}`)},
+		"Kong Mesh's extension without issuerRef is left for validation": {mid: extension(`{"caCert":{"secret":"ca"}}`)},
+		"Kong Mesh's extension of the wrong type is left for validation": {mid: extension(`{"issuerRef":"ca"}`)},
+		"meshcert's annotations: kind and group": {
+			mid:  spire(map[string]string{model.IssuerNameAnnotation: "ca"}),
+			want: []string{"/metadata/annotations/meshcert.io~1issuer-kind=Issuer", "/metadata/annotations/meshcert.io~1issuer-group=cert-manager.io"},
+		},
+		"meshcert's annotations with an external issuer": {
+			mid: spire(map[string]string{model.IssuerNameAnnotation: "ca", model.IssuerKindAnnotation: "AWSPCAIssuer", model.IssuerGroupAnnotation: "awspca.cert-manager.io"}),
+		},
+		"Spire without meshcert's annotations is not meshcert's": {mid: spire(map[string]string{"team": "a"})},
+		"another extension is not meshcert's": {
+			mid: &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{
+				Type: model.ProviderTypeExtension, Extension: &model.ProviderExtension{Name: "vault", Config: []byte(`{"issuerRef":{"name":"ca"}}`)},
+			}}},
+		},
+		"Bundled is not meshcert's": {mid: &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{Type: model.ProviderTypeBundled}}}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var got []string
+			for _, c := range MeshIdentity(tc.mid) {
+				got = append(got, c.Pointer()+"="+c.Value)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("MeshIdentity() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -57,6 +57,10 @@ func AddToScheme(s *runtime.Scheme) error {
 	s.AddKnownTypeWithName(GroupVersion.WithKind("MeshList"), &MeshResourceList{})
 	s.AddKnownTypeWithName(GroupVersion.WithKind("Dataplane"), &DataplaneResource{})
 	s.AddKnownTypeWithName(GroupVersion.WithKind("DataplaneList"), &DataplaneResourceList{})
+	s.AddKnownTypeWithName(GroupVersion.WithKind("MeshIdentity"), &MeshIdentityResource{})
+	s.AddKnownTypeWithName(GroupVersion.WithKind("MeshIdentityList"), &MeshIdentityResourceList{})
+	s.AddKnownTypeWithName(GroupVersion.WithKind("MeshTrust"), &MeshTrustResource{})
+	s.AddKnownTypeWithName(GroupVersion.WithKind("MeshTrustList"), &MeshTrustResourceList{})
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
 }

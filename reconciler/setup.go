@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshcert/meshcert/defaults"
-	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -30,11 +29,6 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &model.DataplaneResource{}, meshIndex, func(o client.Object) []string {
 		return []string{o.(*model.DataplaneResource).MeshName()}
 	}); err != nil {
-		return err
-	}
-	// Finding an owner's requests must not scan them all: thousands are
-	// open at once while a large mesh is issued.
-	if err := issuance.IndexRequests(ctx, mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).

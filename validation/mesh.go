@@ -23,6 +23,9 @@ import (
 // Env is everything validation reads besides the Mesh itself.
 type Env struct {
 	references.Env
+	// LocalZone is the zone of a MeshIdentity's trust domain when it has no
+	// kuma.io/zone label.
+	LocalZone string
 	// AllowUnsafeCASwitch lets an update enable a backend it adds, for
 	// emergencies such as a compromised CA key.
 	AllowUnsafeCASwitch bool
@@ -52,31 +55,17 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 	}
 	res.Errors = append(res.Errors, validateSharedMTLS(mtls, model.MTLSPath)...)
 
-	lookups := !mtls.SkipValidation && env.Lookup != nil
+	// skipValidation skips, as in Kuma, the checks that look at other objects.
+	if mtls.SkipValidation {
+		env.Lookup = nil
+	}
 	hasCertManager := false
 	for i, b := range mtls.Backends {
 		if b.CertManager == nil || b.Malformed {
 			continue
 		}
 		hasCertManager = true
-		confPath := model.BackendsPath.Index(i).Child("conf")
-		refPath, caPath := confPath.Child("issuerRef"), confPath.Child("caCert")
-		refErrs := ValidateIssuerRef(b.CertManager.IssuerRef, refPath)
-		res.Errors = append(res.Errors, refErrs...)
-		// Each lookup depends only on its own reference being well formed.
-		if lookups && len(refErrs) == 0 {
-			checkIssuer(b.CertManager.IssuerRef, refPath, env, &res)
-		}
-		if ds := b.CertManager.CACert; ds != nil {
-			// The material is read only from one well-formed source.
-			if dsErrs := validateDataSource(*ds, caPath); len(dsErrs) > 0 {
-				res.Errors = append(res.Errors, dsErrs...)
-			} else if ds.File != nil {
-				res.warn(caPath.Child("file"), "a file on the control plane cannot be checked by this webhook; prefer secret or inlineString")
-			} else if lookups {
-				res.add(ValidateCACert(mesh.Name, *ds, caPath, env))
-			}
-		}
+		res.add(validateCertManagerConf(mesh.Name, *b.CertManager, model.BackendsPath.Index(i).Child("conf"), env))
 	}
 	if mtls.SkipValidation && hasCertManager {
 		res.warn(model.MTLSPath.Child("skipValidation"), "is true, so the issuer and caCert checks that look at other objects were skipped")
@@ -121,6 +110,37 @@ func ValidateMeshUpdate(old, mesh model.Mesh, env Env) Result {
 	return res
 }
 
+// validateCertManagerConf checks a cert-manager configuration at p: its
+// issuerRef, and its caCert. Each lookup depends only on its own reference
+// being well formed.
+func validateCertManagerConf(mesh string, conf model.CertManagerConf, p *field.Path, env Env) Result {
+	var res Result
+	refPath := p.Child("issuerRef")
+	res.Errors = ValidateIssuerRef(conf.IssuerRef, refPath)
+	if env.Lookup != nil && len(res.Errors) == 0 {
+		checkIssuer(conf.IssuerRef, refPath, env, &res)
+	}
+	if ds := conf.CACert; ds != nil {
+		res.add(validateCACertSource(mesh, *ds, p.Child("caCert"), env))
+	}
+	return res
+}
+
+// validateCACertSource checks a caCert data source, and the material it
+// names when env has a Lookup: it is read only from one well-formed source.
+func validateCACertSource(mesh string, ds model.DataSource, p *field.Path, env Env) Result {
+	var res Result
+	switch dsErrs := validateDataSource(ds, p); {
+	case len(dsErrs) > 0:
+		res.Errors = dsErrs
+	case ds.File != nil:
+		res.warn(p.Child("file"), "a file on the control plane cannot be checked by this webhook; prefer secret or inlineString")
+	case env.Lookup != nil:
+		res.add(ValidateCACert(mesh, ds, p, env))
+	}
+	return res
+}
+
 // validateSharedMTLS applies the rules Kuma applies to every backend type, in
 // Kuma's words.
 func validateSharedMTLS(mtls *model.MTLS, p *field.Path) field.ErrorList {
@@ -161,23 +181,28 @@ func validateSharedMTLS(mtls *model.MTLS, p *field.Path) field.ErrorList {
 // ValidateIssuerRef checks an issuerRef, reading an empty kind or group as
 // its default.
 func ValidateIssuerRef(ref cmmeta.IssuerReference, p *field.Path) field.ErrorList {
+	return validateIssuerRef(ref, p.Child("name"), p.Child("kind"), p.Child("group"))
+}
+
+// validateIssuerRef checks an issuerRef whose fields are at the given paths.
+func validateIssuerRef(ref cmmeta.IssuerReference, name, kind, group *field.Path) field.ErrorList {
 	var errs field.ErrorList
 	switch {
 	case strings.TrimSpace(ref.Name) == "":
-		errs = append(errs, field.Required(p.Child("name"), "the name of the cert-manager Issuer or ClusterIssuer that signs this mesh's dataplane certificates"))
+		errs = append(errs, field.Required(name, "the name of the cert-manager Issuer or ClusterIssuer that signs this mesh's dataplane certificates"))
 	default:
 		for _, msg := range utilvalidation.IsDNS1123Subdomain(ref.Name) {
-			errs = append(errs, field.Invalid(p.Child("name"), ref.Name, msg))
+			errs = append(errs, field.Invalid(name, ref.Name, msg))
 		}
 	}
 	ref = defaults.IssuerRef(ref)
 	if ref.Group == defaults.IssuerGroup {
 		if ref.Kind != cmapi.IssuerKind && ref.Kind != cmapi.ClusterIssuerKind {
-			errs = append(errs, field.NotSupported(p.Child("kind"), ref.Kind, []string{cmapi.IssuerKind, cmapi.ClusterIssuerKind}))
+			errs = append(errs, field.NotSupported(kind, ref.Kind, []string{cmapi.IssuerKind, cmapi.ClusterIssuerKind}))
 		}
 	} else {
 		for _, msg := range utilvalidation.IsDNS1123Subdomain(ref.Group) {
-			errs = append(errs, field.Invalid(p.Child("group"), ref.Group, msg))
+			errs = append(errs, field.Invalid(group, ref.Group, msg))
 		}
 	}
 	return errs
@@ -195,14 +220,19 @@ func validateDataSource(ds model.DataSource, p *field.Path) field.ErrorList {
 		errs = append(errs, field.Invalid(p, field.OmitValueType{}, fmt.Sprintf("exactly one of %s must be set, but %s are set", dataSourceFields, strings.Join(set, " and "))))
 	}
 	if ds.Secret != nil {
-		name := *ds.Secret
-		if strings.TrimSpace(name) == "" {
-			errs = append(errs, field.Required(p.Child("secret"), "the name of a mesh Secret in the system namespace"))
-		} else {
-			for _, msg := range utilvalidation.IsDNS1123Subdomain(name) {
-				errs = append(errs, field.Invalid(p.Child("secret"), name, msg))
-			}
-		}
+		errs = append(errs, validateSecretName(*ds.Secret, p.Child("secret"))...)
+	}
+	return errs
+}
+
+// validateSecretName checks the name of a mesh Secret.
+func validateSecretName(name string, p *field.Path) field.ErrorList {
+	if strings.TrimSpace(name) == "" {
+		return field.ErrorList{field.Required(p, "the name of a mesh Secret in the system namespace")}
+	}
+	var errs field.ErrorList
+	for _, msg := range utilvalidation.IsDNS1123Subdomain(name) {
+		errs = append(errs, field.Invalid(p, name, msg))
 	}
 	return errs
 }
@@ -225,25 +255,33 @@ func checkIssuer(ref cmmeta.IssuerReference, p *field.Path, env Env, res *Result
 // ValidateCACert resolves a well-formed caCert data source and reports, at
 // the path of the field it read, why the material it names cannot be used.
 func ValidateCACert(mesh string, ds model.DataSource, p *field.Path, env Env) Result {
+	if set := ds.Sources(); len(set) == 1 {
+		p = p.Child(set[0])
+	}
+	return validateCAMaterial(mesh, ds, p, env)
+}
+
+// validateCAMaterial reports at p why the CA material that ds names cannot
+// be used.
+func validateCAMaterial(mesh string, ds model.DataSource, p *field.Path, env Env) Result {
 	var res Result
 	ca := references.ResolveCACert(mesh, ds, env.Env)
 	if ca.Source == "" {
 		return res
 	}
-	at := p.Child(ca.Source)
 	var badValue any = field.OmitValueType{}
 	if ds.Secret != nil {
 		badValue = *ds.Secret
 	}
 	if u := ca.Unresolved; u != nil {
-		res.Errors = append(res.Errors, problemError(at, u))
+		res.Errors = append(res.Errors, problemError(p, u))
 		return res
 	}
 	for _, msg := range ca.Problems {
-		res.Errors = append(res.Errors, field.Invalid(at, badValue, msg))
+		res.Errors = append(res.Errors, field.Invalid(p, badValue, msg))
 	}
 	for _, msg := range ca.Warnings {
-		res.warn(at, "%s", msg)
+		res.warn(p, "%s", msg)
 	}
 	return res
 }

@@ -32,6 +32,15 @@ func (Defaulter) Handle(ctx context.Context, req admission.Request) admission.Re
 		return admission.Allowed("")
 	}
 	changes := defaults.Mesh(mesh.Spec)
+	if len(changes) > 0 {
+		logf.FromContext(ctx).V(1).Info("Defaulted mesh", "mesh", mesh.Name, "fields", len(changes))
+	}
+	return patched(changes)
+}
+
+// patched allows an object with one JSON patch operation per default, or
+// as it is when it has none.
+func patched(changes []defaults.Change) admission.Response {
 	if len(changes) == 0 {
 		return admission.Allowed("")
 	}
@@ -39,6 +48,5 @@ func (Defaulter) Handle(ctx context.Context, req admission.Request) admission.Re
 	for _, c := range changes {
 		ops = append(ops, jsonpatch.NewOperation("add", c.Pointer(), c.Value))
 	}
-	logf.FromContext(ctx).V(1).Info("Defaulted mesh", "mesh", mesh.Name, "fields", len(ops))
 	return admission.Patched("", ops...)
 }

@@ -139,3 +139,80 @@ func FuzzDefaultAndValidate(f *testing.F) {
 		}
 	})
 }
+
+// identityDefaultedPath is the only place MeshIdentity defaulting may write.
+var identityDefaultedPath = regexp.MustCompile(`^(/spec/provider/extension/config/issuerRef/(kind|group)|/metadata/annotations/meshcert\.io~1issuer-(kind|group))$`)
+
+// FuzzMeshIdentityAdmission drives MeshIdentity defaulting and validation with
+// any annotations and spec. Invariants: no panic; no 5xx; validation is
+// deterministic; a patch touches only the issuer's kind and group and
+// applies; defaulting is idempotent.
+func FuzzMeshIdentityAdmission(f *testing.F) {
+	manifests, _ := filepath.Glob("../test/testdata/meshidentities/*.yaml")
+	for _, m := range manifests {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		var obj struct {
+			Metadata struct {
+				Annotations json.RawMessage `json:"annotations"`
+			} `json:"metadata"`
+			Spec json.RawMessage `json:"spec"`
+		}
+		if err := yaml.Unmarshal(b, &obj); err != nil {
+			f.Fatal(err)
+		}
+		f.Add([]byte(obj.Metadata.Annotations), []byte(obj.Spec))
+	}
+	f.Add([]byte(`{"meshcert.io/issuer-group":""}`), []byte(`{"provider":{"type":"Spire"},"spiffeID":{"path":"{{range 100000000}}{{end}}"}}`))
+	f.Fuzz(func(t *testing.T, annotations, spec []byte) {
+		object, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"name": "id", "namespace": "kong-mesh-system", "labels": map[string]string{"kuma.io/mesh": "demo"}, "annotations": json.RawMessage(annotations)},
+			"spec":     json.RawMessage(spec),
+		})
+		if err != nil {
+			return // Not JSON: the API server never sends it.
+		}
+		req := func(obj []byte) admission.Request {
+			r := admission.Request{}
+			r.Operation, r.Name, r.Namespace, r.Object.Raw = admissionv1.Create, "id", "kong-mesh-system", obj
+			return r
+		}
+		ctx := context.Background()
+		v := &MeshIdentityValidator{SystemNamespace: "kong-mesh-system", LocalZone: "zone", Lookup: emptyCluster{}, Now: testValidator().Now}
+		first, second := v.Handle(ctx, req(object)), v.Handle(ctx, req(object))
+		if !reflect.DeepEqual(first, second) {
+			t.Fatal("validation is not deterministic")
+		}
+		for _, r := range []admission.Response{first, MeshIdentityDefaulter{}.Handle(ctx, req(object))} {
+			if r.Result != nil && r.Result.Code >= http.StatusInternalServerError {
+				t.Fatalf("answered %d: %s", r.Result.Code, r.Result.Message)
+			}
+		}
+		d := MeshIdentityDefaulter{}.Handle(ctx, req(object))
+		if len(d.Patches) == 0 {
+			return
+		}
+		for _, op := range d.Patches {
+			if op.Operation != "add" || !identityDefaultedPath.MatchString(op.Path) {
+				t.Fatalf("patch touches %s %s", op.Operation, op.Path)
+			}
+		}
+		raw, err := json.Marshal(d.Patches)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patch, err := jsonpatch.DecodePatch(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patched, err := patch.Apply(object)
+		if err != nil {
+			t.Fatalf("the patch does not apply: %v", err)
+		}
+		if again := (MeshIdentityDefaulter{}).Handle(ctx, req(patched)); len(again.Patches) != 0 {
+			t.Fatalf("defaulting is not idempotent: %v", again.Patches)
+		}
+	})
+}

@@ -8,10 +8,14 @@ import (
 // The webhooks' names, as kubectl shows them in "admission webhook NAME denied
 // the request", and the paths they are served on.
 const (
-	DefaultingWebhookName = "defaults.meshes.meshcert.io"
-	ValidatingWebhookName = "validation.meshes.meshcert.io"
-	DefaultingPath        = "/mutate-kuma-io-v1alpha1-mesh"
-	ValidatingPath        = "/validate-kuma-io-v1alpha1-mesh"
+	DefaultingWebhookName             = "defaults.meshes.meshcert.io"
+	ValidatingWebhookName             = "validation.meshes.meshcert.io"
+	DefaultingPath                    = "/mutate-kuma-io-v1alpha1-mesh"
+	ValidatingPath                    = "/validate-kuma-io-v1alpha1-mesh"
+	MeshIdentityDefaultingWebhookName = "defaults.meshidentities.meshcert.io"
+	MeshIdentityValidatingWebhookName = "validation.meshidentities.meshcert.io"
+	MeshIdentityDefaultingPath        = "/mutate-kuma-io-v1alpha1-meshidentity"
+	MeshIdentityValidatingPath        = "/validate-kuma-io-v1alpha1-meshidentity"
 )
 
 // RegistrationOptions are the knobs of the webhook configurations.
@@ -20,66 +24,83 @@ type RegistrationOptions struct {
 	Name string
 	// ClientConfig returns how the API server reaches the given path.
 	ClientConfig func(path string) admissionregistrationv1.WebhookClientConfig
-	// FailurePolicy applies to both webhooks; Fail is safe since only Meshes
-	// are matched, never pods.
+	// FailurePolicy applies to every webhook; Fail is safe since only Meshes
+	// and MeshIdentities are matched, never pods.
 	FailurePolicy  admissionregistrationv1.FailurePolicyType
 	TimeoutSeconds int32
 }
 
-// meshRules matches CREATE and UPDATE of kuma.io/v1alpha1 meshes. DELETE is not
-// matched: there is nothing to check on the way out.
-func meshRules() []admissionregistrationv1.RuleWithOperations {
-	scope := admissionregistrationv1.ClusterScope
+// rules matches CREATE and UPDATE of a kuma.io/v1alpha1 resource. DELETE is
+// not matched: there is nothing to check on the way out.
+func rules(resource string, scope admissionregistrationv1.ScopeType) []admissionregistrationv1.RuleWithOperations {
 	return []admissionregistrationv1.RuleWithOperations{{
 		Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
 		Rule: admissionregistrationv1.Rule{
 			APIGroups:   []string{"kuma.io"},
 			APIVersions: []string{"v1alpha1"},
-			Resources:   []string{"meshes"},
+			Resources:   []string{resource},
 			Scope:       &scope,
 		},
 	}}
 }
 
-// MutatingConfiguration is the registration of the defaulting webhook. The Helm
-// chart renders the same object; a test holds the two together.
+// webhookTargets are the resources meshcert admits: Meshes, and MeshIdentities
+// in every namespace, since one outside the system namespace is rejected.
+var webhookTargets = []struct {
+	defaultingName, validatingName string
+	defaultingPath, validatingPath string
+	rules                          []admissionregistrationv1.RuleWithOperations
+}{
+	{DefaultingWebhookName, ValidatingWebhookName, DefaultingPath, ValidatingPath, rules("meshes", admissionregistrationv1.ClusterScope)},
+	{MeshIdentityDefaultingWebhookName, MeshIdentityValidatingWebhookName, MeshIdentityDefaultingPath, MeshIdentityValidatingPath,
+		rules("meshidentities", admissionregistrationv1.NamespacedScope)},
+}
+
+// MutatingConfiguration is the registration of the defaulting webhooks. The
+// Helm chart renders the same object; a test holds the two together.
 func MutatingConfiguration(o RegistrationOptions) *admissionregistrationv1.MutatingWebhookConfiguration {
 	sideEffects := admissionregistrationv1.SideEffectClassNone
 	matchPolicy := admissionregistrationv1.Equivalent
 	reinvocation := admissionregistrationv1.NeverReinvocationPolicy
-	return &admissionregistrationv1.MutatingWebhookConfiguration{
+	c := &admissionregistrationv1.MutatingWebhookConfiguration{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration"},
 		ObjectMeta: metav1.ObjectMeta{Name: o.Name},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{{
-			Name:                    DefaultingWebhookName,
-			ClientConfig:            o.ClientConfig(DefaultingPath),
-			Rules:                   meshRules(),
+	}
+	for _, t := range webhookTargets {
+		c.Webhooks = append(c.Webhooks, admissionregistrationv1.MutatingWebhook{
+			Name:                    t.defaultingName,
+			ClientConfig:            o.ClientConfig(t.defaultingPath),
+			Rules:                   t.rules,
 			FailurePolicy:           &o.FailurePolicy,
 			MatchPolicy:             &matchPolicy,
 			SideEffects:             &sideEffects,
 			TimeoutSeconds:          &o.TimeoutSeconds,
 			AdmissionReviewVersions: []string{"v1"},
 			ReinvocationPolicy:      &reinvocation,
-		}},
+		})
 	}
+	return c
 }
 
-// ValidatingConfiguration is the registration of the validating webhook.
+// ValidatingConfiguration is the registration of the validating webhooks.
 func ValidatingConfiguration(o RegistrationOptions) *admissionregistrationv1.ValidatingWebhookConfiguration {
 	sideEffects := admissionregistrationv1.SideEffectClassNone
 	matchPolicy := admissionregistrationv1.Equivalent
-	return &admissionregistrationv1.ValidatingWebhookConfiguration{
+	c := &admissionregistrationv1.ValidatingWebhookConfiguration{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingWebhookConfiguration"},
 		ObjectMeta: metav1.ObjectMeta{Name: o.Name},
-		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
-			Name:                    ValidatingWebhookName,
-			ClientConfig:            o.ClientConfig(ValidatingPath),
-			Rules:                   meshRules(),
+	}
+	for _, t := range webhookTargets {
+		c.Webhooks = append(c.Webhooks, admissionregistrationv1.ValidatingWebhook{
+			Name:                    t.validatingName,
+			ClientConfig:            o.ClientConfig(t.validatingPath),
+			Rules:                   t.rules,
 			FailurePolicy:           &o.FailurePolicy,
 			MatchPolicy:             &matchPolicy,
 			SideEffects:             &sideEffects,
 			TimeoutSeconds:          &o.TimeoutSeconds,
 			AdmissionReviewVersions: []string{"v1"},
-		}},
+		})
 	}
+	return c
 }

@@ -110,17 +110,33 @@ func TLSOptions(minVersion uint16, enableHTTP2 bool) []func(*tls.Config) {
 	}}
 }
 
-// Register serves the defaulting and validating handlers for Meshes on the
-// manager's webhook server, reading referenced objects from the index.
-func Register(mgr ctrl.Manager, systemNamespace string, allowUnsafeCASwitch bool, index *lookup.Index) {
+// Register serves the defaulting and validating handlers for Meshes and
+// MeshIdentities on the manager's webhook server, reading referenced objects
+// from the index.
+func Register(mgr ctrl.Manager, o RegisterOptions) {
 	srv := mgr.GetWebhookServer()
 	srv.Register(DefaultingPath, NewAdmission(Defaulter{}))
 	srv.Register(ValidatingPath, NewAdmission(&Validator{
-		SystemNamespace:     systemNamespace,
-		Lookup:              index,
+		SystemNamespace:     o.SystemNamespace,
+		Lookup:              o.Lookup,
 		Now:                 time.Now,
-		AllowUnsafeCASwitch: allowUnsafeCASwitch,
+		AllowUnsafeCASwitch: o.AllowUnsafeCASwitch,
 	}))
+	srv.Register(MeshIdentityDefaultingPath, NewAdmission(MeshIdentityDefaulter{}))
+	srv.Register(MeshIdentityValidatingPath, NewAdmission(&MeshIdentityValidator{
+		SystemNamespace: o.SystemNamespace,
+		LocalZone:       o.Zone,
+		Lookup:          o.Lookup,
+		Now:             time.Now,
+	}))
+}
+
+// RegisterOptions are what the handlers need.
+type RegisterOptions struct {
+	SystemNamespace     string
+	Zone                string
+	AllowUnsafeCASwitch bool
+	Lookup              *lookup.Index
 }
 
 // NewAdmission serves an admission handler. Its logger carries only a name:

@@ -59,11 +59,17 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 		return admission.Allowed("").WithWarnings(res.Warnings...)
 	}
 	log.Info("Rejected mesh", "mesh", mesh.Name, "operation", req.Operation, "errors", len(errs), "warnings", len(res.Warnings))
-	status := apierrors.NewInvalid(MeshGroupKind, mesh.Name, limitErrors(errs)).Status()
+	return invalid(MeshGroupKind, mesh.Name, errs, res.Warnings)
+}
+
+// invalid rejects an object with an Invalid status, one cause per field, as
+// kubectl prints them.
+func invalid(gk schema.GroupKind, name string, errs field.ErrorList, warnings []string) admission.Response {
+	status := apierrors.NewInvalid(gk, name, limitErrors(errs)).Status()
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{
 		Allowed:  false,
 		Result:   &status,
-		Warnings: res.Warnings,
+		Warnings: warnings,
 	}}
 }
 

@@ -1,0 +1,434 @@
+// Package meshtrust keeps, for each MeshIdentity that meshcert serves or
+// guards, a MeshTrust in the system namespace whose trust domain is the
+// identity's and whose CA bundle holds its issuer's roots: from the caCert
+// when there is one, else learned with a probe certificate through package
+// issuance. Through a CA rotation the new root is trusted first, and an old
+// one leaves only once no certificate it signed can still be valid.
+package meshtrust
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/issuance"
+	"github.com/meshcert/meshcert/lookup"
+	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/trust"
+)
+
+// Annotations on the MeshTrusts meshcert keeps.
+const (
+	// IdentityAnnotation names the MeshIdentity a MeshTrust is kept for.
+	IdentityAnnotation = "meshcert.io/mesh-identity"
+	// RetiringAnnotation lists the roots that left the issuer and are still
+	// trusted, each as its SHA-256 fingerprint and when it left.
+	RetiringAnnotation = "meshcert.io/retiring-roots"
+)
+
+// DefaultLifetime bounds how long a certificate of an identity can be valid,
+// when its meshcert.io/duration annotation does not say: Kuma's default.
+const DefaultLifetime = 24 * time.Hour
+
+// rootRefresh is how often a root learned from status.ca is learned again,
+// to notice an issuer whose CA changed in place.
+const rootRefresh = 10 * time.Minute
+
+// Options configure a Reconciler.
+type Options struct {
+	Client          client.Client
+	Lookup          *lookup.Index
+	Recorder        events.EventRecorder
+	Clock           clock.PassiveClock
+	SystemNamespace string
+	// Zone is the .Zone of a trust domain without a kuma.io/zone label.
+	Zone           string
+	RequestTimeout time.Duration
+	Backoff        issuance.BackoffPolicy
+}
+
+// Reconciler keeps one MeshIdentity's MeshTrust at a time.
+type Reconciler struct {
+	Options
+	issuer  *issuance.Issuer
+	roots   *trust.Store
+	learned map[trust.BackendKey]time.Time
+}
+
+// New returns a Reconciler, with the issuer of its probes.
+func New(o Options) *Reconciler {
+	return &Reconciler{
+		Options: o,
+		issuer: issuance.New(issuance.Options{
+			Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, Backoff: issuance.NewBackoff(o.Backoff),
+		}),
+		roots:   trust.NewStore(o.Backoff.Max),
+		learned: map[trust.BackendKey]time.Time{},
+	}
+}
+
+const identityOwner = "MeshIdentity:"
+
+// Reconcile brings one MeshIdentity's MeshTrust in line with its issuer.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	owner := identityOwner + req.NamespacedName.String()
+	var mid model.MeshIdentityResource
+	if err := r.Client.Get(ctx, req.NamespacedName, &mid); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, r.forget(ctx, req.NamespacedName, owner)
+		}
+		return ctrl.Result{}, err
+	}
+	log := logf.FromContext(ctx)
+	served := mid.ServedBy()
+	conf, errs := mid.CertManagerConf()
+	switch {
+	case served == model.NotServed || mid.DeletionTimestamp != nil || mid.Namespace != r.SystemNamespace:
+		return ctrl.Result{}, r.forget(ctx, req.NamespacedName, owner)
+	case mid.Annotations[model.MeshTrustAnnotation] == "Disabled":
+		return ctrl.Result{}, r.forget(ctx, req.NamespacedName, owner)
+	case len(errs) > 0:
+		r.Recorder.Eventf(&mid, nil, corev1.EventTypeWarning, "InvalidMeshIdentity", "KeepMeshTrust", "%s", errs.ToAggregate().Error())
+		return ctrl.Result{}, nil
+	case served == model.ServedByExtension && conf.CACert != nil:
+		// Kong Mesh makes the MeshTrust of a certmanager identity with a caCert.
+		if err := r.forget(ctx, req.NamespacedName, owner); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.Recorder.Eventf(&mid, nil, corev1.EventTypeNormal, "MeshTrustLeftToKongMesh", "KeepMeshTrust",
+			"the identity has a caCert, so Kong Mesh makes its MeshTrust; meshcert does not make a second one")
+		return ctrl.Result{}, nil
+	}
+
+	mesh := mid.MeshName()
+	td, err := model.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, mid.Labels)
+	if err != nil {
+		r.Recorder.Eventf(&mid, nil, corev1.EventTypeWarning, "InvalidTrustDomain", "KeepMeshTrust", "cannot render the trust domain: %v", err)
+		return ctrl.Result{}, nil
+	}
+	roots, wait, err := r.issuerRoots(ctx, &mid, mesh, conf, owner)
+	if err != nil || roots == nil {
+		return ctrl.Result{RequeueAfter: wait}, err
+	}
+	next, err := r.apply(ctx, &mid, mesh, td, roots)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	log.V(1).Info("MeshTrust in line", "trustDomain", td, "roots", len(roots))
+	return ctrl.Result{RequeueAfter: soonest(next, wait)}, nil
+}
+
+// issuerRoots are the roots the identity's certificates chain to: its caCert,
+// or else the root of a probe certificate, learned once and again every
+// rootRefresh. nil roots mean not known yet; wait says when to look again.
+func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityResource, mesh string, conf model.CertManagerConf, owner string) ([]*x509.Certificate, time.Duration, error) {
+	env := references.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
+	if ds := conf.CACert; ds != nil {
+		ca := references.ResolveCACert(mesh, *ds, env)
+		if !ca.OK() {
+			msg := strings.Join(ca.Problems, "; ")
+			if ca.Unresolved != nil {
+				msg = ca.Unresolved.Message
+			}
+			r.Recorder.Eventf(mid, nil, corev1.EventTypeWarning, "InvalidCACert", "KeepMeshTrust", "the CA certificate cannot be used: %s", msg)
+			return nil, 0, nil
+		}
+		return ca.Roots(), 0, nil
+	}
+	ref := defaults.IssuerRef(conf.IssuerRef)
+	state, _ := references.IssuerProblem(ref, env)
+	version := ""
+	if state != nil {
+		version = state.ResourceVersion
+	}
+	key := trust.BackendKey{Mesh: owner, Backend: mesh, Config: model.Hash(ref.Group, ref.Kind, ref.Name, version)}
+	r.roots.Prune(owner, map[trust.BackendKey]bool{key: true})
+	now := r.Clock.Now()
+	if roots, ok := r.roots.Roots(key); ok && now.Sub(r.learned[key]) < rootRefresh {
+		return roots, r.learned[key].Add(rootRefresh).Sub(now), nil
+	}
+	if retryAt, failed := r.roots.RetryAt(key); failed && now.Before(retryAt) {
+		roots, _ := r.roots.Roots(key)
+		return roots, retryAt.Sub(now), nil
+	}
+	out, err := r.issuer.Step(ctx, issuance.Request{
+		Owner:        owner,
+		NamePrefix:   "probe.identity." + mid.Name,
+		URIs:         []*url.URL{{Scheme: "spiffe", Host: "meshcert-probe", Path: "/" + mid.Name}},
+		KeyAlgorithm: issuance.ECDSAP256,
+		IssuerRef:    ref,
+		Duration:     time.Hour,
+		Timeout:      r.RequestTimeout,
+		Revision:     version,
+		Labels:       map[string]string{model.ManagedMeshLabel: model.LabelValue(mesh)},
+		Annotations:  map[string]string{IdentityAnnotation: mid.Name},
+	}, func(context.Context, *issuance.Certificate) error { return nil })
+	switch {
+	case err != nil:
+		return nil, 0, err
+	case out.Certificate != nil:
+		root := out.Certificate.Root
+		if r.roots.Learn(key, root) {
+			logf.FromContext(ctx).Info("Learned an identity's root", "root", root.Subject.String())
+		}
+		r.learned[key] = now
+		return []*x509.Certificate{root}, rootRefresh, nil
+	case out.Failure != nil:
+		r.roots.Fail(key, now)
+		r.Recorder.Eventf(mid, nil, corev1.EventTypeWarning, "RootUnknown", "KeepMeshTrust",
+			"cannot learn the issuer's root (%s); set meshcert.io/ca-cert-secret, or a caCert, to its CA certificate", out.Failure.Message)
+		roots, _ := r.roots.Roots(key)
+		return roots, r.Backoff.Max, nil
+	}
+	// The probe is under way; keep what is known until it ends.
+	roots, _ := r.roots.Roots(key)
+	return roots, out.RetryAfter, nil
+}
+
+// apply writes the identity's MeshTrust, and returns when an old root is due
+// to leave it.
+func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource, mesh, td string, roots []*x509.Certificate) (time.Duration, error) {
+	now := r.Clock.Now()
+	key := types.NamespacedName{Namespace: r.SystemNamespace, Name: mid.Name}
+	var existing model.MeshTrustResource
+	err := r.Client.Get(ctx, key, &existing)
+	found := err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return 0, err
+	}
+	if found && existing.Labels[model.ManagedByLabel] != model.ManagedByValue {
+		r.Recorder.Eventf(mid, nil, corev1.EventTypeWarning, "MeshTrustConflict", "KeepMeshTrust",
+			"MeshTrust %s exists and is not managed by meshcert; it is left alone", key)
+		return 0, nil
+	}
+	if !found {
+		if other := r.foreignTrustOf(ctx, mesh, td); other != "" {
+			r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "MeshTrustExists", "KeepMeshTrust",
+				"MeshTrust %s already trusts trust domain %q in mesh %q; meshcert does not make a second one", other, td, mesh)
+			return 0, nil
+		}
+	}
+
+	// The roots now, and those that left but may still have valid certificates.
+	lifetime := lifetimeOf(mid)
+	retiring := parseRetiring(existing.Annotations[RetiringAnnotation])
+	current := map[string]bool{}
+	for _, c := range roots {
+		current[fingerprint(c)] = true
+	}
+	keep := slices.Clone(roots)
+	var due time.Duration
+	var added, retired []string
+	for _, old := range rootsOf(&existing) {
+		fp := fingerprint(old)
+		if current[fp] {
+			delete(retiring, fp)
+			continue
+		}
+		left, ok := retiring[fp]
+		if !ok {
+			// Recorded to the second, so rounded up: never retired early.
+			left = now.Truncate(time.Second).Add(time.Second)
+			retiring[fp] = left
+		}
+		if until := left.Add(lifetime); now.Before(until) {
+			keep = append(keep, old)
+			if due == 0 || until.Sub(now) < due {
+				due = until.Sub(now)
+			}
+		} else {
+			delete(retiring, fp)
+			retired = append(retired, old.Subject.String())
+		}
+	}
+	for fp := range retiring {
+		if !slices.ContainsFunc(keep, func(c *x509.Certificate) bool { return fingerprint(c) == fp }) {
+			delete(retiring, fp)
+		}
+	}
+	if found {
+		for _, c := range roots {
+			if !slices.ContainsFunc(rootsOf(&existing), c.Equal) {
+				added = append(added, c.Subject.String())
+			}
+		}
+	}
+
+	desired := &model.MeshTrustResource{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      key.Name,
+			Namespace: key.Namespace,
+			Labels: map[string]string{
+				model.MeshLabel:      mesh,
+				model.ManagedByLabel: model.ManagedByValue,
+			},
+			Annotations: map[string]string{IdentityAnnotation: mid.Name},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: model.GroupVersion.String(), Kind: "MeshIdentity", Name: mid.Name, UID: mid.UID, Controller: ptr.To(true),
+			}},
+		},
+		Spec:   model.MeshTrustSpec{TrustDomain: td, CABundles: []model.CABundle{{Type: "Pem", PEM: &model.PEM{Value: string(trust.EncodeRoots(keep))}}}},
+		Status: &model.MeshTrustStatus{Origin: &model.Origin{KRI: ptr.To(fmt.Sprintf("kri_mid_%s_%s_%s_%s_", mesh, r.Zone, mid.Namespace, mid.Name))}},
+	}
+	if len(retiring) > 0 {
+		desired.Annotations[RetiringAnnotation] = formatRetiring(retiring)
+	}
+	if !found {
+		desired.SetGroupVersionKind(model.GroupVersion.WithKind("MeshTrust"))
+		if err := r.Client.Create(ctx, desired); err != nil {
+			if apierrors.IsAlreadyExists(err) {
+				return time.Second, nil // The cache has not seen it yet.
+			}
+			return 0, err
+		}
+		r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "MeshTrustCreated", "KeepMeshTrust",
+			"MeshTrust %s trusts the issuer's root %s for trust domain %q", key, subjects(roots), td)
+		return due, nil
+	}
+	if sameTrust(&existing, desired) {
+		return due, nil
+	}
+	updated := existing.DeepCopy()
+	updated.Labels, updated.Annotations, updated.OwnerReferences = desired.Labels, desired.Annotations, desired.OwnerReferences
+	updated.Spec, updated.Status = desired.Spec, desired.Status
+	if err := r.Client.Update(ctx, updated); err != nil {
+		return 0, err
+	}
+	for _, s := range added {
+		r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "RootAdded", "KeepMeshTrust",
+			"the issuer's new root %q is trusted beside the old one, which stays until no certificate it signed can still be valid (%s)", s, lifetime)
+	}
+	for _, s := range retired {
+		r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "RootRetired", "KeepMeshTrust",
+			"the old root %q left MeshTrust %s: every certificate it signed has expired", s, key)
+	}
+	return due, nil
+}
+
+// foreignTrustOf names a MeshTrust that meshcert did not make and that
+// trusts the trust domain in the mesh, if there is one.
+func (r *Reconciler) foreignTrustOf(ctx context.Context, mesh, td string) string {
+	var list model.MeshTrustResourceList
+	if err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace)); err != nil {
+		return ""
+	}
+	for _, mt := range list.Items {
+		if mt.Labels[model.ManagedByLabel] != model.ManagedByValue && model.MeshOfSecret(mt.Labels) == mesh && mt.Spec.TrustDomain == td {
+			return mt.Namespace + "/" + mt.Name
+		}
+	}
+	return ""
+}
+
+// forget deletes the MeshTrust meshcert kept for an identity, and its probes.
+func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner string) error {
+	r.roots.Prune(owner, nil)
+	if err := r.issuer.Cleanup(ctx, owner); err != nil {
+		return err
+	}
+	var mt model.MeshTrustResource
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: r.SystemNamespace, Name: key.Name}, &mt)
+	if apierrors.IsNotFound(err) || (err == nil && (mt.Labels[model.ManagedByLabel] != model.ManagedByValue || mt.Annotations[IdentityAnnotation] != key.Name)) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return client.IgnoreNotFound(r.Client.Delete(ctx, &mt, client.Preconditions{UID: &mt.UID}))
+}
+
+// lifetimeOf is the longest a certificate of the identity can be valid.
+func lifetimeOf(mid *model.MeshIdentityResource) time.Duration {
+	if d, err := time.ParseDuration(mid.Annotations[model.DurationAnnotation]); err == nil && d > 0 {
+		return d
+	}
+	return DefaultLifetime
+}
+
+func rootsOf(mt *model.MeshTrustResource) []*x509.Certificate {
+	var roots []*x509.Certificate
+	for _, b := range mt.Spec.CABundles {
+		if b.PEM == nil {
+			continue
+		}
+		certs, err := pki.DecodeX509CertificateSetBytes([]byte(b.PEM.Value))
+		if err == nil {
+			roots = append(roots, certs...)
+		}
+	}
+	return roots
+}
+
+func sameTrust(a, b *model.MeshTrustResource) bool {
+	return a.Spec.TrustDomain == b.Spec.TrustDomain &&
+		len(a.Spec.CABundles) == 1 && a.Spec.CABundles[0].PEM != nil && a.Spec.CABundles[0].PEM.Value == b.Spec.CABundles[0].PEM.Value &&
+		a.Annotations[RetiringAnnotation] == b.Annotations[RetiringAnnotation] &&
+		a.Labels[model.MeshLabel] == b.Labels[model.MeshLabel] &&
+		a.Status != nil && a.Status.Origin != nil && ptr.Deref(a.Status.Origin.KRI, "") == ptr.Deref(b.Status.Origin.KRI, "")
+}
+
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// parseRetiring reads "fingerprint=time,..." into a map; what does not parse
+// is dropped, and the root it named is then retired from now on.
+func parseRetiring(s string) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, item := range strings.Split(s, ",") {
+		fp, at, ok := strings.Cut(item, "=")
+		if t, err := time.Parse(time.RFC3339, at); ok && err == nil {
+			out[fp] = t
+		}
+	}
+	return out
+}
+
+func formatRetiring(m map[string]time.Time) string {
+	items := make([]string, 0, len(m))
+	for fp, t := range m {
+		items = append(items, fp+"="+t.UTC().Format(time.RFC3339))
+	}
+	sort.Strings(items)
+	return strings.Join(items, ",")
+}
+
+func subjects(certs []*x509.Certificate) string {
+	names := make([]string, len(certs))
+	for i, c := range certs {
+		names[i] = fmt.Sprintf("%q", c.Subject.String())
+	}
+	return strings.Join(names, ", ")
+}
+
+func soonest(a, b time.Duration) time.Duration {
+	switch {
+	case a <= 0:
+		return b
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
+}

@@ -1,0 +1,92 @@
+package validation
+
+import (
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/meshcert/meshcert/model"
+)
+
+// ValidateMeshIdentity validates a MeshIdentity that meshcert serves or
+// guards, with the rules of a Mesh's certmanager backend at the identity's
+// own paths, and Kuma's rules for where an identity lives and how its SPIFFE
+// ID is made. Any other MeshIdentity is not meshcert's to judge.
+func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
+	var res Result
+	served := mid.ServedBy()
+	if served == model.NotServed {
+		return res
+	}
+	if mid.Namespace != env.SystemNamespace {
+		// Kuma's words (v2.14.3, its admission webhook).
+		res.Errors = append(res.Errors, field.Invalid(model.MetadataPath.Child("namespace"), mid.Namespace,
+			fmt.Sprintf("resource type MeshIdentity can be created only in the system namespace:%s", env.SystemNamespace)))
+	}
+	mesh := mid.MeshName()
+	res.add(validateSpiffeID(mid, mesh, env))
+
+	conf, errs := mid.CertManagerConf()
+	res.Errors = append(res.Errors, errs...)
+	switch served {
+	case model.ServedByExtension:
+		if len(errs) > 0 {
+			return res // The config did not parse: its type errors say what to fix.
+		}
+		res.add(validateCertManagerConf(mesh, conf, model.ExtensionConfigPath, env))
+	case model.ServedByAgent:
+		at := func(key string) *field.Path { return model.AnnotationsPath.Key(key) }
+		refErrs := validateIssuerRef(conf.IssuerRef, at(model.IssuerNameAnnotation), at(model.IssuerKindAnnotation), at(model.IssuerGroupAnnotation))
+		if _, named := mid.Annotations[model.IssuerNameAnnotation]; !named {
+			refErrs[0].Detail = fmt.Sprintf("once any meshcert.io/issuer-* annotation is set: %s", refErrs[0].Detail)
+		}
+		res.Errors = append(res.Errors, refErrs...)
+		if env.Lookup != nil && len(refErrs) == 0 {
+			checkIssuer(conf.IssuerRef, at(model.IssuerNameAnnotation), env, &res)
+		}
+		if ds := conf.CACert; ds != nil {
+			p := at(model.CACertSecretAnnotation)
+			if dsErrs := validateSecretName(*ds.Secret, p); len(dsErrs) > 0 {
+				res.Errors = append(res.Errors, dsErrs...)
+			} else if env.Lookup != nil {
+				res.add(validateCAMaterial(mesh, *ds, p, env))
+			}
+		}
+	}
+	if v, ok := mid.Annotations[model.DurationAnnotation]; ok {
+		if d, err := time.ParseDuration(v); err != nil || d <= 0 {
+			res.Errors = append(res.Errors, field.Invalid(model.AnnotationsPath.Key(model.DurationAnnotation), v, "must be a positive duration such as 24h or 90m"))
+		}
+	}
+	if v, ok := mid.Annotations[model.MeshTrustAnnotation]; ok && v != "Enabled" && v != "Disabled" {
+		res.Errors = append(res.Errors, field.NotSupported(model.AnnotationsPath.Key(model.MeshTrustAnnotation), v, []string{"Enabled", "Disabled"}))
+	}
+	return res
+}
+
+// validateSpiffeID checks that the identity's templates parse, as Kuma's
+// validator does, and render a valid SPIFFE ID with Kuma's variables: the
+// trust domain for this identity, and the path for a sample workload. Each
+// template is checked on its own.
+func validateSpiffeID(mid *model.MeshIdentityResource, mesh string, env Env) Result {
+	var res Result
+	tdPath, pathPath := model.SpiffeIDPath.Child("trustDomain"), model.SpiffeIDPath.Child("path")
+	tdTmpl, pathTmpl := mid.Spec.SpiffeID.TrustDomainTemplate(), mid.Spec.SpiffeID.PathTemplate()
+
+	// A sample trust domain stands in for one that does not render.
+	td := "example.org"
+	if err := model.ParseTemplate(tdTmpl); err != nil {
+		res.Errors = append(res.Errors, field.Invalid(tdPath, tdTmpl, "couldn't parse template: "+err.Error()))
+	} else if rendered, err := model.RenderTrustDomain(tdTmpl, mesh, env.LocalZone, mid.Labels); err != nil {
+		res.Errors = append(res.Errors, field.Invalid(tdPath, tdTmpl, fmt.Sprintf("does not give a valid trust domain for mesh %q: %v", mesh, err)))
+	} else {
+		td = rendered
+	}
+	if err := model.ParseTemplate(pathTmpl); err != nil {
+		res.Errors = append(res.Errors, field.Invalid(pathPath, pathTmpl, "couldn't parse template: "+err.Error()))
+	} else if _, err := model.SampleSpiffeID(td, pathTmpl); err != nil {
+		res.Errors = append(res.Errors, field.Invalid(pathPath, pathTmpl, fmt.Sprintf("does not give a valid SPIFFE ID for a workload: %v", err)))
+	}
+	return res
+}
