@@ -98,7 +98,9 @@ func MeshIdentity(mid *model.MeshIdentityResource) []Change {
 	var at func(key string) []string
 	switch mid.ServedBy() {
 	case model.ServedByExtension:
-		at = func(key string) []string { return []string{"spec", "provider", "extension", "config", "issuerRef", key} }
+		at = func(key string) []string {
+			return []string{"spec", "provider", "extension", "config", "issuerRef", key}
+		}
 	case model.ServedByAgent:
 		annotation := map[string]string{"kind": model.IssuerKindAnnotation, "group": model.IssuerGroupAnnotation}
 		at = func(key string) []string { return []string{"metadata", "annotations", annotation[key]} }

@@ -85,7 +85,7 @@ func TestMeshIdentity(t *testing.T) {
 			mid:  extension(`{"issuerRef":{"name":"ca"}}`),
 			want: []string{"/spec/provider/extension/config/issuerRef/kind=Issuer", "/spec/provider/extension/config/issuerRef/group=cert-manager.io"},
 		},
-		"Kong Mesh's extension, defaulted already": {mid: extension(`{"issuerRef":{"name":"ca","kind":"ClusterIssuer","group":"cert-manager.io"}}`)},
+		"Kong Mesh's extension, defaulted already":                       {mid: extension(`{"issuerRef":{"name":"ca","kind":"ClusterIssuer","group":"cert-manager.io"}}`)},
 		"Kong Mesh's extension without issuerRef is left for validation": {mid: extension(`{"caCert":{"secret":"ca"}}`)},
 		"Kong Mesh's extension of the wrong type is left for validation": {mid: extension(`{"issuerRef":"ca"}`)},
 		"meshcert's annotations: kind and group": {

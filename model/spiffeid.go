@@ -54,7 +54,7 @@ func RenderTrustDomain(tmpl, mesh, localZone string, labels map[string]string) (
 	if err != nil {
 		return "", err
 	}
-	return td, CheckSpiffeID("spiffe://"+td)
+	return td, CheckSpiffeID("spiffe://" + td)
 }
 
 // RenderSpiffeID renders a workload's SPIFFE ID as Kuma does: the path
