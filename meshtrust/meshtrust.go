@@ -68,11 +68,13 @@ type Options struct {
 	Backoff        issuance.BackoffPolicy
 }
 
-// Reconciler keeps one MeshIdentity's MeshTrust at a time.
+// Reconciler keeps one MeshIdentity's MeshTrust at a time: its controller
+// runs one worker, which alone touches learned.
 type Reconciler struct {
 	Options
-	issuer  *issuance.Issuer
-	roots   *trust.Store
+	issuer *issuance.Issuer
+	roots  *trust.Store
+	// learned is when each root in roots was learned.
 	learned map[trust.BackendKey]time.Time
 }
 
@@ -162,8 +164,14 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 	if state != nil {
 		version = state.ResourceVersion
 	}
+	// The store is per mesh; here each identity is a "mesh" of its own.
 	key := trust.BackendKey{Mesh: owner, Backend: mesh, Config: model.Hash(ref.Group, ref.Kind, ref.Name, version)}
 	r.roots.Prune(owner, map[trust.BackendKey]bool{key: true})
+	for k := range r.learned {
+		if k.Mesh == owner && k != key {
+			delete(r.learned, k)
+		}
+	}
 	now := r.Clock.Now()
 	if roots, ok := r.roots.Roots(key); ok && now.Sub(r.learned[key]) < rootRefresh {
 		return roots, r.learned[key].Add(rootRefresh).Sub(now), nil
@@ -344,6 +352,11 @@ func (r *Reconciler) foreignTrustOf(ctx context.Context, mesh, td string) string
 // forget deletes the MeshTrust meshcert kept for an identity, and its probes.
 func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner string) error {
 	r.roots.Prune(owner, nil)
+	for k := range r.learned {
+		if k.Mesh == owner {
+			delete(r.learned, k)
+		}
+	}
 	if err := r.issuer.Cleanup(ctx, owner); err != nil {
 		return err
 	}
