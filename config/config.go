@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/meshcert/meshcert/model"
 )
 
 // EnvPrefix prefixes the environment variable of every flag: --webhook-port is
@@ -102,7 +105,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "0", "Address of Go's pprof endpoints, for profiling; 0 (the default) turns them off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
 	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
-	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of dataplane certificates: ecdsa-p256, or rsa-2048 as Kuma's builtin CA makes.")
+	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
 	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
 	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")
@@ -224,8 +227,8 @@ func (c Config) validate() error {
 	if !c.WebhookEnabled && !c.ReconcilerEnabled {
 		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))
 	}
-	if c.KeyAlgorithm != "ecdsa-p256" && c.KeyAlgorithm != "rsa-2048" {
-		bad("key-algorithm", c.KeyAlgorithm, "must be ecdsa-p256 or rsa-2048")
+	if !slices.Contains(model.KeyAlgorithms, c.KeyAlgorithm) {
+		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(model.KeyAlgorithms, ", "))
 	}
 	for _, d := range []struct {
 		flag  string

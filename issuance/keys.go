@@ -2,6 +2,7 @@ package issuance
 
 import (
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rsa"
 	"encoding/pem"
 	"fmt"
@@ -11,15 +12,29 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 )
 
-// KeyAlgorithm is the kind of private key generated for a certificate.
+// KeyAlgorithm is the kind of private key generated for a certificate, one
+// of model.KeyAlgorithms.
 type KeyAlgorithm string
 
-// The supported key algorithms. RSA 2048 matches Kuma's builtin CA; ECDSA
-// P-256 is as strong and far cheaper to generate.
+// The supported key algorithms.
 const (
 	ECDSAP256 KeyAlgorithm = "ecdsa-p256"
+	ECDSAP384 KeyAlgorithm = "ecdsa-p384"
+	Ed25519   KeyAlgorithm = "ed25519"
 	RSA2048   KeyAlgorithm = "rsa-2048"
+	RSA3072   KeyAlgorithm = "rsa-3072"
+	RSA4096   KeyAlgorithm = "rsa-4096"
 )
+
+// keySpec is how cert-manager names each algorithm and its size.
+var keySpec = map[KeyAlgorithm]cmapi.CertificatePrivateKey{
+	ECDSAP256: {Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
+	ECDSAP384: {Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 384},
+	Ed25519:   {Algorithm: cmapi.Ed25519KeyAlgorithm},
+	RSA2048:   {Algorithm: cmapi.RSAKeyAlgorithm, Size: 2048},
+	RSA3072:   {Algorithm: cmapi.RSAKeyAlgorithm, Size: 3072},
+	RSA4096:   {Algorithm: cmapi.RSAKeyAlgorithm, Size: 4096},
+}
 
 // usages are the key usages of a workload certificate: it is both the server
 // and the client of mTLS.
@@ -28,28 +43,26 @@ var usages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEnciphe
 // generateKey makes a private key in-process. It is never logged, and never
 // sent to the API server: only its CSR is.
 func generateKey(alg KeyAlgorithm) (crypto.Signer, error) {
-	switch alg {
-	case RSA2048:
-		return pki.GenerateRSAPrivateKey(2048)
-	case ECDSAP256:
-		return pki.GenerateECPrivateKey(pki.ECCurve256)
-	default:
+	spec, ok := keySpec[alg]
+	if !ok {
 		return nil, fmt.Errorf("unknown key algorithm %q", alg)
+	}
+	switch spec.Algorithm {
+	case cmapi.RSAKeyAlgorithm:
+		return pki.GenerateRSAPrivateKey(spec.Size)
+	case cmapi.ECDSAKeyAlgorithm:
+		return pki.GenerateECPrivateKey(spec.Size)
+	default:
+		return pki.GenerateEd25519PrivateKey()
 	}
 }
 
 // certificateRequestPEM encodes a CSR for the URI SANs, whose key usage
 // extensions match usages exactly, as cert-manager's webhook requires.
 func certificateRequestPEM(key crypto.Signer, uris []*url.URL) ([]byte, error) {
-	spec := cmapi.CertificateSpec{Usages: usages, PrivateKey: &cmapi.CertificatePrivateKey{}}
+	spec := cmapi.CertificateSpec{Usages: usages, PrivateKey: keySpecOf(key)}
 	for _, u := range uris {
 		spec.URIs = append(spec.URIs, u.String())
-	}
-	switch key.Public().(type) {
-	case *rsa.PublicKey:
-		spec.PrivateKey.Algorithm, spec.PrivateKey.Size = cmapi.RSAKeyAlgorithm, 2048
-	default:
-		spec.PrivateKey.Algorithm, spec.PrivateKey.Size = cmapi.ECDSAKeyAlgorithm, 256
 	}
 	tmpl, err := pki.GenerateCSR(&cmapi.Certificate{Spec: spec})
 	if err != nil {
@@ -60,4 +73,27 @@ func certificateRequestPEM(key crypto.Signer, uris []*url.URL) ([]byte, error) {
 		return nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// keySpecOf names a key as cert-manager does.
+func keySpecOf(key crypto.Signer) *cmapi.CertificatePrivateKey {
+	switch pub := key.Public().(type) {
+	case *rsa.PublicKey:
+		return &cmapi.CertificatePrivateKey{Algorithm: cmapi.RSAKeyAlgorithm, Size: pub.Size() * 8}
+	case *ecdsa.PublicKey:
+		return &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: pub.Curve.Params().BitSize}
+	default:
+		return &cmapi.CertificatePrivateKey{Algorithm: cmapi.Ed25519KeyAlgorithm}
+	}
+}
+
+// AlgorithmOf names a key's algorithm, or "" for one meshcert does not make.
+func AlgorithmOf(key crypto.Signer) KeyAlgorithm {
+	spec := *keySpecOf(key)
+	for alg, s := range keySpec {
+		if s == spec {
+			return alg
+		}
+	}
+	return ""
 }

@@ -5,11 +5,13 @@ import (
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 
+	"github.com/meshcert/meshcert/model"
+
 	"github.com/meshcert/meshcert/test/testpki"
 )
 
 func TestCertificateRequestPEM(t *testing.T) {
-	for _, alg := range []KeyAlgorithm{ECDSAP256, RSA2048} {
+	for _, alg := range []KeyAlgorithm{ECDSAP256, ECDSAP384, Ed25519, RSA2048, RSA3072, RSA4096} {
 		t.Run(string(alg), func(t *testing.T) {
 			key, err := generateKey(alg)
 			if err != nil {
@@ -43,7 +45,18 @@ func TestCertificateRequestPEM(t *testing.T) {
 			if ok, _ := pki.PublicKeyMatchesCSR(key.Public(), csr); !ok {
 				t.Error("the CSR is not for the key")
 			}
+			if got := AlgorithmOf(key); got != alg {
+				t.Errorf("AlgorithmOf = %q, want %q", got, alg)
+			}
 		})
+	}
+	if len(keySpec) != len(model.KeyAlgorithms) {
+		t.Errorf("issuance makes %d key algorithms, model names %d", len(keySpec), len(model.KeyAlgorithms))
+	}
+	for _, name := range model.KeyAlgorithms {
+		if _, ok := keySpec[KeyAlgorithm(name)]; !ok {
+			t.Errorf("model names %s, which issuance cannot make", name)
+		}
 	}
 	if _, err := generateKey("dsa"); err == nil {
 		t.Error("an unknown algorithm made a key")

@@ -28,14 +28,35 @@ var ErrNotObject = errors.New("the object is not a JSON object")
 func DecodeMesh(raw []byte, name string) (Mesh, field.ErrorList, error) {
 	if name != "" {
 		if spec, ok := decodeTyped(raw); ok {
-			return Mesh{Name: name, Spec: spec}, nil, nil
+			return Mesh{Name: name, KeyAlgorithm: keyAlgorithmOf(raw), Spec: spec}, nil, nil
 		}
 	}
 	m, errs, err := decodeGeneric(raw)
 	if name != "" {
 		m.Name = name
 	}
+	m.KeyAlgorithm = keyAlgorithmOf(raw)
 	return m, errs, err
+}
+
+// keyAlgorithmOf reads a Mesh's meshcert.io/key-algorithm annotation. Most
+// Meshes have none, and their metadata is not decoded at all.
+func keyAlgorithmOf(raw []byte) *string {
+	if !bytes.Contains(raw, []byte(KeyAlgorithmAnnotation)) {
+		return nil
+	}
+	var doc struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+	}
+	if json.Unmarshal(raw, &doc) != nil {
+		return nil
+	}
+	if v, ok := doc.Metadata.Annotations[KeyAlgorithmAnnotation]; ok {
+		return &v
+	}
+	return nil
 }
 
 func decodeGeneric(raw []byte) (Mesh, field.ErrorList, error) {

@@ -19,7 +19,9 @@ const (
 // Mesh is a kuma.io/v1alpha1 Mesh: cluster-scoped, so its name is its identity.
 type Mesh struct {
 	Name string
-	Spec MeshSpec
+	// KeyAlgorithm is its meshcert.io/key-algorithm annotation, when set.
+	KeyAlgorithm *string
+	Spec         MeshSpec
 }
 
 // MeshSpec is the part of a Mesh spec that meshcert reads.

@@ -56,6 +56,8 @@ func checkDelivered(s *corev1.Secret, p *plan, now time.Time) verdict {
 		v.reissue = "the identity changed"
 	case s.Annotations[model.IssuerHashAnnotation] != p.issuerHash:
 		v.reissue = reasonBackendChanged
+	case issuance.AlgorithmOf(key) != p.keyAlgorithm:
+		v.reissue = "the key algorithm changed"
 	case !now.Before(v.renewAt):
 		v.reissue = "renewal is due"
 	case p.bundleComplete && !bytes.Equal(s.Data[model.CAKey], p.bundle):

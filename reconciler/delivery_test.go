@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/test/testpki"
 	"github.com/meshcert/meshcert/trust"
@@ -22,7 +23,7 @@ var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 func TestCheckDelivered(t *testing.T) {
 	ca, otherCA := testpki.NewCA(t, "ca", now), testpki.NewCA(t, "other", now)
 	uris := testpki.URLs("spiffe://demo/web", "kuma://kuma.io/service/web")
-	p := &plan{dataplane: types.NamespacedName{Namespace: "ns", Name: "web"}, uris: uris, identityHash: "id", issuerHash: "iss"}
+	p := &plan{dataplane: types.NamespacedName{Namespace: "ns", Name: "web"}, uris: uris, identityHash: "id", issuerHash: "iss", keyAlgorithm: issuance.ECDSAP256}
 	key, otherKey := testpki.Key(t), testpki.Key(t)
 	keyPEM, _ := pki.EncodePrivateKey(key, cmapi.PKCS8)
 	otherKeyPEM, _ := pki.EncodePrivateKey(otherKey, cmapi.PKCS8)
@@ -46,10 +47,11 @@ func TestCheckDelivered(t *testing.T) {
 		usable    bool
 		wantStale bool
 	}{
-		"in order":         {secret: good},
-		"no Secret":        {secret: func() *corev1.Secret { return nil }, wantWhy: "no Secret yet"},
-		"identity changed": {secret: good, plan: func(p *plan) { p.identityHash = "other" }, wantWhy: "the identity changed", usable: true},
-		"backend changed":  {secret: good, plan: func(p *plan) { p.issuerHash = "other" }, wantWhy: reasonBackendChanged, usable: true},
+		"in order":              {secret: good},
+		"no Secret":             {secret: func() *corev1.Secret { return nil }, wantWhy: "no Secret yet"},
+		"identity changed":      {secret: good, plan: func(p *plan) { p.identityHash = "other" }, wantWhy: "the identity changed", usable: true},
+		"backend changed":       {secret: good, plan: func(p *plan) { p.issuerHash = "other" }, wantWhy: reasonBackendChanged, usable: true},
+		"key algorithm changed": {secret: good, plan: func(p *plan) { p.keyAlgorithm = issuance.Ed25519 }, wantWhy: "the key algorithm changed", usable: true},
 		"certificate unreadable": {
 			secret:  func() *corev1.Secret { s := good(); s.Data[corev1.TLSCertKey] = []byte("junk"); return s },
 			wantWhy: "tls.crt is not a certificate chain",

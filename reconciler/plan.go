@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/references"
 	"github.com/meshcert/meshcert/trust"
@@ -31,6 +33,8 @@ type plan struct {
 	issuerHash   string
 	duration     time.Duration
 	timeout      time.Duration
+	// keyAlgorithm is the Mesh's meshcert.io/key-algorithm, or the default.
+	keyAlgorithm issuance.KeyAlgorithm
 	// trust is the backend's caCert, or nil when the root comes from the
 	// issuer's status.ca.
 	trust []byte
@@ -95,6 +99,11 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 		issuerRef: defaults.IssuerRef(backend.CertManager.IssuerRef),
 		duration:  backend.DpCert.Lifetime(),
 		timeout:   backend.DpCert.RequestTimeoutOr(r.RequestTimeout),
+		// An unknown annotation is the webhook's to reject; until then, the default.
+		keyAlgorithm: r.KeyAlgorithm,
+	}
+	if alg := mesh.Annotations[model.KeyAlgorithmAnnotation]; slices.Contains(model.KeyAlgorithms, alg) {
+		p.keyAlgorithm = issuance.KeyAlgorithm(alg)
 	}
 	backendProblem := func(reason, format string, args ...any) (*plan, *problem, error) {
 		return nil, &problem{onMesh: true, retry: true, reason: reason, message: fmt.Sprintf("backend %q: ", backend.Name) + fmt.Sprintf(format, args...)}, nil

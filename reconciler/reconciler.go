@@ -212,7 +212,7 @@ func (r *Reconciler) issue(ctx context.Context, dp *model.DataplaneResource, p *
 		Owner:        dataplaneOwnerOf(p.dataplane),
 		NamePrefix:   p.dataplane.Namespace + "." + p.dataplane.Name,
 		URIs:         p.uris,
-		KeyAlgorithm: r.KeyAlgorithm,
+		KeyAlgorithm: p.keyAlgorithm,
 		IssuerRef:    p.issuerRef,
 		Duration:     p.duration,
 		Timeout:      p.timeout,

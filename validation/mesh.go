@@ -7,6 +7,7 @@ package validation
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -49,6 +50,9 @@ var supportedModes = []string{"STRICT", "PERMISSIVE"}
 // values did not parse is left to its type errors.
 func ValidateMesh(mesh model.Mesh, env Env) Result {
 	var res Result
+	if alg := mesh.KeyAlgorithm; alg != nil {
+		res.Errors = append(res.Errors, validateKeyAlgorithm(*alg)...)
+	}
 	mtls := mesh.Spec.MTLS
 	if mtls == nil {
 		return res
@@ -139,6 +143,14 @@ func validateCACertSource(mesh string, ds model.DataSource, p *field.Path, env E
 		res.add(ValidateCACert(mesh, ds, p, env))
 	}
 	return res
+}
+
+// validateKeyAlgorithm checks a meshcert.io/key-algorithm annotation.
+func validateKeyAlgorithm(alg string) field.ErrorList {
+	if slices.Contains(model.KeyAlgorithms, alg) {
+		return nil
+	}
+	return field.ErrorList{field.NotSupported(model.AnnotationsPath.Key(model.KeyAlgorithmAnnotation), alg, model.KeyAlgorithms)}
 }
 
 // validateSharedMTLS applies the rules Kuma applies to every backend type, in

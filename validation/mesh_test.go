@@ -263,3 +263,25 @@ func TestValidateMesh(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateMeshKeyAlgorithm(t *testing.T) {
+	str := func(s string) *string { return &s }
+	tests := map[string]struct {
+		alg      *string
+		wantErrs []string
+	}{
+		"none":      {},
+		"supported": {alg: str("ed25519")},
+		"unknown": {alg: str("dsa-1024"), wantErrs: []string{
+			`metadata.annotations[meshcert.io/key-algorithm]: Unsupported value: "dsa-1024": supported values: "ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"`,
+		}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			res := ValidateMesh(model.Mesh{Name: "demo", KeyAlgorithm: tc.alg}, Env{})
+			if diff := cmp.Diff(tc.wantErrs, errorStrings(res.Errors)); diff != "" {
+				t.Errorf("errors (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

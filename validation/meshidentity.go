@@ -54,6 +54,9 @@ func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
 			}
 		}
 	}
+	if alg, ok := mid.Annotations[model.KeyAlgorithmAnnotation]; ok {
+		res.Errors = append(res.Errors, validateKeyAlgorithm(alg)...)
+	}
 	if v, ok := mid.Annotations[model.DurationAnnotation]; ok {
 		if d, err := time.ParseDuration(v); err != nil || d <= 0 {
 			res.Errors = append(res.Errors, field.Invalid(model.AnnotationsPath.Key(model.DurationAnnotation), v, "must be a positive duration such as 24h or 90m"))

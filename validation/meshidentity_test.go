@@ -120,6 +120,13 @@ func TestValidateMeshIdentity(t *testing.T) {
 				m.Spec.SpiffeID = &model.SpiffeID{TrustDomain: str("{{ .Mesh }}.{{ .Zone }}.example.com"), Path: str(`/team/{{ label "team" }}/{{ .Workload }}`)}
 			}),
 		},
+		"an unknown key algorithm": {
+			mid: spire(map[string]string{model.IssuerNameAnnotation: "ca", model.KeyAlgorithmAnnotation: "rsa-1024", model.DurationAnnotation: "a day"}),
+			wantErrs: []string{
+				`metadata.annotations[meshcert.io/key-algorithm]: Unsupported value: "rsa-1024": supported values: "ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"`,
+				`metadata.annotations[meshcert.io/duration]: Invalid value: "a day": must be a positive duration such as 24h or 90m`,
+			},
+		},
 		"a mesh-trust annotation must be Enabled or Disabled": {
 			mid:      spire(map[string]string{model.IssuerNameAnnotation: "ca", model.MeshTrustAnnotation: "off"}),
 			wantErrs: []string{`metadata.annotations[meshcert.io/mesh-trust]: Unsupported value: "off": supported values: "Enabled", "Disabled"`},

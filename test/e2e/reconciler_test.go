@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
 	"fmt"
 	"strings"
 	"sync"
@@ -9,6 +13,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -538,4 +543,38 @@ func TestDataplaneNamespaces(t *testing.T) {
 	if secretOf(t, "scoped-out", "web") != nil {
 		t.Error("a dataplane outside --dataplane-namespaces got a Secret")
 	}
+}
+
+// TestKeyAlgorithms: a Mesh's meshcert.io/key-algorithm annotation chooses
+// its dataplanes' keys, signed by cert-manager's CA issuer, and changing it
+// reissues them.
+func TestKeyAlgorithms(t *testing.T) {
+	startReconciler(t, nil)
+	ns := "key-algorithms"
+	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
+	withKey := func(alg string) string {
+		return strings.Replace(certManagerMesh("keys", "Issuer", "mesh-ca", "", ""), "  name: keys\n", "  name: keys\n  annotations:\n    meshcert.io/key-algorithm: "+alg+"\n", 1)
+	}
+	applyMesh(t, withKey("ed25519"))
+	deleteMeshAtEnd(t, "keys")
+	createObject(t, newDataplane(ns, "web", "keys", map[string]string{"kuma.io/service": "web"}))
+
+	keyOf := func(s *corev1.Secret) crypto.Signer {
+		key, err := pki.DecodePrivateKeyBytes(s.Data[corev1.TLSPrivateKeyKey])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return key
+	}
+	s := waitSecret(t, ns, "web", 20*time.Second, nil)
+	assertValidSecret(t, s, []string{"spiffe://keys/web", "kuma://kuma.io/service/web"}, testEnv.ca.Cert)
+	if _, ok := keyOf(s).(ed25519.PrivateKey); !ok {
+		t.Fatalf("the key is a %T, want Ed25519", keyOf(s))
+	}
+	applyMesh(t, withKey("ecdsa-p384"))
+	s = waitSecret(t, ns, "web", 20*time.Second, func(s *corev1.Secret) bool {
+		k, ok := keyOf(s).(*ecdsa.PrivateKey)
+		return ok && k.Curve == elliptic.P384()
+	})
+	assertValidSecret(t, s, []string{"spiffe://keys/web", "kuma://kuma.io/service/web"}, testEnv.ca.Cert)
 }

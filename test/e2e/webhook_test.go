@@ -127,6 +127,10 @@ func TestApplyMeshes(t *testing.T) {
 				"spec.mtls.backends[1].conf.issuerRef.name: Required value",
 			},
 		},
+		"an unknown key algorithm": {
+			file: "key-algorithm-unknown", rejected: true,
+			wantErrors: []string{`metadata.annotations[meshcert.io/key-algorithm]: Unsupported value: "dsa-1024": supported values: "ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"`},
+		},
 		"values of the wrong type": {
 			file: "wrong-types", rejected: true,
 			wantErrors: []string{
