@@ -156,32 +156,34 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			return err
 		}
 		r := reconciler.New(reconciler.Options{
-			Client:          mgr.GetClient(),
-			APIReader:       mgr.GetAPIReader(),
-			Lookup:          index,
-			Recorder:        mgr.GetEventRecorder("meshcert"),
-			Clock:           clock.RealClock{},
-			SystemNamespace: cfg.SystemNamespace,
-			KeyAlgorithm:    issuance.KeyAlgorithm(cfg.KeyAlgorithm),
-			RequestTimeout:  cfg.RequestTimeout,
-			KeepRequests:    cfg.KeepRequests,
-			Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
-			SwitchWindow:    cfg.SwitchWindow,
-			MaxInFlight:     cfg.MaxInFlight,
+			Client:             mgr.GetClient(),
+			APIReader:          mgr.GetAPIReader(),
+			Lookup:             index,
+			Recorder:           mgr.GetEventRecorder("meshcert"),
+			Clock:              clock.RealClock{},
+			SystemNamespace:    cfg.SystemNamespace,
+			KeyAlgorithm:       issuance.KeyAlgorithm(cfg.KeyAlgorithm),
+			RequestTimeout:     cfg.RequestTimeout,
+			KeepRequests:       cfg.KeepRequests,
+			Backoff:            issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			SwitchWindow:       cfg.SwitchWindow,
+			MaxInFlight:        cfg.MaxInFlight,
+			RequestAnnotations: cfg.CertificateRequestAnnotations,
 		})
 		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the reconciler: %w", err)
 		}
 		if meshtrust.Installed(mgr.GetRESTMapper()) {
 			mt := meshtrust.New(meshtrust.Options{
-				Client:          mgr.GetClient(),
-				Lookup:          index,
-				Recorder:        mgr.GetEventRecorder("meshcert"),
-				Clock:           clock.RealClock{},
-				SystemNamespace: cfg.SystemNamespace,
-				Zone:            cfg.Zone,
-				RequestTimeout:  cfg.RequestTimeout,
-				Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+				Client:             mgr.GetClient(),
+				Lookup:             index,
+				Recorder:           mgr.GetEventRecorder("meshcert"),
+				Clock:              clock.RealClock{},
+				SystemNamespace:    cfg.SystemNamespace,
+				Zone:               cfg.Zone,
+				RequestTimeout:     cfg.RequestTimeout,
+				Backoff:            issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+				RequestAnnotations: cfg.CertificateRequestAnnotations,
 			})
 			if err := mt.SetupWithManager(mgr); err != nil {
 				return fmt.Errorf("setting up the MeshTrust reconciler: %w", err)

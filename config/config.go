@@ -33,6 +33,9 @@ type Config struct {
 	// DataplaneNamespaces limits meshcert to the Dataplanes, and so the
 	// Secrets, of these namespaces; empty means every namespace.
 	DataplaneNamespaces []string
+	// CertificateRequestAnnotations are added to every CertificateRequest,
+	// for the policies of external issuers that read them.
+	CertificateRequestAnnotations map[string]string
 
 	WebhookEnabled bool
 	WebhookHost    string
@@ -108,6 +111,8 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
 	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
+	var requestAnnotations string
+	fs.StringVar(&requestAnnotations, "certificate-request-annotations", "", "Annotations added to every CertificateRequest, as key=value pairs separated by commas; some external issuers' policies read them.")
 	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")
 	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 500, "CertificateRequests open at once; more dataplanes wait their turn. 0 is no limit.")
 	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
@@ -141,6 +146,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 		return c, err
 	}
 	tlsErr := c.setTLSMinVersion(tlsMin)
+	annotationsErr := c.setRequestAnnotations(requestAnnotations)
 	for _, ns := range strings.Split(dataplaneNamespaces, ",") {
 		if ns = strings.TrimSpace(ns); ns != "" {
 			c.DataplaneNamespaces = append(c.DataplaneNamespaces, ns)
@@ -149,7 +155,31 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	if c.LeaderElectionNamespace == "" {
 		c.LeaderElectionNamespace = c.SystemNamespace
 	}
-	return c, errors.Join(tlsErr, c.validate())
+	return c, errors.Join(tlsErr, annotationsErr, c.validate())
+}
+
+// setRequestAnnotations reads key=value,key=value, and checks each key and
+// value as the API server would.
+func (c *Config) setRequestAnnotations(s string) error {
+	var errs []error
+	for _, pair := range strings.Split(s, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		key, value, ok := strings.Cut(pair, "=")
+		if !ok {
+			errs = append(errs, fmt.Errorf("--certificate-request-annotations: %q is not key=value", pair))
+			continue
+		}
+		for _, msg := range validation.IsQualifiedName(key) {
+			errs = append(errs, fmt.Errorf("--certificate-request-annotations: key %q: %s", key, msg))
+		}
+		if c.CertificateRequestAnnotations == nil {
+			c.CertificateRequestAnnotations = map[string]string{}
+		}
+		c.CertificateRequestAnnotations[key] = value
+	}
+	return errors.Join(errs...)
 }
 
 // applyEnv sets every flag that was not given on the command line from its

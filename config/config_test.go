@@ -33,6 +33,34 @@ func TestParse(t *testing.T) {
 				}
 			},
 		},
+		"request annotations": {
+			args: []string{"--certificate-request-annotations=policy.example.com/team=payments, tier=gold"},
+			check: func(t *testing.T, c Config) {
+				if len(c.CertificateRequestAnnotations) != 2 || c.CertificateRequestAnnotations["policy.example.com/team"] != "payments" || c.CertificateRequestAnnotations["tier"] != "gold" {
+					t.Errorf("annotations %v", c.CertificateRequestAnnotations)
+				}
+			},
+		},
+		"a request annotation that is not key=value": {
+			args:    []string{"--certificate-request-annotations=tier"},
+			wantErr: `--certificate-request-annotations: "tier" is not key=value`,
+		},
+		"a request annotation key that is not a name": {
+			args:    []string{"--certificate-request-annotations=bad key=x"},
+			wantErr: `--certificate-request-annotations: key "bad key"`,
+		},
+		"more key algorithms": {
+			args: []string{"--key-algorithm=ed25519", "--zone=east"},
+			check: func(t *testing.T, c Config) {
+				if c.KeyAlgorithm != "ed25519" || c.Zone != "east" {
+					t.Errorf("key algorithm %q, zone %q", c.KeyAlgorithm, c.Zone)
+				}
+			},
+		},
+		"an unknown key algorithm": {
+			args:    []string{"--key-algorithm=dsa"},
+			wantErr: "must be one of ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096",
+		},
 		"environment": {
 			env: map[string]string{"MESHCERT_SYSTEM_NAMESPACE": "kuma-system", "MESHCERT_ENABLE_HTTP2": "true"},
 			check: func(t *testing.T, c Config) {

@@ -12,7 +12,9 @@ import (
 	"crypto"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net/url"
+	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -29,12 +31,15 @@ import (
 )
 
 // OwnerAnnotation names, on each CertificateRequest, the owner it was made
-// for; OwnerIndex indexes the requests by it. AuditAnnotation marks a request
-// that is kept once issued, for auditing.
+// for; OwnerIndex indexes the requests by it. IdentitiesAnnotation lists the
+// URI SANs it asks for, as istio-csr and csi-driver-spiffe name theirs, for
+// people and policies to read. AuditAnnotation marks a request that is kept
+// once issued, for auditing.
 const (
-	OwnerAnnotation = "meshcert.io/owner"
-	OwnerIndex      = "issuance.owner"
-	AuditAnnotation = "meshcert.io/keep-for-audit"
+	OwnerAnnotation      = "meshcert.io/owner"
+	OwnerIndex           = "issuance.owner"
+	IdentitiesAnnotation = "meshcert.io/identities"
+	AuditAnnotation      = "meshcert.io/keep-for-audit"
 )
 
 // admitRetry is how often an owner turned away at the cap tries again, in
@@ -55,27 +60,32 @@ type Options struct {
 	OnTurn func(owner string)
 	// Backoff spaces out an owner's attempts after failures.
 	Backoff *Backoff
+	// Annotations are added to every request, for the policies of external
+	// issuers that read them.
+	Annotations map[string]string
 }
 
 // Issuer issues certificates through CertificateRequests in one namespace.
 // Each owner has at most one request in flight; callers never step the same
 // owner twice at once.
 type Issuer struct {
-	client    client.Client
-	namespace string
-	clock     clock.PassiveClock
-	inFlight  *inFlight
-	backoff   *Backoff
+	client      client.Client
+	namespace   string
+	clock       clock.PassiveClock
+	inFlight    *inFlight
+	backoff     *Backoff
+	annotations map[string]string
 }
 
 // New returns an Issuer.
 func New(o Options) *Issuer {
 	return &Issuer{
-		client:    o.Client,
-		namespace: o.Namespace,
-		clock:     o.Clock,
-		inFlight:  newInFlight(o.MaxInFlight, o.OnTurn),
-		backoff:   o.Backoff,
+		client:      o.Client,
+		namespace:   o.Namespace,
+		clock:       o.Clock,
+		inFlight:    newInFlight(o.MaxInFlight, o.OnTurn),
+		backoff:     o.Backoff,
+		annotations: o.Annotations,
 	}
 }
 
@@ -128,10 +138,7 @@ type Request struct {
 // name is deterministic in what is asked, so a restarted caller finds its
 // own request instead of adding another.
 func (r Request) name() string {
-	parts := []string{r.Owner, r.IssuerRef.Group, r.IssuerRef.Kind, r.IssuerRef.Name, string(r.Roots), r.Replaces}
-	for _, u := range r.URIs {
-		parts = append(parts, u.String())
-	}
+	parts := append([]string{r.Owner, r.IssuerRef.Group, r.IssuerRef.Kind, r.IssuerRef.Name, string(r.Roots), r.Replaces}, pki.URLsToString(r.URIs)...)
 	return model.LimitName(r.NamePrefix, "-"+model.Hash(parts...)[:10])
 }
 
@@ -267,16 +274,21 @@ func (i *Issuer) create(ctx context.Context, req Request, name string) (Outcome,
 	if err != nil {
 		return Outcome{}, fmt.Errorf("encoding the CSR: %w", err)
 	}
-	labels := map[string]string{model.ManagedByLabel: model.ManagedByValue}
-	for k, v := range req.Labels {
-		labels[k] = v
+	labels := maps.Clone(req.Labels)
+	if labels == nil {
+		labels = map[string]string{}
 	}
-	annotations := map[string]string{OwnerAnnotation: req.Owner}
+	labels[model.ManagedByLabel] = model.ManagedByValue
+	annotations := maps.Clone(i.annotations)
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	maps.Copy(annotations, req.Annotations)
+	// meshcert's own come last: no fixed annotation may hide them.
+	annotations[OwnerAnnotation] = req.Owner
+	annotations[IdentitiesAnnotation] = strings.Join(pki.URLsToString(req.URIs), ",")
 	if req.KeepIssued {
 		annotations[AuditAnnotation] = "true"
-	}
-	for k, v := range req.Annotations {
-		annotations[k] = v
 	}
 	cr := &cmapi.CertificateRequest{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: i.namespace, Labels: labels, Annotations: annotations},

@@ -66,6 +66,8 @@ type Options struct {
 	Zone           string
 	RequestTimeout time.Duration
 	Backoff        issuance.BackoffPolicy
+	// RequestAnnotations are added to every CertificateRequest.
+	RequestAnnotations map[string]string
 }
 
 // Reconciler keeps one MeshIdentity's MeshTrust at a time: its controller
@@ -84,6 +86,7 @@ func New(o Options) *Reconciler {
 		Options: o,
 		issuer: issuance.New(issuance.Options{
 			Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, Backoff: issuance.NewBackoff(o.Backoff),
+			Annotations: o.RequestAnnotations,
 		}),
 		roots:   trust.NewStore(o.Backoff.Max),
 		learned: map[trust.BackendKey]time.Time{},

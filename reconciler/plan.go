@@ -9,6 +9,7 @@ import (
 	"time"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -118,11 +119,7 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 		return nil, &problem{reason: "NoIdentity", message: err.Error()}, nil
 	}
 	p.uris = uris
-	uriStrings := make([]string, len(uris))
-	for i, u := range uris {
-		uriStrings[i] = u.String()
-	}
-	p.identityHash = model.Hash(uriStrings...)
+	p.identityHash = model.Hash(pki.URLsToString(uris)...)
 
 	env := r.env()
 	if ds := backend.CertManager.CACert; ds != nil {

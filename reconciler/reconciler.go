@@ -53,6 +53,8 @@ type Options struct {
 	SwitchWindow time.Duration
 	// MaxInFlight caps the CertificateRequests open at once; 0 is no cap.
 	MaxInFlight int
+	// RequestAnnotations are added to every CertificateRequest.
+	RequestAnnotations map[string]string
 }
 
 // Reconciler keeps one dataplane's certificate at a time; controller-runtime
@@ -88,6 +90,7 @@ func New(o Options) *Reconciler {
 		MaxInFlight: o.MaxInFlight,
 		OnTurn:      r.onTurn,
 		Backoff:     r.backoff,
+		Annotations: o.RequestAnnotations,
 	})
 	return r
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"strings"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -68,6 +70,12 @@ func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResourc
 	annotations[model.IdentityHashAnnotation] = p.identityHash
 	annotations[model.IssuerHashAnnotation] = p.issuerHash
 	annotations[model.NotAfterAnnotation] = leaf.NotAfter.UTC().Format(time.RFC3339)
+	// As cert-manager annotates a Certificate's Secret, so its tools and
+	// kubectl describe show where the certificate came from.
+	annotations[cmapi.IssuerNameAnnotationKey] = p.issuerRef.Name
+	annotations[cmapi.IssuerKindAnnotationKey] = p.issuerRef.Kind
+	annotations[cmapi.IssuerGroupAnnotationKey] = p.issuerRef.Group
+	annotations[cmapi.URISANAnnotationKey] = strings.Join(pki.URLsToString(leaf.URIs), ",")
 	meta := metav1.ObjectMeta{
 		Name:        SecretName(dp.Name),
 		Namespace:   dp.Namespace,

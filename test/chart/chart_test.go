@@ -201,6 +201,16 @@ func TestEveryDocumentedOption(t *testing.T) {
 				}
 			},
 		},
+		"reconciler.certificateRequestAnnotations": {
+			args: []string{"--set", "dataplaneNamespaces={team-a}", "--set", "reconciler.certificateRequestAnnotations.policy\\.example\\.com/team=payments",
+				"--set", "reconciler.certificateRequestAnnotations.tier=gold"},
+			check: func(t *testing.T, m Manifests) {
+				args := one[appsv1.Deployment](t, m, "Deployment").Spec.Template.Spec.Containers[0].Args
+				if !slices.Contains(args, "--certificate-request-annotations=policy.example.com/team=payments,tier=gold") {
+					t.Errorf("args %v lack the request annotations", args)
+				}
+			},
+		},
 		"serviceAccount and image": {
 			args: []string{"--set", "serviceAccount.name=mc", "--set", "image.tag=v9", "--set", "imagePullSecrets[0].name=regcred"},
 			check: func(t *testing.T, m Manifests) {

@@ -7,6 +7,8 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"fmt"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -577,4 +579,53 @@ func TestKeyAlgorithms(t *testing.T) {
 		return ok && k.Curve == elliptic.P384()
 	})
 	assertValidSecret(t, s, []string{"spiffe://keys/web", "kuma://kuma.io/service/web"}, testEnv.ca.Cert)
+}
+
+// TestDeliveredSecretAndRequestMetadata: each CertificateRequest names the
+// identities it asks for and carries --certificate-request-annotations; each
+// delivered Secret carries cert-manager's own annotations, so kubectl
+// describe shows where its certificate came from.
+func TestDeliveredSecretAndRequestMetadata(t *testing.T) {
+	startReconciler(t, func(c *config.Config) {
+		c.KeepRequests = true
+		c.CertificateRequestAnnotations = map[string]string{"policy.example.com/team": "payments"}
+	})
+	ns := "described"
+	meshInNamespace(t, ns, "described", certManagerMesh("described", "Issuer", "mesh-ca", "", ""))
+	createObject(t, newDataplane(ns, "web", "described", map[string]string{"kuma.io/service": "web"}))
+	waitSecret(t, ns, "web", 20*time.Second, nil)
+
+	crs := listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns})
+	if len(crs) != 1 {
+		t.Fatalf("%d requests kept, want 1", len(crs))
+	}
+	for k, want := range map[string]string{
+		"meshcert.io/identities":  "spiffe://described/web,kuma://kuma.io/service/web",
+		"policy.example.com/team": "payments",
+		"meshcert.io/owner":       "Dataplane:described/web",
+	} {
+		if got := crs[0].Annotations[k]; got != want {
+			t.Errorf("request annotation %s = %q, want %q", k, got, want)
+		}
+	}
+	t.Cleanup(func() {
+		for i := range crs {
+			_ = testEnv.cluster.Client.Delete(context.Background(), &crs[i])
+		}
+	})
+
+	run := runKubectl(t, "-n", ns, "describe", "secret", "web-mtls")
+	if run.exitCode != 0 {
+		t.Fatalf("kubectl describe:\n%s", run)
+	}
+	// What changes from run to run: the expiry, and the sizes of the PEM.
+	run.stdout = regexp.MustCompile(`(meshcert\.io/not-after: )\S+`).ReplaceAllString(run.stdout, "${1}<not-after>")
+	run.stdout = regexp.MustCompile(`(?m)^(\S+):\s+\d+ bytes$`).ReplaceAllString(run.stdout, "${1}:  <n> bytes")
+	// kubectl lists the data in map order.
+	if head, data, ok := strings.Cut(run.stdout, "Data\n====\n"); ok {
+		lines := strings.Split(strings.TrimSuffix(data, "\n"), "\n")
+		slices.Sort(lines)
+		run.stdout = head + "Data\n====\n" + strings.Join(lines, "\n") + "\n"
+	}
+	assertGolden(t, "describe-secret", run)
 }
