@@ -73,6 +73,8 @@ func cacheOptions(cfg config.Config) cache.Options {
 			&model.DataplaneResource{}:  {Namespaces: dataplanes},
 			&cmapi.Issuer{}:             {Namespaces: system},
 			&cmapi.CertificateRequest{}: {Namespaces: system, Label: managed},
+			// The published trust bundles.
+			&corev1.ConfigMap{}: {Namespaces: system, Label: managed},
 			// Kuma admits MeshIdentities and MeshTrusts in the system namespace only.
 			&model.MeshIdentityResource{}: {Namespaces: system},
 			&model.MeshTrustResource{}:    {Namespaces: system},
@@ -156,19 +158,20 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			return err
 		}
 		r := reconciler.New(reconciler.Options{
-			Client:             mgr.GetClient(),
-			APIReader:          mgr.GetAPIReader(),
-			Lookup:             index,
-			Recorder:           mgr.GetEventRecorder("meshcert"),
-			Clock:              clock.RealClock{},
-			SystemNamespace:    cfg.SystemNamespace,
-			KeyAlgorithm:       issuance.KeyAlgorithm(cfg.KeyAlgorithm),
-			RequestTimeout:     cfg.RequestTimeout,
-			KeepRequests:       cfg.KeepRequests,
-			Backoff:            issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
-			SwitchWindow:       cfg.SwitchWindow,
-			MaxInFlight:        cfg.MaxInFlight,
-			RequestAnnotations: cfg.CertificateRequestAnnotations,
+			Client:              mgr.GetClient(),
+			APIReader:           mgr.GetAPIReader(),
+			Lookup:              index,
+			Recorder:            mgr.GetEventRecorder("meshcert"),
+			Clock:               clock.RealClock{},
+			SystemNamespace:     cfg.SystemNamespace,
+			KeyAlgorithm:        issuance.KeyAlgorithm(cfg.KeyAlgorithm),
+			RequestTimeout:      cfg.RequestTimeout,
+			KeepRequests:        cfg.KeepRequests,
+			Backoff:             issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			SwitchWindow:        cfg.SwitchWindow,
+			MaxInFlight:         cfg.MaxInFlight,
+			RequestAnnotations:  cfg.CertificateRequestAnnotations,
+			PublishTrustBundles: cfg.PublishTrustBundles,
 		})
 		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the reconciler: %w", err)

@@ -33,6 +33,9 @@ type Config struct {
 	// DataplaneNamespaces limits meshcert to the Dataplanes, and so the
 	// Secrets, of these namespaces; empty means every namespace.
 	DataplaneNamespaces []string
+	// PublishTrustBundles keeps each mesh's roots in a ConfigMap of the
+	// system namespace, for clients outside the mesh.
+	PublishTrustBundles bool
 	// CertificateRequestAnnotations are added to every CertificateRequest,
 	// for the policies of external issuers that read them.
 	CertificateRequestAnnotations map[string]string
@@ -111,6 +114,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
 	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
+	fs.BoolVar(&c.PublishTrustBundles, "publish-trust-bundles", false, "Keep each mesh's roots, exactly what its dataplanes trust, in the ConfigMap meshcert-trust-<mesh> of the system namespace (key ca.crt), labelled meshcert.io/trust-bundle=true for a trust-manager Bundle to take as a source.")
 	var requestAnnotations string
 	fs.StringVar(&requestAnnotations, "certificate-request-annotations", "", "Annotations added to every CertificateRequest, as key=value pairs separated by commas; some external issuers' policies read them.")
 	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")

@@ -36,6 +36,11 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	if err := r.Client.Get(ctx, req.NamespacedName, &mesh); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.roots.Prune(req.Name, nil)
+			if r.PublishTrustBundles {
+				if err := r.unpublishBundle(ctx, req.Name); err != nil {
+					return ctrl.Result{}, err
+				}
+			}
 			return ctrl.Result{}, r.cleanupProbes(ctx, req.Name, nil)
 		}
 		return ctrl.Result{}, err
@@ -73,6 +78,19 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	}
 	if err := r.cleanupProbes(ctx, mesh.Name, probing); err != nil {
 		return ctrl.Result{}, err
+	}
+	if r.PublishTrustBundles {
+		// With the roots the probes learned; a mesh meshcert issues nothing
+		// for publishes nothing.
+		var err error
+		if spec.EnabledCertManagerBackend() != nil {
+			err = r.publishBundle(ctx, mesh.Name, r.trustOf(mesh.Name, spec))
+		} else {
+			err = r.unpublishBundle(ctx, mesh.Name)
+		}
+		if err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	return ctrl.Result{RequeueAfter: next}, nil
 }

@@ -55,6 +55,9 @@ type Options struct {
 	MaxInFlight int
 	// RequestAnnotations are added to every CertificateRequest.
 	RequestAnnotations map[string]string
+	// PublishTrustBundles keeps each mesh's roots in a ConfigMap of the
+	// system namespace, for clients outside the mesh.
+	PublishTrustBundles bool
 }
 
 // Reconciler keeps one dataplane's certificate at a time; controller-runtime

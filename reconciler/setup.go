@@ -48,18 +48,40 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		Complete(r); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	meshOf := func(_ context.Context, o client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetAnnotations()[model.MeshAnnotation]}}}
+	}
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("mesh-trust").
 		For(&model.MeshResource{}).
-		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			if o.GetLabels()[ProbeLabel] != "true" {
 				return nil
 			}
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetAnnotations()[model.MeshAnnotation]}}}
+			return meshOf(ctx, o)
 		})).
-		WatchesRawSource(source.Channel(r.meshTurns, &handler.EnqueueRequestForObject{})).
-		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
-		Complete(reconcile.Func(r.ReconcileMesh))
+		WatchesRawSource(source.Channel(r.meshTurns, &handler.EnqueueRequestForObject{}))
+	if r.PublishTrustBundles {
+		// The published roots change with a delivered certificate (the
+		// enabled backend's root is learned from it), a mesh Secret, and
+		// anyone's edit of the ConfigMap.
+		b = b.Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			if o.GetLabels()[model.ManagedByLabel] == model.ManagedByValue {
+				return meshOf(ctx, o)
+			}
+			if o.GetNamespace() != r.SystemNamespace || o.(*corev1.Secret).Type != model.MeshSecretType {
+				return nil
+			}
+			return r.meshesOf(ctx, func(m *model.MeshResource) bool { return slices.Contains(meshSecretsOf(m), o.GetName()) })
+		})).
+			Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+				if o.GetLabels()[TrustBundleLabel] != "true" {
+					return nil
+				}
+				return meshOf(ctx, o)
+			}))
+	}
+	return b.WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).Complete(reconcile.Func(r.ReconcileMesh))
 }
 
 // dataplanesOfRequest maps a request to its dataplane; a probe, once done,
@@ -144,6 +166,15 @@ func (r *Reconciler) dataplanesOfIssuer(kind string) handler.MapFunc {
 
 // dataplanesOfMeshes lists the dataplanes of the meshes that match.
 func (r *Reconciler) dataplanesOfMeshes(ctx context.Context, match func(*model.MeshResource) bool) []reconcile.Request {
+	var reqs []reconcile.Request
+	for _, m := range r.meshesOf(ctx, match) {
+		reqs = append(reqs, r.dataplanesInMesh(ctx, m.Name)...)
+	}
+	return reqs
+}
+
+// meshesOf lists the meshes that match.
+func (r *Reconciler) meshesOf(ctx context.Context, match func(*model.MeshResource) bool) []reconcile.Request {
 	var meshes model.MeshResourceList
 	if err := r.Client.List(ctx, &meshes); err != nil {
 		return nil
@@ -151,7 +182,7 @@ func (r *Reconciler) dataplanesOfMeshes(ctx context.Context, match func(*model.M
 	var reqs []reconcile.Request
 	for i := range meshes.Items {
 		if match(&meshes.Items[i]) {
-			reqs = append(reqs, r.dataplanesInMesh(ctx, meshes.Items[i].Name)...)
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: meshes.Items[i].Name}})
 		}
 	}
 	return reqs

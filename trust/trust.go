@@ -64,6 +64,18 @@ func (s *Store) Roots(k BackendKey) ([]*x509.Certificate, bool) {
 	return r, ok
 }
 
+// KnowsAll tells whether the roots of all the keys are known.
+func (s *Store) KnowsAll(keys map[BackendKey]bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range keys {
+		if _, ok := s.learned[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // Fail records that a backend's root could not be learned.
 func (s *Store) Fail(k BackendKey, at time.Time) {
 	s.mu.Lock()

@@ -211,6 +211,20 @@ func TestEveryDocumentedOption(t *testing.T) {
 				}
 			},
 		},
+		"reconciler.publishTrustBundles": {
+			args: []string{"--set", "dataplaneNamespaces={team-a}", "--set", "reconciler.publishTrustBundles=true"},
+			check: func(t *testing.T, m Manifests) {
+				args := one[appsv1.Deployment](t, m, "Deployment").Spec.Template.Spec.Containers[0].Args
+				if !slices.Contains(args, "--publish-trust-bundles=true") {
+					t.Errorf("args %v", args)
+				}
+				if !slices.ContainsFunc(all[rbacv1.Role](t, m, "Role"), func(r *rbacv1.Role) bool {
+					return slices.ContainsFunc(r.Rules, func(rule rbacv1.PolicyRule) bool { return slices.Contains(rule.Resources, "configmaps") })
+				}) {
+					t.Error("no Role may write the published ConfigMaps")
+				}
+			},
+		},
 		"serviceAccount and image": {
 			args: []string{"--set", "serviceAccount.name=mc", "--set", "image.tag=v9", "--set", "imagePullSecrets[0].name=regcred"},
 			check: func(t *testing.T, m Manifests) {

@@ -34,7 +34,10 @@ func rotationMesh(name, enabled string, backends ...string) string {
 // TestCARotation walks a mesh through the documented three-step CA rotation
 // with two independent CA Issuers, and checks that mTLS never breaks.
 func TestCARotation(t *testing.T) {
-	startReconciler(t, func(c *config.Config) { c.SwitchWindow = 6 * time.Second })
+	startReconciler(t, func(c *config.Config) {
+		c.SwitchWindow = 6 * time.Second
+		c.PublishTrustBundles = true
+	})
 	const ns, mesh, n = "ca-rotation", "ca-rotation", 6
 	meshInNamespace(t, ns, mesh, rotationMesh(mesh, "ca-1", "ca-1"))
 	for i := range n {
@@ -68,13 +71,27 @@ func TestCARotation(t *testing.T) {
 			return true
 		}
 	}
+	// The published roots, for clients outside the mesh, are exactly the dataplanes'.
+	published := func(want ...*x509.Certificate) func() bool {
+		return func() bool {
+			var cm corev1.ConfigMap
+			if err := testEnv.cluster.Client.Get(context.Background(), client.ObjectKey{Namespace: systemNamespace, Name: reconciler.TrustBundleName(mesh)}, &cm); err != nil {
+				return false
+			}
+			roots, err := pki.DecodeX509CertificateSetBytes([]byte(cm.Data["ca.crt"]))
+			return err == nil && cm.Labels[reconciler.TrustBundleLabel] == "true" && len(roots) == len(want) &&
+				!slices.ContainsFunc(want, func(w *x509.Certificate) bool { return !slices.ContainsFunc(roots, w.Equal) })
+		}
+	}
 	waitFor(t, 30*time.Second, "every dataplane's certificate from ca-1", rootsAre(testEnv.ca.Cert))
+	waitFor(t, 10*time.Second, "ca-1's root published", published(testEnv.ca.Cert))
 	before := serials()
 	probes := countProbes(t, mesh)
 
 	t.Run("step 1: add ca-2; every dataplane trusts both roots, none is reissued", func(t *testing.T) {
 		applyMesh(t, rotationMesh(mesh, "ca-1", "ca-1", "ca-2"))
 		waitFor(t, 30*time.Second, "both roots in every ca.crt", rootsAre(testEnv.ca.Cert, testEnv.other.Cert))
+		waitFor(t, 10*time.Second, "both roots published", published(testEnv.ca.Cert, testEnv.other.Cert))
 		if got := serials(); !slices.Equal(got, before) {
 			t.Errorf("leaves were reissued: serials %v -> %v", before, got)
 		}
@@ -98,6 +115,9 @@ func TestCARotation(t *testing.T) {
 			}
 			return true
 		})
+		if !published(testEnv.ca.Cert, testEnv.other.Cert)() {
+			t.Error("during the overlap, the published roots are not both")
+		}
 		samples, failures := sampler.stop()
 		t.Logf("%d samples of all %d pairs during the switch", samples, n*(n-1)/2)
 		if samples < 5 {
@@ -132,6 +152,7 @@ func TestCARotation(t *testing.T) {
 			t.Errorf("removing a backend that issues nothing warned:\n%s", run)
 		}
 		waitFor(t, 30*time.Second, "only ca-2's root in every ca.crt", rootsAre(testEnv.other.Cert))
+		waitFor(t, 10*time.Second, "only ca-2's root published", published(testEnv.other.Cert))
 		if got := serials(); !slices.Equal(got, switched) {
 			t.Errorf("leaves were reissued: serials %v -> %v", switched, got)
 		}
