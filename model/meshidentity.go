@@ -252,11 +252,8 @@ func clonePtr[T any](p *T) *T {
 
 // DeepCopyObject implements runtime.Object.
 func (l *MeshIdentityResourceList) DeepCopyObject() runtime.Object {
-	out := &MeshIdentityResourceList{TypeMeta: l.TypeMeta}
+	out := &MeshIdentityResourceList{TypeMeta: l.TypeMeta, Items: copyItems(l.Items)}
 	l.ListMeta.DeepCopyInto(&out.ListMeta)
-	for i := range l.Items {
-		out.Items = append(out.Items, *l.Items[i].DeepCopy())
-	}
 	return out
 }
 
@@ -284,10 +281,7 @@ func (m *MeshTrustResource) DeepCopy() *MeshTrustResource {
 
 // DeepCopyObject implements runtime.Object.
 func (l *MeshTrustResourceList) DeepCopyObject() runtime.Object {
-	out := &MeshTrustResourceList{TypeMeta: l.TypeMeta}
+	out := &MeshTrustResourceList{TypeMeta: l.TypeMeta, Items: copyItems(l.Items)}
 	l.ListMeta.DeepCopyInto(&out.ListMeta)
-	for i := range l.Items {
-		out.Items = append(out.Items, *l.Items[i].DeepCopy())
-	}
 	return out
 }

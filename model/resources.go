@@ -80,11 +80,8 @@ func (m *MeshResource) DeepCopy() *MeshResource {
 
 // DeepCopyObject implements runtime.Object.
 func (l *MeshResourceList) DeepCopyObject() runtime.Object {
-	out := &MeshResourceList{TypeMeta: l.TypeMeta}
+	out := &MeshResourceList{TypeMeta: l.TypeMeta, Items: copyItems(l.Items)}
 	l.ListMeta.DeepCopyInto(&out.ListMeta)
-	for i := range l.Items {
-		out.Items = append(out.Items, *l.Items[i].DeepCopy())
-	}
 	return out
 }
 
@@ -103,10 +100,22 @@ func (d *DataplaneResource) DeepCopy() *DataplaneResource {
 
 // DeepCopyObject implements runtime.Object.
 func (l *DataplaneResourceList) DeepCopyObject() runtime.Object {
-	out := &DataplaneResourceList{TypeMeta: l.TypeMeta}
+	out := &DataplaneResourceList{TypeMeta: l.TypeMeta, Items: copyItems(l.Items)}
 	l.ListMeta.DeepCopyInto(&out.ListMeta)
-	for i := range l.Items {
-		out.Items = append(out.Items, *l.Items[i].DeepCopy())
+	return out
+}
+
+// copyItems deep-copies the items of a list.
+func copyItems[T any, P interface {
+	*T
+	DeepCopy() *T
+}](items []T) []T {
+	if items == nil {
+		return nil
+	}
+	out := make([]T, len(items))
+	for i := range items {
+		out[i] = *P(&items[i]).DeepCopy()
 	}
 	return out
 }
