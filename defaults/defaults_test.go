@@ -48,11 +48,7 @@ func TestMesh(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			var got []string
-			for _, c := range Mesh(tc.spec) {
-				got = append(got, c.Pointer()+"="+c.Value)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
+			if got := pointers(Mesh(tc.spec)); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Mesh() = %q, want %q", got, tc.want)
 			}
 		})
@@ -105,13 +101,18 @@ func TestMeshIdentity(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			var got []string
-			for _, c := range MeshIdentity(tc.mid) {
-				got = append(got, c.Pointer()+"="+c.Value)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
+			if got := pointers(MeshIdentity(tc.mid)); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("MeshIdentity() = %q, want %q", got, tc.want)
 			}
 		})
 	}
+}
+
+// pointers writes changes as pointer=value.
+func pointers(changes []Change) []string {
+	var out []string
+	for _, c := range changes {
+		out = append(out, c.Pointer()+"="+c.Value)
+	}
+	return out
 }
