@@ -78,6 +78,9 @@ type Reconciler struct {
 	roots  *trust.Store
 	// learned is when each root in roots was learned.
 	learned map[trust.BackendKey]time.Time
+	// reported is the last condition reported on each identity, so that
+	// resyncs add no Events.
+	reported map[string]string
 }
 
 // New returns a Reconciler, with the issuer of its probes.
@@ -88,8 +91,9 @@ func New(o Options) *Reconciler {
 			Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, Backoff: issuance.NewBackoff(o.Backoff),
 			Annotations: o.RequestAnnotations,
 		}),
-		roots:   trust.NewStore(o.Backoff.Max),
-		learned: map[trust.BackendKey]time.Time{},
+		roots:    trust.NewStore(o.Backoff.Max),
+		learned:  map[trust.BackendKey]time.Time{},
+		reported: map[string]string{},
 	}
 }
 
@@ -101,6 +105,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	var mid model.MeshIdentityResource
 	if err := r.Client.Get(ctx, req.NamespacedName, &mid); err != nil {
 		if apierrors.IsNotFound(err) {
+			delete(r.reported, owner)
 			return ctrl.Result{}, r.forget(ctx, req.NamespacedName, owner)
 		}
 		return ctrl.Result{}, err
@@ -114,14 +119,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	case mid.Annotations[model.MeshTrustAnnotation] == "Disabled":
 		return ctrl.Result{}, r.forget(ctx, req.NamespacedName, owner)
 	case len(errs) > 0:
-		r.Recorder.Eventf(&mid, nil, corev1.EventTypeWarning, "InvalidMeshIdentity", "KeepMeshTrust", "%s", errs.ToAggregate().Error())
+		r.report(&mid, corev1.EventTypeWarning, "InvalidMeshIdentity", "%s", errs.ToAggregate().Error())
 		return ctrl.Result{}, nil
 	case served == model.ServedByExtension && conf.CACert != nil:
 		// Kong Mesh makes the MeshTrust of a certmanager identity with a caCert.
 		if err := r.forget(ctx, req.NamespacedName, owner); err != nil {
 			return ctrl.Result{}, err
 		}
-		r.Recorder.Eventf(&mid, nil, corev1.EventTypeNormal, "MeshTrustLeftToKongMesh", "KeepMeshTrust",
+		r.report(&mid, corev1.EventTypeNormal, "MeshTrustLeftToKongMesh",
 			"the identity has a caCert, so Kong Mesh makes its MeshTrust; meshcert does not make a second one")
 		return ctrl.Result{}, nil
 	}
@@ -129,18 +134,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	mesh := mid.MeshName()
 	td, err := model.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, mid.Labels)
 	if err != nil {
-		r.Recorder.Eventf(&mid, nil, corev1.EventTypeWarning, "InvalidTrustDomain", "KeepMeshTrust", "cannot render the trust domain: %v", err)
+		r.report(&mid, corev1.EventTypeWarning, "InvalidTrustDomain", "cannot render the trust domain: %v", err)
 		return ctrl.Result{}, nil
 	}
 	roots, wait, err := r.issuerRoots(ctx, &mid, mesh, conf, owner)
 	if err != nil || roots == nil {
 		return ctrl.Result{RequeueAfter: wait}, err
 	}
-	next, err := r.apply(ctx, &mid, mesh, td, roots)
+	next, kept, err := r.apply(ctx, &mid, mesh, td, roots)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	log.V(1).Info("MeshTrust in line", "trustDomain", td, "roots", len(roots))
+	if kept {
+		delete(r.reported, owner) // Whatever was wrong is over.
+		log.V(1).Info("MeshTrust in line", "trustDomain", td, "roots", len(roots))
+	}
 	return ctrl.Result{RequeueAfter: soonest(next, wait)}, nil
 }
 
@@ -156,7 +164,7 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 			if ca.Unresolved != nil {
 				msg = ca.Unresolved.Message
 			}
-			r.Recorder.Eventf(mid, nil, corev1.EventTypeWarning, "InvalidCACert", "KeepMeshTrust", "the CA certificate cannot be used: %s", msg)
+			r.report(mid, corev1.EventTypeWarning, "InvalidCACert", "the CA certificate cannot be used: %s", msg)
 			return nil, 0, nil
 		}
 		return ca.Roots(), 0, nil
@@ -207,7 +215,7 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 		return []*x509.Certificate{root}, rootRefresh, nil
 	case out.Failure != nil:
 		r.roots.Fail(key, now)
-		r.Recorder.Eventf(mid, nil, corev1.EventTypeWarning, "RootUnknown", "KeepMeshTrust",
+		r.report(mid, corev1.EventTypeWarning, "RootUnknown",
 			"cannot learn the issuer's root (%s); set meshcert.io/ca-cert-secret, or a caCert, to its CA certificate", out.Failure.Message)
 		roots, _ := r.roots.Roots(key)
 		return roots, r.Backoff.Max, nil
@@ -218,26 +226,26 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 }
 
 // apply writes the identity's MeshTrust, and returns when an old root is due
-// to leave it.
-func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource, mesh, td string, roots []*x509.Certificate) (time.Duration, error) {
+// to leave it; kept says the MeshTrust is meshcert's and in line.
+func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource, mesh, td string, roots []*x509.Certificate) (due time.Duration, kept bool, err error) {
 	now := r.Clock.Now()
 	key := types.NamespacedName{Namespace: r.SystemNamespace, Name: mid.Name}
 	var existing model.MeshTrustResource
-	err := r.Client.Get(ctx, key, &existing)
+	err = r.Client.Get(ctx, key, &existing)
 	found := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
-		return 0, err
+		return 0, false, err
 	}
 	if found && existing.Labels[model.ManagedByLabel] != model.ManagedByValue {
-		r.Recorder.Eventf(mid, nil, corev1.EventTypeWarning, "MeshTrustConflict", "KeepMeshTrust",
+		r.report(mid, corev1.EventTypeWarning, "MeshTrustConflict",
 			"MeshTrust %s exists and is not managed by meshcert; it is left alone", key)
-		return 0, nil
+		return 0, false, nil
 	}
 	if !found {
 		if other := r.foreignTrustOf(ctx, mesh, td); other != "" {
-			r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "MeshTrustExists", "KeepMeshTrust",
+			r.report(mid, corev1.EventTypeNormal, "MeshTrustExists",
 				"MeshTrust %s already trusts trust domain %q in mesh %q; meshcert does not make a second one", other, td, mesh)
-			return 0, nil
+			return 0, false, nil
 		}
 	}
 
@@ -249,7 +257,6 @@ func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource,
 		current[fingerprint(c)] = true
 	}
 	keep := slices.Clone(roots)
-	var due time.Duration
 	var added, retired []string
 	for _, old := range rootsOf(&existing) {
 		fp := fingerprint(old)
@@ -309,22 +316,22 @@ func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource,
 		desired.SetGroupVersionKind(model.GroupVersion.WithKind("MeshTrust"))
 		if err := r.Client.Create(ctx, desired); err != nil {
 			if apierrors.IsAlreadyExists(err) {
-				return time.Second, nil // The cache has not seen it yet.
+				return time.Second, false, nil // The cache has not seen it yet.
 			}
-			return 0, err
+			return 0, false, err
 		}
 		r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "MeshTrustCreated", "KeepMeshTrust",
 			"MeshTrust %s trusts the issuer's root %s for trust domain %q", key, subjects(roots), td)
-		return due, nil
+		return due, true, nil
 	}
 	if sameTrust(&existing, desired) {
-		return due, nil
+		return due, true, nil
 	}
 	updated := existing.DeepCopy()
 	updated.Labels, updated.Annotations, updated.OwnerReferences = desired.Labels, desired.Annotations, desired.OwnerReferences
 	updated.Spec, updated.Status = desired.Spec, desired.Status
 	if err := r.Client.Update(ctx, updated); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	for _, s := range added {
 		r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "RootAdded", "KeepMeshTrust",
@@ -334,7 +341,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource,
 		r.Recorder.Eventf(mid, nil, corev1.EventTypeNormal, "RootRetired", "KeepMeshTrust",
 			"the old root %q left MeshTrust %s: every certificate it signed has expired", s, key)
 	}
-	return due, nil
+	return due, true, nil
 }
 
 // foreignTrustOf names a MeshTrust that meshcert did not make and that
@@ -350,6 +357,18 @@ func (r *Reconciler) foreignTrustOf(ctx context.Context, mesh, td string) string
 		}
 	}
 	return ""
+}
+
+// report tells of a condition of an identity once, not again on every
+// reconcile while it lasts.
+func (r *Reconciler) report(mid *model.MeshIdentityResource, eventType, reason, format string, args ...any) {
+	owner := identityOwner + mid.Namespace + "/" + mid.Name
+	msg := fmt.Sprintf(format, args...)
+	if r.reported[owner] == reason+": "+msg {
+		return
+	}
+	r.reported[owner] = reason + ": " + msg
+	r.Recorder.Eventf(mid, nil, eventType, reason, "KeepMeshTrust", "%s", msg)
 }
 
 // forget deletes the MeshTrust meshcert kept for an identity, and its probes.
