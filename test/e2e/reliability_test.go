@@ -390,30 +390,36 @@ func TestAPIServerRestart(t *testing.T) {
 // keeps serving.
 func TestMalformedAdmissionRequests(t *testing.T) {
 	client := webhookClient(t, nil)
-	url := fmt.Sprintf("https://%s:%d%s", testEnv.cluster.WebhookHost, testEnv.cluster.WebhookPort, webhook.ValidatingPath)
-	valid := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"1","operation":"CREATE","name":"x",` +
-		`"kind":{"group":"kuma.io","version":"v1alpha1","kind":"Mesh"},"resource":{"group":"kuma.io","version":"v1alpha1","resource":"meshes"},"object":{"spec":{}}}}`
-	tests := map[string]struct {
-		contentType, body string
-	}{
-		"wrong content type": {contentType: "text/plain", body: valid},
-		"empty body":         {contentType: "application/json"},
-		"truncated JSON":     {contentType: "application/json", body: valid[:60]},
-		"over the size limit": {contentType: "application/json",
-			body: strings.Replace(valid, `"spec":{}`, `"spec":{"pad":"`+strings.Repeat("x", 8<<20)+`"}`, 1)},
-		"missing object":  {contentType: "application/json", body: strings.Replace(valid, `,"object":{"spec":{}}`, "", 1)},
-		"object not JSON": {contentType: "application/json", body: strings.Replace(valid, `{"spec":{}}`, `"mesh"`, 1)},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			code, review := postReview(t, client, url, tc.contentType, tc.body)
-			if code >= 500 || review.Response == nil || review.Response.Allowed || review.Response.Result.Code < 400 || review.Response.Result.Code >= 500 {
-				t.Errorf("HTTP %d, answer %+v; want a 4xx denial", code, review.Response)
-			}
-		})
-	}
-	if code, review := postReview(t, client, url, "application/json", valid); code != 200 || !review.Response.Allowed {
-		t.Errorf("the server stopped serving well-formed requests: HTTP %d %+v", code, review.Response)
+	for _, target := range []struct{ path, kind, resource string }{
+		{webhook.ValidatingPath, "Mesh", "meshes"},
+		{webhook.MeshIdentityValidatingPath, "MeshIdentity", "meshidentities"},
+		{webhook.MeshIdentityDefaultingPath, "MeshIdentity", "meshidentities"},
+	} {
+		url := fmt.Sprintf("https://%s:%d%s", testEnv.cluster.WebhookHost, testEnv.cluster.WebhookPort, target.path)
+		valid := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"1","operation":"CREATE","name":"x",` +
+			`"kind":{"group":"kuma.io","version":"v1alpha1","kind":"` + target.kind + `"},"resource":{"group":"kuma.io","version":"v1alpha1","resource":"` + target.resource + `"},"object":{"spec":{}}}}`
+		tests := map[string]struct {
+			contentType, body string
+		}{
+			"wrong content type": {contentType: "text/plain", body: valid},
+			"empty body":         {contentType: "application/json"},
+			"truncated JSON":     {contentType: "application/json", body: valid[:60]},
+			"over the size limit": {contentType: "application/json",
+				body: strings.Replace(valid, `"spec":{}`, `"spec":{"pad":"`+strings.Repeat("x", 8<<20)+`"}`, 1)},
+			"missing object":  {contentType: "application/json", body: strings.Replace(valid, `,"object":{"spec":{}}`, "", 1)},
+			"object not JSON": {contentType: "application/json", body: strings.Replace(valid, `{"spec":{}}`, `"mesh"`, 1)},
+		}
+		for name, tc := range tests {
+			t.Run(target.path+": "+name, func(t *testing.T) {
+				code, review := postReview(t, client, url, tc.contentType, tc.body)
+				if code >= 500 || review.Response == nil || review.Response.Allowed || review.Response.Result.Code < 400 || review.Response.Result.Code >= 500 {
+					t.Errorf("HTTP %d, answer %+v; want a 4xx denial", code, review.Response)
+				}
+			})
+		}
+		if code, review := postReview(t, client, url, "application/json", valid); code != 200 || !review.Response.Allowed {
+			t.Errorf("%s stopped serving well-formed requests: HTTP %d %+v", target.path, code, review.Response)
+		}
 	}
 }
 
