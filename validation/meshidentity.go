@@ -38,7 +38,7 @@ func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
 	case model.ServedByAgent:
 		at := func(key string) *field.Path { return model.AnnotationsPath.Key(key) }
 		refErrs := validateIssuerRef(conf.IssuerRef, at(model.IssuerNameAnnotation), at(model.IssuerKindAnnotation), at(model.IssuerGroupAnnotation))
-		if _, named := mid.Annotations[model.IssuerNameAnnotation]; !named {
+		if _, named := mid.Annotations[model.IssuerNameAnnotation]; !named && len(refErrs) > 0 {
 			refErrs[0].Detail = fmt.Sprintf("once any meshcert.io/issuer-* annotation is set: %s", refErrs[0].Detail)
 		}
 		res.Errors = append(res.Errors, refErrs...)

@@ -76,9 +76,13 @@ func TestMeshTrustFollowsTheIssuersRoot(t *testing.T) {
 	if mt.Status == nil || mt.Status.Origin == nil || *mt.Status.Origin.KRI != "kri_mid_demo_default_kong-mesh-system_agent-trust_" {
 		t.Errorf("status.origin %+v, want the identity's KRI", mt.Status)
 	}
-	if len(eventsFor(t, "MeshIdentity", "agent-trust")["MeshTrustCreated"]) == 0 {
-		t.Error("no MeshTrustCreated Event on the identity")
+	// Events are sent apart from the write they tell of, so they are waited for.
+	event := func(reason, naming string) func() bool {
+		return func() bool {
+			return slices.ContainsFunc(eventsFor(t, "MeshIdentity", "agent-trust")[reason], func(n string) bool { return strings.Contains(n, naming) })
+		}
 	}
+	waitFor(t, 10*time.Second, "a MeshTrustCreated Event on the identity", event("MeshTrustCreated", "mesh-ca"))
 	waitFor(t, 10*time.Second, "the probe's cleanup", func() bool {
 		return len(listRequests(t, client.MatchingLabels{model.ManagedByLabel: "meshcert"})) == 0
 	})
@@ -91,18 +95,14 @@ func TestMeshTrustFollowsTheIssuersRoot(t *testing.T) {
 	waitFor(t, 20*time.Second, "both roots trusted", func() bool {
 		return holds(trustedRoots(t, meshTrustOf(t, "agent-trust")), testEnv.ca.Cert, testEnv.other.Cert)
 	})
-	if note := eventsFor(t, "MeshIdentity", "agent-trust")["RootAdded"]; len(note) == 0 || !strings.Contains(note[0], "other-ca") {
-		t.Errorf("RootAdded Events %q, want one naming the new root", note)
-	}
+	waitFor(t, 10*time.Second, "a RootAdded Event naming the new root", event("RootAdded", "other-ca"))
 	waitFor(t, 40*time.Second, "the old root retired", func() bool {
 		return holds(trustedRoots(t, meshTrustOf(t, "agent-trust")), testEnv.other.Cert)
 	})
 	if held := time.Since(rotated); held < 20*time.Second {
 		t.Errorf("the old root left after %s, before its certificates' 20s lifetime could have passed", held)
 	}
-	if note := eventsFor(t, "MeshIdentity", "agent-trust")["RootRetired"]; len(note) == 0 || !strings.Contains(note[0], "mesh-ca") {
-		t.Errorf("RootRetired Events %q, want one naming the old root", note)
-	}
+	waitFor(t, 10*time.Second, "a RootRetired Event naming the old root", event("RootRetired", "mesh-ca"))
 
 	// Turned off, as Kuma's meshTrustCreation: Disabled does.
 	if run := runKubectl(t, "-n", systemNamespace, "annotate", "mid", "agent-trust", "meshcert.io/mesh-trust=Disabled"); run.exitCode != 0 {
