@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"maps"
 	"net/url"
@@ -317,9 +318,7 @@ func (i *Issuer) deliver(ctx context.Context, req Request, cause string, cr *cma
 	cert, failure := i.check(req, cr, p)
 	if failure == nil {
 		if err := deliver(ctx, cert); err != nil {
-			if f, ok := err.(*Failure); ok {
-				failure = f
-			} else {
+			if !errors.As(err, &failure) {
 				return Outcome{}, err
 			}
 		}

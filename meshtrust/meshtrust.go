@@ -71,13 +71,11 @@ type Options struct {
 }
 
 // Reconciler keeps one MeshIdentity's MeshTrust at a time: its controller
-// runs one worker, which alone touches learned.
+// runs one worker, which alone touches reported.
 type Reconciler struct {
 	Options
 	issuer *issuance.Issuer
 	roots  *trust.Store
-	// learned is when each root in roots was learned.
-	learned map[trust.BackendKey]time.Time
 	// reported is the last condition reported on each identity, so that
 	// resyncs add no Events.
 	reported map[string]string
@@ -92,7 +90,6 @@ func New(o Options) *Reconciler {
 			Annotations: o.RequestAnnotations,
 		}),
 		roots:    trust.NewStore(o.Backoff.Max),
-		learned:  map[trust.BackendKey]time.Time{},
 		reported: map[string]string{},
 	}
 }
@@ -178,18 +175,13 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 	// The store is per mesh; here each identity is a "mesh" of its own.
 	key := trust.BackendKey{Mesh: owner, Backend: mesh, Config: model.Hash(ref.Group, ref.Kind, ref.Name, version)}
 	r.roots.Prune(owner, map[trust.BackendKey]bool{key: true})
-	for k := range r.learned {
-		if k.Mesh == owner && k != key {
-			delete(r.learned, k)
-		}
-	}
 	now := r.Clock.Now()
-	if roots, ok := r.roots.Roots(key); ok && now.Sub(r.learned[key]) < rootRefresh {
-		return roots, r.learned[key].Add(rootRefresh).Sub(now), nil
+	known, learnedAt, ok := r.roots.Roots(key)
+	if ok && now.Sub(learnedAt) < rootRefresh {
+		return known, learnedAt.Add(rootRefresh).Sub(now), nil
 	}
 	if retryAt, failed := r.roots.RetryAt(key); failed && now.Before(retryAt) {
-		roots, _ := r.roots.Roots(key)
-		return roots, retryAt.Sub(now), nil
+		return known, retryAt.Sub(now), nil
 	}
 	out, err := r.issuer.Step(ctx, issuance.Request{
 		Owner:        owner,
@@ -208,21 +200,18 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 		return nil, 0, err
 	case out.Certificate != nil:
 		root := out.Certificate.Root
-		if r.roots.Learn(key, root) {
+		if r.roots.Learn(key, now, root) {
 			logf.FromContext(ctx).Info("Learned an identity's root", "root", root.Subject.String())
 		}
-		r.learned[key] = now
 		return []*x509.Certificate{root}, rootRefresh, nil
 	case out.Failure != nil:
 		r.roots.Fail(key, now)
 		r.report(mid, corev1.EventTypeWarning, "RootUnknown",
 			"cannot learn the issuer's root (%s); set meshcert.io/ca-cert-secret, or a caCert, to its CA certificate", out.Failure.Message)
-		roots, _ := r.roots.Roots(key)
-		return roots, r.Backoff.Max, nil
+		return known, r.Backoff.Max, nil
 	}
 	// The probe is under way; keep what is known until it ends.
-	roots, _ := r.roots.Roots(key)
-	return roots, out.RetryAfter, nil
+	return known, out.RetryAfter, nil
 }
 
 // apply writes the identity's MeshTrust, and returns when an old root is due
@@ -374,11 +363,6 @@ func (r *Reconciler) report(mid *model.MeshIdentityResource, eventType, reason, 
 // forget deletes the MeshTrust meshcert kept for an identity, and its probes.
 func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner string) error {
 	r.roots.Prune(owner, nil)
-	for k := range r.learned {
-		if k.Mesh == owner {
-			delete(r.learned, k)
-		}
-	}
 	if err := r.issuer.Cleanup(ctx, owner); err != nil {
 		return err
 	}

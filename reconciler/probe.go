@@ -119,7 +119,7 @@ func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b mode
 		return 0, false, err
 	case out.Certificate != nil:
 		root := out.Certificate.Root
-		r.roots.Learn(key, root)
+		r.roots.Learn(key, r.Clock.Now(), root)
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeNormal, "RootLearned", "ProbeBackend",
 			"backend %q: learned its root %q; every dataplane of the mesh now trusts it", b.Name, root.Subject.String())
 		log.Info("Learned a backend's root", "root", root.Subject.String())

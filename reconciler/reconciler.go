@@ -254,7 +254,7 @@ func (r *Reconciler) issue(ctx context.Context, dp *model.DataplaneResource, p *
 // mesh's trust bundle.
 func (r *Reconciler) deliver(ctx context.Context, dp *model.DataplaneResource, p *plan, secret *corev1.Secret, cert *issuance.Certificate) error {
 	if p.trust == nil {
-		r.roots.Learn(p.enabledKey, cert.Root)
+		r.roots.Learn(p.enabledKey, r.Clock.Now(), cert.Root)
 	}
 	// The mesh's roots, with the enabled backend's now known.
 	bundle := r.trustOf(p.mesh.Name, p.spec).Bundle()

@@ -21,7 +21,7 @@ func (r *Reconciler) learnFromSecret(p *plan, s *corev1.Secret) {
 	if p.trust != nil || s == nil || s.Annotations[model.IssuerHashAnnotation] != p.issuerHash {
 		return
 	}
-	if _, ok := r.roots.Roots(p.enabledKey); ok {
+	if _, _, ok := r.roots.Roots(p.enabledKey); ok {
 		return
 	}
 	chain, err := pki.DecodeX509CertificateChainBytes(s.Data[corev1.TLSCertKey])
@@ -29,6 +29,6 @@ func (r *Reconciler) learnFromSecret(p *plan, s *corev1.Secret) {
 		return
 	}
 	if root, err := issuance.VerifyChain(chain, s.Data[model.CAKey], r.Clock.Now()); err == nil {
-		r.roots.Learn(p.enabledKey, root)
+		r.roots.Learn(p.enabledKey, r.Clock.Now(), root)
 	}
 }

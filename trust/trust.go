@@ -36,32 +36,39 @@ type Store struct {
 	// retry is how long after a failure a backend's root is asked for again.
 	retry   time.Duration
 	mu      sync.Mutex
-	learned map[BackendKey][]*x509.Certificate
+	learned map[BackendKey]learnedRoots
 	failed  map[BackendKey]time.Time
+}
+
+// learnedRoots are a backend's roots, and when they were learned.
+type learnedRoots struct {
+	roots []*x509.Certificate
+	at    time.Time
 }
 
 // NewStore returns an empty Store that asks again for a root it failed to
 // learn once retry has passed.
 func NewStore(retry time.Duration) *Store {
-	return &Store{retry: retry, learned: map[BackendKey][]*x509.Certificate{}, failed: map[BackendKey]time.Time{}}
+	return &Store{retry: retry, learned: map[BackendKey]learnedRoots{}, failed: map[BackendKey]time.Time{}}
 }
 
-// Learn records a backend's roots, and reports whether they are news.
-func (s *Store) Learn(k BackendKey, roots ...*x509.Certificate) bool {
+// Learn records a backend's roots, learned at a time, and reports whether
+// they are news.
+func (s *Store) Learn(k BackendKey, at time.Time, roots ...*x509.Certificate) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.failed, k)
 	old, ok := s.learned[k]
-	s.learned[k] = roots
-	return !ok || !slices.EqualFunc(old, roots, (*x509.Certificate).Equal)
+	s.learned[k] = learnedRoots{roots: roots, at: at}
+	return !ok || !slices.EqualFunc(old.roots, roots, (*x509.Certificate).Equal)
 }
 
-// Roots returns what was learned of a backend.
-func (s *Store) Roots(k BackendKey) ([]*x509.Certificate, bool) {
+// Roots returns what was learned of a backend, and when.
+func (s *Store) Roots(k BackendKey) ([]*x509.Certificate, time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.learned[k]
-	return r, ok
+	return r.roots, r.at, ok
 }
 
 // KnowsAll tells whether the roots of all the keys are known.
@@ -163,7 +170,7 @@ func (s *Store) Of(mesh string, spec model.MeshSpec, env references.Env) Mesh {
 		case b.CertManager != nil:
 			k := CertManagerKey(mesh, b, nil)
 			m.Keys[k] = true
-			if roots, ok := s.Roots(k); ok {
+			if roots, _, ok := s.Roots(k); ok {
 				m.Roots = append(m.Roots, roots...)
 			} else if retryAt, failed := s.RetryAt(k); b.Name != spec.MTLS.EnabledBackend && (!failed || !env.Now.Before(retryAt)) {
 				m.Unknown = append(m.Unknown, b)
