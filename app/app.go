@@ -184,6 +184,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 				Clock:              clock.RealClock{},
 				SystemNamespace:    cfg.SystemNamespace,
 				Zone:               cfg.Zone,
+				KeyAlgorithm:       issuance.KeyAlgorithm(cfg.KeyAlgorithm),
 				RequestTimeout:     cfg.RequestTimeout,
 				Backoff:            issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
 				RequestAnnotations: cfg.CertificateRequestAnnotations,

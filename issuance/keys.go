@@ -7,9 +7,12 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/url"
+	"slices"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
+
+	"github.com/meshcert/meshcert/model"
 )
 
 // KeyAlgorithm is the kind of private key generated for a certificate, one
@@ -25,6 +28,16 @@ const (
 	RSA3072   KeyAlgorithm = "rsa-3072"
 	RSA4096   KeyAlgorithm = "rsa-4096"
 )
+
+// KeyAlgorithmFor is the algorithm of an object's certificates, and of the
+// probes of its issuer: its meshcert.io/key-algorithm annotation, else
+// fallback. An unknown value is the webhook's to reject; until then, fallback.
+func KeyAlgorithmFor(annotations map[string]string, fallback KeyAlgorithm) KeyAlgorithm {
+	if alg := annotations[model.KeyAlgorithmAnnotation]; slices.Contains(model.KeyAlgorithms, alg) {
+		return KeyAlgorithm(alg)
+	}
+	return fallback
+}
 
 // keySpec is how cert-manager names each algorithm and its size.
 var keySpec = map[KeyAlgorithm]cmapi.CertificatePrivateKey{

@@ -62,3 +62,23 @@ func TestCertificateRequestPEM(t *testing.T) {
 		t.Error("an unknown algorithm made a key")
 	}
 }
+
+func TestKeyAlgorithmFor(t *testing.T) {
+	tests := map[string]struct {
+		annotations map[string]string
+		want        KeyAlgorithm
+	}{
+		"no annotation":      {want: ECDSAP256},
+		"a known algorithm":  {annotations: map[string]string{model.KeyAlgorithmAnnotation: "rsa-3072"}, want: RSA3072},
+		"an unknown value":   {annotations: map[string]string{model.KeyAlgorithmAnnotation: "dsa-1024"}, want: ECDSAP256},
+		"other annotations":  {annotations: map[string]string{"meshcert.io/other": "ed25519"}, want: ECDSAP256},
+		"an empty algorithm": {annotations: map[string]string{model.KeyAlgorithmAnnotation: ""}, want: ECDSAP256},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := KeyAlgorithmFor(tc.annotations, ECDSAP256); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -63,7 +63,10 @@ type Options struct {
 	Clock           clock.PassiveClock
 	SystemNamespace string
 	// Zone is the .Zone of a trust domain without a kuma.io/zone label.
-	Zone           string
+	Zone string
+	// KeyAlgorithm is the probes' key, unless the identity's
+	// meshcert.io/key-algorithm annotation names another.
+	KeyAlgorithm   issuance.KeyAlgorithm
 	RequestTimeout time.Duration
 	Backoff        issuance.BackoffPolicy
 	// RequestAnnotations are added to every CertificateRequest.
@@ -134,7 +137,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		r.report(&mid, corev1.EventTypeWarning, "InvalidTrustDomain", "cannot render the trust domain: %v", err)
 		return ctrl.Result{}, nil
 	}
-	roots, wait, err := r.issuerRoots(ctx, &mid, mesh, conf, owner)
+	roots, wait, err := r.issuerRoots(ctx, &mid, mesh, td, conf, owner)
 	if err != nil || roots == nil {
 		return ctrl.Result{RequeueAfter: wait}, err
 	}
@@ -151,8 +154,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 // issuerRoots are the roots the identity's certificates chain to: its caCert,
 // or else the root of a probe certificate, learned once and again every
-// rootRefresh. nil roots mean not known yet; wait says when to look again.
-func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityResource, mesh string, conf model.CertManagerConf, owner string) ([]*x509.Certificate, time.Duration, error) {
+// rootRefresh. The probe asks for an identity in the trust domain td, so an
+// approval policy on the identity's trust domain covers it. nil roots mean not
+// known yet; wait says when to look again.
+func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityResource, mesh, td string, conf model.CertManagerConf, owner string) ([]*x509.Certificate, time.Duration, error) {
 	env := references.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
 	if ds := conf.CACert; ds != nil {
 		ca := references.ResolveCACert(mesh, *ds, env)
@@ -186,8 +191,8 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 	out, err := r.issuer.Step(ctx, issuance.Request{
 		Owner:        owner,
 		NamePrefix:   "probe.identity." + mid.Name,
-		URIs:         []*url.URL{{Scheme: "spiffe", Host: "meshcert-probe", Path: "/" + mid.Name}},
-		KeyAlgorithm: issuance.ECDSAP256,
+		URIs:         []*url.URL{{Scheme: "spiffe", Host: td, Path: "/meshcert-probe"}},
+		KeyAlgorithm: issuance.KeyAlgorithmFor(mid.Annotations, r.KeyAlgorithm),
 		IssuerRef:    ref,
 		Duration:     time.Hour,
 		Timeout:      r.RequestTimeout,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -93,18 +92,14 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *model.DataplaneResource) 
 		return nil, nil, nil
 	}
 	p := &plan{
-		dataplane: types.NamespacedName{Namespace: dp.Namespace, Name: dp.Name},
-		mesh:      &mesh,
-		spec:      spec,
-		backend:   backend.Name,
-		issuerRef: defaults.IssuerRef(backend.CertManager.IssuerRef),
-		duration:  backend.DpCert.Lifetime(),
-		timeout:   backend.DpCert.RequestTimeoutOr(r.RequestTimeout),
-		// An unknown annotation is the webhook's to reject; until then, the default.
-		keyAlgorithm: r.KeyAlgorithm,
-	}
-	if alg := mesh.Annotations[model.KeyAlgorithmAnnotation]; slices.Contains(model.KeyAlgorithms, alg) {
-		p.keyAlgorithm = issuance.KeyAlgorithm(alg)
+		dataplane:    types.NamespacedName{Namespace: dp.Namespace, Name: dp.Name},
+		mesh:         &mesh,
+		spec:         spec,
+		backend:      backend.Name,
+		issuerRef:    defaults.IssuerRef(backend.CertManager.IssuerRef),
+		duration:     backend.DpCert.Lifetime(),
+		timeout:      backend.DpCert.RequestTimeoutOr(r.RequestTimeout),
+		keyAlgorithm: issuance.KeyAlgorithmFor(mesh.Annotations, r.KeyAlgorithm),
 	}
 	backendProblem := func(reason, format string, args ...any) (*plan, *problem, error) {
 		return nil, &problem{onMesh: true, retry: true, reason: reason, message: fmt.Sprintf("backend %q: ", backend.Name) + fmt.Sprintf(format, args...)}, nil

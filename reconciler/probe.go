@@ -106,7 +106,9 @@ func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b mode
 		Owner:        probeOwnerOf(mesh.Name, b.Name),
 		NamePrefix:   "probe." + mesh.Name + "." + b.Name,
 		URIs:         []*url.URL{{Scheme: "spiffe", Host: mesh.Name, Path: "/meshcert-probe"}},
-		KeyAlgorithm: issuance.ECDSAP256,
+		// The mesh's own algorithm, so that a policy that admits its
+		// certificates admits its probes.
+		KeyAlgorithm: issuance.KeyAlgorithmFor(mesh.Annotations, r.KeyAlgorithm),
 		IssuerRef:    defaults.IssuerRef(b.CertManager.IssuerRef),
 		Duration:     probeDuration,
 		Timeout:      b.DpCert.RequestTimeoutOr(r.RequestTimeout),
