@@ -19,6 +19,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 .PHONY: test
 test: vet ## Everything: unit, chart, end-to-end against a real API server, and a fuzz smoke run.
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
+	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" \
 	  $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Builds the test cluster's binaries (kube-apiserver, etcd) and helm from the Go
-# module proxy, because no release binaries can be downloaded here. Each binary is
+# Builds the test cluster's binaries (kube-apiserver, etcd, approver-policy) and
+# helm from the Go module proxy, because no release binaries can be downloaded here. Each binary is
 # cached outside the checkout, keyed by version, so only the first run pays for it.
 #
-# Usage: hack/cluster-bins.sh assets|helm
-#   assets  prints a KUBEBUILDER_ASSETS folder holding kube-apiserver, etcd and kubectl
-#   helm    prints the path of the helm binary
+# Usage: hack/cluster-bins.sh assets|helm|approver-policy
+#   assets           prints a KUBEBUILDER_ASSETS folder holding kube-apiserver, etcd and kubectl
+#   helm             prints the path of the helm binary
+#   approver-policy  prints a folder holding approver-policy's controller binary and its CRD
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.37.0}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+APPROVER_POLICY_VERSION="${APPROVER_POLICY_VERSION:-v0.28.0}"
 CACHE="${MESHCERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshcert}"
 KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
 
@@ -90,6 +92,21 @@ helm() {
      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
 }
 
+# approver-policy keeps its controllers in internal packages, so the tests run
+# its own main, next to the CRD of the same release.
+approver_policy() {
+  local bin dir moddir
+  bin=$(build approver-policy "$APPROVER_POLICY_VERSION" "$APPROVER_POLICY_VERSION" \
+    github.com/cert-manager/approver-policy/cmd github.com/cert-manager/approver-policy "")
+  dir=$(dirname "$bin")
+  if [[ ! -f "$dir/crds/certificaterequestpolicies.yaml" ]]; then
+    moddir=$(cd "$CACHE"; go mod download -json "github.com/cert-manager/approver-policy@$APPROVER_POLICY_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+    mkdir -p "$dir/crds"
+    cp "$moddir/deploy/crds/policy.cert-manager.io_certificaterequestpolicies.yaml" "$dir/crds/certificaterequestpolicies.yaml"
+  fi
+  echo "$dir"
+}
+
 assets() {
   if [[ -z "$KUBECTL" ]]; then
     log "kubectl is not on PATH; install it (the README lists it as a prerequisite)"
@@ -113,5 +130,6 @@ flock 9
 case "${1:-}" in
   assets) assets ;;
   helm) helm ;;
-  *) echo "usage: $0 assets|helm" >&2; exit 2 ;;
+  approver-policy) approver_policy ;;
+  *) echo "usage: $0 assets|helm|approver-policy" >&2; exit 2 ;;
 esac

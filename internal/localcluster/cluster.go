@@ -307,11 +307,21 @@ func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 
 // CertManagerCRDDir finds deploy/crds in the cert-manager module this build uses.
 func CertManagerCRDDir() (string, error) {
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager").Output()
+	dir, err := ModuleDir("github.com/cert-manager/cert-manager")
 	if err != nil {
-		return "", fmt.Errorf("locating the cert-manager module for its CRDs (run from the meshcert checkout): %w", err)
+		return "", err
 	}
-	return filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds"), nil
+	return filepath.Join(dir, "deploy", "crds"), nil
+}
+
+// ModuleDir is the folder of the module path at the version this build uses,
+// where its CRDs and other files are.
+func ModuleDir(path string) (string, error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", path).Output()
+	if err != nil {
+		return "", fmt.Errorf("locating the module %s for its files (run from the meshcert checkout): %w", path, err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // killProcessesUsing SIGKILLs the processes whose command line names dir,

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,12 +40,11 @@ func MeshcertBinary() (string, error) {
 	return binary, buildErr
 }
 
-// Process is meshcert running as a process of its own, so that it can be
-// killed like a crashing pod.
+// Process is a binary running against the cluster as a process of its own,
+// so that it can be killed like a crashing pod.
 type Process struct {
 	cmd    *exec.Cmd
 	logs   *os.File
-	probe  string
 	exited chan struct{}
 	err    error
 }
@@ -60,12 +60,21 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 	if err != nil {
 		return nil, err
 	}
+	probe := fmt.Sprintf("127.0.0.1:%d", port)
+	return StartBinary(bin, logPath, "http://"+probe+"/readyz",
+		append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", probe}, args...)...)
+}
+
+// StartBinary runs bin with args, its output appended to logPath, and waits
+// up to a minute for readyURL to answer 200.
+func StartBinary(bin, logPath, readyURL string, args ...string) (*Process, error) {
+	name := filepath.Base(bin)
 	logs, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	p := &Process{logs: logs, probe: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", p.probe}, args...)...)
+	p := &Process{logs: logs, exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logs, logs
 	// Die with the test, even when it is killed before its cleanup runs.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -82,10 +91,10 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 	for {
 		select {
 		case <-p.exited:
-			return nil, fmt.Errorf("meshcert exited before it was ready: %v; see %s", p.err, logPath)
+			return nil, fmt.Errorf("%s exited before it was ready: %v; its last lines:\n%s", name, p.err, lastLines(Logs(logPath), 20))
 		default:
 		}
-		if resp, err := http.Get("http://" + p.probe + "/readyz"); err == nil {
+		if resp, err := http.Get(readyURL); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return p, nil
@@ -93,7 +102,7 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 		}
 		if time.Now().After(deadline) {
 			p.Kill()
-			return nil, fmt.Errorf("meshcert was not ready within a minute; see %s", logPath)
+			return nil, fmt.Errorf("%s was not ready within a minute; see %s", name, logPath)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -123,6 +132,12 @@ func (p *Process) Exited() bool {
 	default:
 		return false
 	}
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // Logs reads the process's log file.

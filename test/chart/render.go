@@ -30,12 +30,15 @@ func Dir() string {
 
 // Render runs helm template for release meshcert in Namespace, with extra
 // arguments.
-func Render(args ...string) (Manifests, error) {
+func Render(args ...string) (Manifests, error) { return RenderRelease("meshcert", args...) }
+
+// RenderRelease runs helm template for a release of that name in Namespace.
+func RenderRelease(release string, args ...string) (Manifests, error) {
 	helm := os.Getenv("HELM")
 	if helm == "" {
 		return nil, errors.New("HELM is not set: run `make test`, or export HELM=$(hack/cluster-bins.sh helm)")
 	}
-	cmd := exec.Command(helm, append([]string{"template", "meshcert", Dir(), "--namespace", Namespace}, args...)...)
+	cmd := exec.Command(helm, append([]string{"template", release, Dir(), "--namespace", Namespace}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -98,8 +98,14 @@ func TestChartInstallsAndItsRBACIsEnough(t *testing.T) {
 // allowed asks the API server whether the chart's ServiceAccount may do it.
 func allowed(t *testing.T, attrs authorizationv1.ResourceAttributes) bool {
 	t.Helper()
+	return allowedAs(t, chartServiceAccount, attrs)
+}
+
+// allowedAs asks the API server whether user may do it.
+func allowedAs(t *testing.T, user string, attrs authorizationv1.ResourceAttributes) bool {
+	t.Helper()
 	cfg := rest.CopyConfig(testEnv.cluster.Config)
-	cfg.Impersonate.UserName = chartServiceAccount
+	cfg.Impersonate.UserName = user
 	c, err := client.New(cfg, client.Options{Scheme: app.Scheme()})
 	if err != nil {
 		t.Fatal(err)

@@ -50,8 +50,12 @@ func startSigner() error {
 const externalGroup = "external.test.meshcert.io"
 
 // approveAllButDenied is the approval policy of the tests: it denies the
-// requests for the denied-ca Issuer, as approver-policy would.
+// requests for the denied-ca Issuer, as approver-policy would, and leaves
+// those for the policy-ca Issuer to approver-policy itself.
 func approveAllButDenied(cr *cmapi.CertificateRequest) harness.Decision {
+	if cr.Spec.IssuerRef.Name == policyIssuer {
+		return harness.Decision{Abstain: true}
+	}
 	if cr.Spec.IssuerRef.Name == "denied-ca" {
 		return harness.Decision{Message: "no policy allows requests for denied-ca"}
 	}
@@ -94,6 +98,11 @@ func run(m *testing.M) (int, error) {
 	}
 	defer func() { testEnv.signer.Stop() }()
 	if err := setup(ctx, c); err != nil {
+		return 0, err
+	}
+	requesterCtx, stopRequester := context.WithCancel(ctx)
+	defer stopRequester()
+	if err := harness.StartRequesterIdentity(requesterCtx, c); err != nil {
 		return 0, err
 	}
 	testEnv.hooks = &harness.CertificateRequestHooks{Policy: approveAllButDenied, ExternalGroup: externalGroup, ExternalCA: testEnv.other}

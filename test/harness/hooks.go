@@ -1,7 +1,7 @@
 // Package harness holds what the end-to-end tests put around meshcert and
-// cert-manager to control them: an approval policy and an external issuer
-// for CertificateRequests, and a TCP load balancer in front of webhook
-// replicas.
+// cert-manager: an approval policy and an external issuer they control,
+// approver-policy and trust-manager as users run them, and a TCP load
+// balancer in front of webhook replicas.
 package harness
 
 import (
@@ -23,6 +23,8 @@ import (
 // Decision is an approval policy's answer for one CertificateRequest.
 type Decision struct {
 	Approve bool
+	// Abstain leaves the request to another approver, such as approver-policy.
+	Abstain bool
 	Message string
 }
 
@@ -112,9 +114,12 @@ func (h *CertificateRequestHooks) handle(ctx context.Context, cr *cmapi.Certific
 	decided := apiutil.CertificateRequestIsApproved(cr) || apiutil.CertificateRequestIsDenied(cr)
 	if policy := h.policy(); !decided && policy != nil {
 		d := policy(cr)
-		if d.Approve {
+		switch {
+		case d.Abstain:
+			return nil
+		case d.Approve:
 			apiutil.SetCertificateRequestCondition(cr, cmapi.CertificateRequestConditionApproved, cmmeta.ConditionTrue, "policy.test", d.Message)
-		} else {
+		default:
 			apiutil.SetCertificateRequestCondition(cr, cmapi.CertificateRequestConditionDenied, cmmeta.ConditionTrue, "policy.test", d.Message)
 		}
 		_, err := h.client.CertmanagerV1().CertificateRequests(cr.Namespace).UpdateStatus(ctx, cr, metav1.UpdateOptions{})

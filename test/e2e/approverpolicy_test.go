@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	apiutil "github.com/cert-manager/cert-manager/pkg/api/util"
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/test/chart"
+	"github.com/meshcert/meshcert/test/harness"
+)
+
+func tailOf(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// policyIssuer is the Issuer whose requests only approver-policy decides:
+// the test's own approval hooks abstain on them.
+const policyIssuer = "policy-ca"
+
+// TestApproverPolicyAdmitsExactlyMeshcertsRequests runs approver-policy's own
+// controller, applies the policies and RBAC the chart renders with
+// approverPolicy.enabled, and runs meshcert as the chart's ServiceAccount.
+// A dataplane of a mesh the policy names is issued; one of another mesh, and
+// one whose mesh asks for a key the policy does not allow, are denied by
+// approver-policy, and meshcert reports its message and backs off.
+func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
+	ctx := context.Background()
+	logPath := filepath.Join(t.TempDir(), "approver-policy.log")
+	proc, err := harness.StartApproverPolicy(testEnv.cluster, systemNamespace, logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		proc.Kill()
+		if t.Failed() {
+			t.Logf("approver-policy's last log lines:\n%s\nmeshcert's:\n%s", tailOf(localcluster.Logs(logPath), 40), testEnv.logs.tail(40))
+		}
+	})
+	if err := localcluster.CreateCAIssuers(ctx, testEnv.cluster.Client, []localcluster.CAIssuer{
+		{Name: policyIssuer, Namespace: systemNamespace, SecretName: "mesh-ca", SecretNamespace: systemNamespace, CA: testEnv.ca},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	const team, release = "policy-team", "policy"
+	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", team)})
+	manifests, err := chart.RenderRelease(release,
+		"--set", "dataplaneNamespaces={"+team+"}",
+		"--set", "approverPolicy.enabled=true",
+		"--set", "approverPolicy.issuers[0].name="+policyIssuer,
+		"--set", "approverPolicy.meshes={approved,rsa}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var policies []string
+	for _, obj := range manifests {
+		switch obj.GetKind() {
+		case "CertificateRequestPolicy":
+			policies = append(policies, obj.GetName())
+		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+		default:
+			continue // The Deployment and the rest are TestChartInstallsAndItsRBACIsEnough's.
+		}
+		if err := testEnv.cluster.Client.Patch(ctx, obj, client.Apply, client.FieldOwner("helm"), client.ForceOwnership); err != nil {
+			t.Fatalf("the API server refused %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		t.Cleanup(func() { _ = testEnv.cluster.Client.Delete(context.Background(), obj) })
+	}
+	if want := []string{"policy-meshcert-issuer-policy-ca-ecdsa-p256"}; strings.Join(policies, ",") != strings.Join(want, ",") {
+		t.Fatalf("the chart rendered policies %v, want %v", policies, want)
+	}
+	waitFor(t, 30*time.Second, "approver-policy to mark the policy Ready", func() bool {
+		out, _, err := kubectlIn(ctx, nil, "get", "certificaterequestpolicy", policies[0], "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		return err == nil && out == "True"
+	})
+
+	cfg, err := testEnv.cluster.MeshcertConfig(systemNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataplaneNamespaces = []string{team}
+	cfg.WebhookPort = freePort(t) // served, not registered: its caches must sync
+	cfg.KeepRequests = true
+	cfg.RequestTimeout = 5 * time.Second
+	cfg.BackoffInitial = 500 * time.Millisecond
+	cfg.BackoffMax = 4 * time.Second
+	serviceAccount := "system:serviceaccount:" + chart.Namespace + ":" + release + "-meshcert"
+	use := func(policy string) authorizationv1.ResourceAttributes {
+		return authorizationv1.ResourceAttributes{Verb: "use", Group: "policy.cert-manager.io", Resource: "certificaterequestpolicies", Name: policy, Namespace: systemNamespace}
+	}
+	if !allowedAs(t, serviceAccount, use(policies[0])) {
+		t.Errorf("meshcert's ServiceAccount may not use %s", policies[0])
+	}
+	if allowedAs(t, serviceAccount, use("another-teams-policy")) {
+		t.Error("meshcert's ServiceAccount may use any policy")
+	}
+	m, err := testEnv.cluster.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs, As: serviceAccount})
+	if err != nil {
+		t.Fatalf("meshcert did not start as the chart's ServiceAccount: %v\n%s", err, testEnv.logs.tail(30))
+	}
+	t.Cleanup(func() {
+		if err := m.Stop(); err != nil {
+			t.Error(err)
+		}
+		for _, crs := range [][]cmapi.CertificateRequest{listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: team})} {
+			for i := range crs {
+				_ = testEnv.cluster.Client.Delete(context.Background(), &crs[i])
+			}
+		}
+	})
+
+	rsaMesh := strings.Replace(certManagerMesh("rsa", "Issuer", policyIssuer, "", ""),
+		"  name: rsa\n", "  name: rsa\n  annotations:\n    meshcert.io/key-algorithm: rsa-2048\n", 1)
+	intruderRequests := requestTimes(t, client.MatchingLabels{model.DataplaneNamespaceLabel: team, model.DataplaneNameLabel: "intruders"})
+	for mesh, manifest := range map[string]string{
+		"approved":  certManagerMesh("approved", "Issuer", policyIssuer, "", ""),
+		"intruders": certManagerMesh("intruders", "Issuer", policyIssuer, "", ""),
+		"rsa":       rsaMesh,
+	} {
+		applyMesh(t, manifest)
+		deleteMeshAtEnd(t, mesh)
+		createObject(t, newDataplane(team, mesh, mesh, map[string]string{"kuma.io/service": "web"}))
+	}
+
+	t.Run("a mesh the policy names is issued under it", func(t *testing.T) {
+		s := waitSecret(t, team, "approved", 30*time.Second, nil)
+		assertValidSecret(t, s, []string{"spiffe://approved/web", "kuma://kuma.io/service/web"}, testEnv.ca.Cert)
+		crs := listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: team, model.DataplaneNameLabel: "approved"})
+		if len(crs) == 0 {
+			t.Fatal("no request kept")
+		}
+		cond := apiutil.GetCertificateRequestCondition(&crs[0], cmapi.CertificateRequestConditionApproved)
+		if want := `Approved by CertificateRequestPolicy: "` + policies[0] + `"`; cond == nil || cond.Reason != "policy.cert-manager.io" || cond.Message != want {
+			t.Errorf("Approved condition %+v, want approver-policy's with %q", cond, want)
+		}
+	})
+
+	denied := map[string]struct {
+		dataplane string
+		want      string
+	}{
+		"a mesh the policy does not name is denied": {
+			dataplane: "intruders",
+			want:      `spec.allowed.uris.validations[1]: Invalid value: "spiffe://intruders/web": a SPIFFE ID of a mesh or trust domain this policy names: approved, rsa`,
+		},
+		"a key the policy does not allow is denied": {
+			dataplane: "rsa",
+			want:      `spec.constraints.privateKey.algorithm: Invalid value: "RSA": ECDSA`,
+		},
+	}
+	for name, tc := range denied {
+		t.Run(name, func(t *testing.T) {
+			waitFor(t, 30*time.Second, "the Denied event", func() bool { return len(eventsFor(t, "Dataplane", tc.dataplane)["Denied"]) > 0 })
+			notes := eventsFor(t, "Dataplane", tc.dataplane)["Denied"]
+			if !strings.Contains(notes[0], "No policy approved this request: [") || !strings.Contains(notes[0], tc.want) {
+				t.Errorf("Denied event %q lacks approver-policy's message %q", notes[0], tc.want)
+			}
+			if s := secretOf(t, team, tc.dataplane); s != nil {
+				t.Error("a denied dataplane got a Secret")
+			}
+		})
+	}
+
+	t.Run("the denials read well in kubectl, and back off", func(t *testing.T) {
+		run := runKubectl(t, "get", "events", "-n", team, "--field-selector", "involvedObject.name=intruders,reason=Denied",
+			"-o", "custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.kind,MESSAGE:.message")
+		if run.exitCode != 0 {
+			t.Fatalf("kubectl get events:\n%s", run)
+		}
+		assertGolden(t, "denied-by-approver-policy", run)
+
+		// Backoff 0.5s doubling to 4s: tries at about 0, 0.5, 1.5, 3.5 and
+		// 7.5 seconds. A hot loop would make hundreds.
+		time.Sleep(8 * time.Second)
+		times := intruderRequests()
+		var gaps []time.Duration
+		for i := 1; i < len(times); i++ {
+			gaps = append(gaps, times[i].Sub(times[i-1]).Round(10*time.Millisecond))
+		}
+		t.Logf("%d requests for the denied dataplane, apart by %v", len(times), gaps)
+		if len(times) < 3 || len(times) > 8 {
+			t.Errorf("%d requests, want 3 to 8", len(times))
+		}
+		for i := 1; i < len(gaps); i++ {
+			if gaps[i] < gaps[i-1]-300*time.Millisecond {
+				t.Errorf("gaps %v shrink: the backoff is not exponential", gaps)
+			}
+		}
+	})
+}
