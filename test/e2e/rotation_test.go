@@ -11,12 +11,15 @@ import (
 	"time"
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/reconciler"
+	"github.com/meshcert/meshcert/test/harness"
 )
 
 // rotationMesh is a Mesh with certmanager backends named after their CA
@@ -32,13 +35,26 @@ func rotationMesh(name, enabled string, backends ...string) string {
 }
 
 // TestCARotation walks a mesh through the documented three-step CA rotation
-// with two independent CA Issuers, and checks that mTLS never breaks.
+// with two independent CA Issuers, and checks that mTLS never breaks: for
+// the dataplanes, and for clients outside the mesh that get the published
+// roots through trust-manager's own Bundle controller.
 func TestCARotation(t *testing.T) {
 	startReconciler(t, func(c *config.Config) {
 		c.SwitchWindow = 6 * time.Second
 		c.PublishTrustBundles = true
 	})
 	const ns, mesh, n = "ca-rotation", "ca-rotation", 6
+	const clients = "ca-rotation-clients"
+	trustCtx, stopTrustManager := context.WithCancel(context.Background())
+	t.Cleanup(stopTrustManager)
+	if err := harness.StartTrustManager(trustCtx, testEnv.cluster, systemNamespace, logr.Discard()); err != nil {
+		t.Fatal(err)
+	}
+	createObject(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: clients, Labels: map[string]string{"meshcert.io/trust": mesh}}})
+	if _, stderr, err := kubectlIn(context.Background(), nil, "apply", "-f", "trust-manager/bundle.yaml"); err != nil {
+		t.Fatalf("applying the Bundle: %v: %s", err, stderr)
+	}
+	t.Cleanup(func() { _, _, _ = kubectlIn(context.Background(), nil, "delete", "-f", "trust-manager/bundle.yaml") })
 	meshInNamespace(t, ns, mesh, rotationMesh(mesh, "ca-1", "ca-1"))
 	for i := range n {
 		createObject(t, newDataplane(ns, fmt.Sprintf("web-%d", i), mesh, map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}))
@@ -71,20 +87,40 @@ func TestCARotation(t *testing.T) {
 			return true
 		}
 	}
-	// The published roots, for clients outside the mesh, are exactly the dataplanes'.
+	// The roots in a ConfigMap's ca.crt are exactly want.
+	holds := func(key client.ObjectKey, label string, want ...*x509.Certificate) bool {
+		var cm corev1.ConfigMap
+		if err := testEnv.cluster.Client.Get(context.Background(), key, &cm); err != nil {
+			return false
+		}
+		roots, err := pki.DecodeX509CertificateSetBytes([]byte(cm.Data["ca.crt"]))
+		return err == nil && (label == "" || cm.Labels[label] == "true") && len(roots) == len(want) &&
+			!slices.ContainsFunc(want, func(w *x509.Certificate) bool { return !slices.ContainsFunc(roots, w.Equal) })
+	}
+	// The published roots, for clients outside the mesh, are exactly the
+	// dataplanes', in the system namespace and, through trust-manager, in
+	// the clients' namespace.
 	published := func(want ...*x509.Certificate) func() bool {
 		return func() bool {
-			var cm corev1.ConfigMap
-			if err := testEnv.cluster.Client.Get(context.Background(), client.ObjectKey{Namespace: systemNamespace, Name: reconciler.TrustBundleName(mesh)}, &cm); err != nil {
-				return false
-			}
-			roots, err := pki.DecodeX509CertificateSetBytes([]byte(cm.Data["ca.crt"]))
-			return err == nil && cm.Labels[reconciler.TrustBundleLabel] == "true" && len(roots) == len(want) &&
-				!slices.ContainsFunc(want, func(w *x509.Certificate) bool { return !slices.ContainsFunc(roots, w.Equal) })
+			return holds(client.ObjectKey{Namespace: systemNamespace, Name: reconciler.TrustBundleName(mesh)}, reconciler.TrustBundleLabel, want...)
 		}
+	}
+	distributed := func(want ...*x509.Certificate) func() bool {
+		return func() bool { return holds(client.ObjectKey{Namespace: clients, Name: "ca-rotation-roots"}, "", want...) }
+	}
+	logDistributed := func(when string) {
+		out, _, _ := kubectlIn(context.Background(), nil, "get", "configmap", "-n", clients, "ca-rotation-roots", "-o", `jsonpath={.data.ca\.crt}`)
+		roots, _ := pki.DecodeX509CertificateSetBytes([]byte(out))
+		var subjects []string
+		for _, r := range roots {
+			subjects = append(subjects, r.Subject.String())
+		}
+		t.Logf("%s: trust-manager's %s/ca-rotation-roots holds %v", when, clients, subjects)
 	}
 	waitFor(t, 30*time.Second, "every dataplane's certificate from ca-1", rootsAre(testEnv.ca.Cert))
 	waitFor(t, 10*time.Second, "ca-1's root published", published(testEnv.ca.Cert))
+	waitFor(t, 10*time.Second, "ca-1's root distributed by trust-manager", distributed(testEnv.ca.Cert))
+	logDistributed("before the rotation")
 	before := serials()
 	probes := countProbes(t, mesh)
 
@@ -92,6 +128,7 @@ func TestCARotation(t *testing.T) {
 		applyMesh(t, rotationMesh(mesh, "ca-1", "ca-1", "ca-2"))
 		waitFor(t, 30*time.Second, "both roots in every ca.crt", rootsAre(testEnv.ca.Cert, testEnv.other.Cert))
 		waitFor(t, 10*time.Second, "both roots published", published(testEnv.ca.Cert, testEnv.other.Cert))
+		waitFor(t, 10*time.Second, "both roots distributed by trust-manager", distributed(testEnv.ca.Cert, testEnv.other.Cert))
 		if got := serials(); !slices.Equal(got, before) {
 			t.Errorf("leaves were reissued: serials %v -> %v", before, got)
 		}
@@ -118,6 +155,10 @@ func TestCARotation(t *testing.T) {
 		if !published(testEnv.ca.Cert, testEnv.other.Cert)() {
 			t.Error("during the overlap, the published roots are not both")
 		}
+		if !distributed(testEnv.ca.Cert, testEnv.other.Cert)() {
+			t.Error("during the overlap, the roots trust-manager distributes are not both")
+		}
+		logDistributed("after the switch")
 		samples, failures := sampler.stop()
 		t.Logf("%d samples of all %d pairs during the switch", samples, n*(n-1)/2)
 		if samples < 5 {
@@ -153,6 +194,8 @@ func TestCARotation(t *testing.T) {
 		}
 		waitFor(t, 30*time.Second, "only ca-2's root in every ca.crt", rootsAre(testEnv.other.Cert))
 		waitFor(t, 10*time.Second, "only ca-2's root published", published(testEnv.other.Cert))
+		waitFor(t, 10*time.Second, "only ca-2's root distributed by trust-manager", distributed(testEnv.other.Cert))
+		logDistributed("after the rotation")
 		if got := serials(); !slices.Equal(got, switched) {
 			t.Errorf("leaves were reissued: serials %v -> %v", switched, got)
 		}
