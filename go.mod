@@ -3,6 +3,7 @@ module github.com/meshcert/meshcert
 go 1.26.0
 
 require (
+	github.com/cert-manager/approver-policy v0.28.0
 	github.com/cert-manager/cert-manager v1.21.2
 	github.com/cert-manager/trust-manager v0.25.0
 	github.com/evanphx/json-patch/v5 v5.9.11
@@ -68,7 +69,6 @@ require (
 	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
 	github.com/modern-go/reflect2 v1.0.3-0.20250322232337-35a7c28c31ee // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
-	github.com/onsi/ginkgo/v2 v2.32.2 // indirect
 	github.com/pavlo-v-chernykh/keystore-go/v4 v4.5.0 // indirect
 	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2 // indirect
 	github.com/prometheus/client_model v0.6.2 // indirect

@@ -408,6 +408,9 @@ func TestSchemaRejectsMistakes(t *testing.T) {
 		"bad duration":            {args: []string{"--set", "reconciler.requestTimeout=10 seconds"}, want: "/reconciler/requestTimeout'"},
 		"secret without caBundle": {args: []string{"--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=x"}, want: "/webhook/certificate/caBundle'"},
 		"grace period too short":  {args: []string{"--set", "terminationGracePeriodSeconds=5"}, want: "terminationGracePeriodSeconds must be longer than preStopSleepSeconds"},
+		"a policy for no issuer":  {args: []string{"--set", "approverPolicy.enabled=true"}, want: "approverPolicy.issuers: name at least one issuer that meshcert's requests may use"},
+		"a policy's unknown key":  {args: []string{"--set", "approverPolicy.keyAlgorithms={dsa}"}, want: "/approverPolicy/keyAlgorithms/0'"},
+		"an issuer without name":  {args: []string{"--set", "approverPolicy.issuers[0].kind=Issuer"}, want: "/approverPolicy/issuers/0'"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -106,7 +106,9 @@ func TestCARotation(t *testing.T) {
 		}
 	}
 	distributed := func(want ...*x509.Certificate) func() bool {
-		return func() bool { return holds(client.ObjectKey{Namespace: clients, Name: "ca-rotation-roots"}, "", want...) }
+		return func() bool {
+			return holds(client.ObjectKey{Namespace: clients, Name: "ca-rotation-roots"}, "", want...)
+		}
 	}
 	logDistributed := func(when string) {
 		out, _, _ := kubectlIn(context.Background(), nil, "get", "configmap", "-n", clients, "ca-rotation-roots", "-o", `jsonpath={.data.ca\.crt}`)
