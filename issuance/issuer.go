@@ -116,8 +116,10 @@ type Request struct {
 	// URIs are the certificate's URI SANs, in order.
 	URIs         []*url.URL
 	KeyAlgorithm KeyAlgorithm
-	IssuerRef    cmmeta.IssuerReference
-	Duration     time.Duration
+	// Usages are the certificate's key usages; nil means WorkloadUsages.
+	Usages    []cmapi.KeyUsage
+	IssuerRef cmmeta.IssuerReference
+	Duration  time.Duration
 	// Timeout bounds the wait for the request's outcome.
 	Timeout time.Duration
 	// Roots are the PEM roots the certificate must chain to; nil means the
@@ -271,7 +273,11 @@ func (i *Issuer) create(ctx context.Context, req Request, name string) (Outcome,
 	if err != nil {
 		return Outcome{}, err
 	}
-	csr, err := certificateRequestPEM(key, req.URIs)
+	usages := req.Usages
+	if usages == nil {
+		usages = WorkloadUsages
+	}
+	csr, err := certificateRequestPEM(key, req.URIs, usages)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("encoding the CSR: %w", err)
 	}

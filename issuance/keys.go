@@ -49,9 +49,19 @@ var keySpec = map[KeyAlgorithm]cmapi.CertificatePrivateKey{
 	RSA4096:   {Algorithm: cmapi.RSAKeyAlgorithm, Size: 4096},
 }
 
-// usages are the key usages of a workload certificate: it is both the server
-// and the client of mTLS.
-var usages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
+// WorkloadUsages are the key usages of a dataplane's certificate, as Kuma's
+// builtin CA gives them: it is both the server and the client of mTLS.
+var WorkloadUsages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
+
+// SVIDUsages are the key usages of an X509-SVID with a key of alg: digital
+// signature, server and client auth, and key encipherment only for RSA,
+// whose key can encipher.
+func SVIDUsages(alg KeyAlgorithm) []cmapi.KeyUsage {
+	if keySpec[alg].Algorithm == cmapi.RSAKeyAlgorithm {
+		return WorkloadUsages
+	}
+	return []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
+}
 
 // generateKey makes a private key in-process. It is never logged, and never
 // sent to the API server: only its CSR is.
@@ -72,7 +82,7 @@ func generateKey(alg KeyAlgorithm) (crypto.Signer, error) {
 
 // certificateRequestPEM encodes a CSR for the URI SANs, whose key usage
 // extensions match usages exactly, as cert-manager's webhook requires.
-func certificateRequestPEM(key crypto.Signer, uris []*url.URL) ([]byte, error) {
+func certificateRequestPEM(key crypto.Signer, uris []*url.URL, usages []cmapi.KeyUsage) ([]byte, error) {
 	spec := cmapi.CertificateSpec{Usages: usages, PrivateKey: keySpecOf(key)}
 	for _, u := range uris {
 		spec.URIs = append(spec.URIs, u.String())

@@ -1,8 +1,10 @@
 package issuance
 
 import (
+	"slices"
 	"testing"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 
 	"github.com/meshcert/meshcert/model"
@@ -18,7 +20,8 @@ func TestCertificateRequestPEM(t *testing.T) {
 				t.Fatal(err)
 			}
 			uris := testpki.URLs("spiffe://demo/web", "kuma://kuma.io/service/web")
-			csrPEM, err := certificateRequestPEM(key, uris)
+			usages := SVIDUsages(alg)
+			csrPEM, err := certificateRequestPEM(key, uris, usages)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,5 +83,19 @@ func TestKeyAlgorithmFor(t *testing.T) {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestSVIDUsages(t *testing.T) {
+	for alg, wantEncipherment := range map[KeyAlgorithm]bool{ECDSAP256: false, ECDSAP384: false, Ed25519: false, RSA2048: true, RSA3072: true, RSA4096: true} {
+		got := SVIDUsages(alg)
+		if slices.Contains(got, cmapi.UsageKeyEncipherment) != wantEncipherment {
+			t.Errorf("%s: usages %v; key encipherment wanted: %v", alg, got, wantEncipherment)
+		}
+		for _, u := range []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageServerAuth, cmapi.UsageClientAuth} {
+			if !slices.Contains(got, u) {
+				t.Errorf("%s: usages %v lack %s", alg, got, u)
+			}
+		}
 	}
 }
