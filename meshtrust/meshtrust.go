@@ -40,8 +40,6 @@ import (
 
 // Annotations on the MeshTrusts meshcert keeps.
 const (
-	// IdentityAnnotation names the MeshIdentity a MeshTrust is kept for.
-	IdentityAnnotation = "meshcert.io/mesh-identity"
 	// RetiringAnnotation lists the roots that left the issuer and are still
 	// trusted, each as its SHA-256 fingerprint and when it left.
 	RetiringAnnotation = "meshcert.io/retiring-roots"
@@ -198,7 +196,7 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 		Timeout:      r.RequestTimeout,
 		Revision:     version,
 		Labels:       map[string]string{model.ManagedMeshLabel: model.LabelValue(mesh)},
-		Annotations:  map[string]string{IdentityAnnotation: mid.Name},
+		Annotations:  map[string]string{model.MeshIdentityAnnotation: mid.Name},
 	}, func(context.Context, *issuance.Certificate) error { return nil })
 	switch {
 	case err != nil:
@@ -295,7 +293,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource,
 				model.MeshLabel:      mesh,
 				model.ManagedByLabel: model.ManagedByValue,
 			},
-			Annotations: map[string]string{IdentityAnnotation: mid.Name},
+			Annotations: map[string]string{model.MeshIdentityAnnotation: mid.Name},
 			OwnerReferences: []metav1.OwnerReference{{
 				APIVersion: model.GroupVersion.String(), Kind: "MeshIdentity", Name: mid.Name, UID: mid.UID, Controller: ptr.To(true),
 			}},
@@ -373,7 +371,7 @@ func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner
 	}
 	var mt model.MeshTrustResource
 	err := r.Client.Get(ctx, types.NamespacedName{Namespace: r.SystemNamespace, Name: key.Name}, &mt)
-	if apierrors.IsNotFound(err) || (err == nil && (mt.Labels[model.ManagedByLabel] != model.ManagedByValue || mt.Annotations[IdentityAnnotation] != key.Name)) {
+	if apierrors.IsNotFound(err) || (err == nil && (mt.Labels[model.ManagedByLabel] != model.ManagedByValue || mt.Annotations[model.MeshIdentityAnnotation] != key.Name)) {
 		return nil
 	}
 	if err != nil {

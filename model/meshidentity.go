@@ -31,6 +31,9 @@ const (
 	// MeshTrustAnnotation "Disabled" keeps meshcert from making a MeshTrust
 	// for the identity, as Kuma's meshTrustCreation does for its own.
 	MeshTrustAnnotation = "meshcert.io/mesh-trust"
+	// MeshIdentityAnnotation names, on what meshcert makes for a
+	// MeshIdentity (its MeshTrust, its CertificateRequests), that identity.
+	MeshIdentityAnnotation = "meshcert.io/mesh-identity"
 	// DurationAnnotation is the lifetime of the identity's certificates, a
 	// Go duration such as 24h.
 	DurationAnnotation = "meshcert.io/duration"

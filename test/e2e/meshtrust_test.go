@@ -11,7 +11,6 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/meshtrust"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -134,7 +133,7 @@ func TestMeshTrustOfKongMeshIdentities(t *testing.T) {
 		t.Error("meshcert made a MeshTrust that Kong Mesh makes")
 	}
 	foreign := meshTrustOf(t, "taken")
-	if foreign.Spec.TrustDomain != "someone-else.example.com" || foreign.Labels[model.ManagedByLabel] != "" || foreign.Annotations[meshtrust.IdentityAnnotation] != "" {
+	if foreign.Spec.TrustDomain != "someone-else.example.com" || foreign.Labels[model.ManagedByLabel] != "" || foreign.Annotations[model.MeshIdentityAnnotation] != "" {
 		t.Errorf("the foreign MeshTrust was touched: %+v", foreign)
 	}
 }

@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/meshcert/meshcert/issuance"
+	"github.com/meshcert/meshcert/model"
+)
+
+// NodeLabel marks the CertificateRequests of one node's agent, so that each
+// agent caches its own only.
+const NodeLabel = "meshcert.io/agent-node"
+
+// SVID is an identity's current certificate, as it is served.
+type SVID struct {
+	Identity *Identity
+	Cert     *issuance.Certificate
+	KeyPEM   []byte
+}
+
+// idleGrace is how long an identity's certificate outlives its last
+// connection, so that a reconnecting workload gets it at once.
+const idleGrace = time.Minute
+
+// SVIDs keeps one certificate per identity on the node, shared by every
+// connection of that identity: issued through the issuance package while
+// some connection wants it, renewed at 4/5 of its lifetime, and dropped a
+// while after the last connection ends.
+type SVIDs struct {
+	issuer   *issuance.Issuer
+	node     string
+	recorder events.EventRecorder
+	clock    clock.PassiveClock
+	timeout  time.Duration
+	bundles  *Bundles
+	changed  *Notifier
+	wake     chan event.TypedGenericEvent[string]
+
+	mu  sync.Mutex
+	ids map[string]*wanted
+}
+
+type wanted struct {
+	identity  *Identity
+	users     int
+	idleSince time.Time
+	svid      *SVID
+}
+
+// SVIDOptions configure SVIDs.
+type SVIDOptions struct {
+	Client          client.Client
+	SystemNamespace string
+	Node            string
+	Recorder        events.EventRecorder
+	Clock           clock.PassiveClock
+	RequestTimeout  time.Duration
+	MaxInFlight     int
+	Backoff         issuance.BackoffPolicy
+	Annotations     map[string]string
+	Bundles         *Bundles
+	Changed         *Notifier
+}
+
+// NewSVIDs returns SVIDs.
+func NewSVIDs(o SVIDOptions) *SVIDs {
+	s := &SVIDs{
+		node: o.Node, recorder: o.Recorder, clock: o.Clock, timeout: o.RequestTimeout,
+		bundles: o.Bundles, changed: o.Changed,
+		wake: make(chan event.TypedGenericEvent[string], 1024),
+		ids:  map[string]*wanted{},
+	}
+	s.issuer = issuance.New(issuance.Options{
+		Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, MaxInFlight: o.MaxInFlight,
+		Backoff: issuance.NewBackoff(o.Backoff), Annotations: o.Annotations,
+		OnTurn: func(owner string) { s.enqueue(strings.TrimPrefix(owner, s.ownerPrefix())) },
+	})
+	return s
+}
+
+func (s *SVIDs) ownerPrefix() string { return "Agent:" + s.node + "/" }
+
+func (s *SVIDs) enqueue(id string) {
+	select {
+	case s.wake <- event.TypedGenericEvent[string]{Object: id}:
+	default:
+		// Full: the reconciler is behind, and will see every wanted identity
+		// on its periodic pass.
+		go func() { s.wake <- event.TypedGenericEvent[string]{Object: id} }()
+	}
+}
+
+// Want registers a connection's interest in an identity until release is
+// called; its certificate is issued if there is none yet.
+func (s *SVIDs) Want(id *Identity) (release func()) {
+	s.mu.Lock()
+	w := s.ids[id.SpiffeID]
+	if w == nil {
+		w = &wanted{}
+		s.ids[id.SpiffeID] = w
+	}
+	w.identity = id
+	w.users++
+	s.mu.Unlock()
+	s.enqueue(id.SpiffeID)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			w.users--
+			if w.users == 0 {
+				w.idleSince = s.clock.Now()
+			}
+			s.mu.Unlock()
+			s.enqueue(id.SpiffeID)
+		})
+	}
+}
+
+// Get returns the identity's current certificate, or nil.
+func (s *SVIDs) Get(spiffeID string) *SVID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.ids[spiffeID]; w != nil {
+		return w.svid
+	}
+	return nil
+}
+
+// Count is the number of identities held, for metrics and tests.
+func (s *SVIDs) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.ids)
+}
+
+// SetupWithManager runs the identities' issuance as a controller, woken by
+// Want, by renewals and by the watch on the node's CertificateRequests.
+func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("agent-svids").
+		WatchesRawSource(source.TypedChannel(s.wake, handler.TypedEnqueueRequestsFromMapFunc(func(_ context.Context, id string) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
+		}))).
+		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			id, ok := strings.CutPrefix(o.GetAnnotations()[issuance.OwnerAnnotation], s.ownerPrefix())
+			if !ok {
+				return nil
+			}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
+		})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
+		Complete(s)
+}
+
+// Reconcile brings one identity's certificate in line: issue it, renew it,
+// or, once nobody wants it, drop it.
+func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	spiffeID := req.Name
+	owner := s.ownerPrefix() + spiffeID
+	now := s.clock.Now()
+	s.mu.Lock()
+	w := s.ids[spiffeID]
+	var id *Identity
+	var current *SVID
+	idleFor := time.Duration(-1)
+	if w != nil {
+		id, current = w.identity, w.svid
+		if w.users == 0 {
+			idleFor = now.Sub(w.idleSince)
+		}
+	}
+	if w != nil && idleFor >= idleGrace {
+		delete(s.ids, spiffeID)
+		w = nil
+	}
+	s.mu.Unlock()
+	if w == nil {
+		return ctrl.Result{}, s.issuer.Cleanup(ctx, owner)
+	}
+	dropIn := time.Duration(0)
+	if idleFor >= 0 {
+		dropIn = idleGrace - idleFor
+	}
+
+	if current != nil {
+		if renewAt := issuance.RenewalTime(current.Cert.Leaf(), s.node+spiffeID); now.Before(renewAt) {
+			return ctrl.Result{RequeueAfter: soonest(renewAt.Sub(now), dropIn)}, nil
+		}
+	}
+	var replaces string
+	if current != nil {
+		replaces = current.Cert.Leaf().SerialNumber.String()
+	}
+	uri, err := url.Parse(spiffeID)
+	if err != nil {
+		return ctrl.Result{}, nil // Rendered by model, so never; nothing to retry.
+	}
+	out, err := s.issuer.Step(ctx, issuance.Request{
+		Owner:        owner,
+		NamePrefix:   "agent." + s.node,
+		URIs:         []*url.URL{uri},
+		KeyAlgorithm: id.KeyAlgorithm,
+		Usages:       issuance.SVIDUsages(id.KeyAlgorithm),
+		IssuerRef:    id.IssuerRef,
+		Duration:     id.Duration,
+		Timeout:      s.timeout,
+		Roots:        s.bundles.RootsPEM(id.Mesh, id.TrustDomain),
+		Replaces:     replaces,
+		Labels:       map[string]string{NodeLabel: model.LabelValue(s.node), model.ManagedMeshLabel: model.LabelValue(id.Mesh)},
+		Annotations:  map[string]string{model.MeshIdentityAnnotation: id.MeshIdentity.Name},
+	}, func(_ context.Context, c *issuance.Certificate) error {
+		key, err := c.KeyPEM()
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if w := s.ids[spiffeID]; w != nil {
+			w.svid = &SVID{Identity: id, Cert: c, KeyPEM: key}
+		}
+		s.mu.Unlock()
+		s.changed.Notify()
+		return nil
+	})
+	switch {
+	case err != nil:
+		return ctrl.Result{}, err
+	case out.Certificate != nil:
+		logf.FromContext(ctx).V(1).Info("Issued an identity", "spiffeID", spiffeID, "notAfter", out.Certificate.Leaf().NotAfter)
+		renewAt := issuance.RenewalTime(out.Certificate.Leaf(), s.node+spiffeID)
+		return ctrl.Result{RequeueAfter: soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
+	case out.Failure != nil:
+		s.report(ctx, id, out.Failure, out.RetryAfter)
+	}
+	return ctrl.Result{RequeueAfter: soonest(out.RetryAfter, dropIn)}, nil
+}
+
+// report tells of a failed issuance on the MeshIdentity and on the
+// workload, with cert-manager's message.
+func (s *SVIDs) report(ctx context.Context, id *Identity, f *issuance.Failure, retryIn time.Duration) {
+	note := fmt.Sprintf("%s: %s; retrying in %s", id.SpiffeID, f.Message, retryIn)
+	mid := &model.MeshIdentityResource{}
+	mid.Namespace, mid.Name = id.MeshIdentity.Namespace, id.MeshIdentity.Name
+	mid.APIVersion, mid.Kind = model.GroupVersion.String(), "MeshIdentity"
+	if id.Workload != nil {
+		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
+	}
+	s.recorder.Eventf(mid, id.Workload, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
+	logf.FromContext(ctx).Info("Issuance failed", "spiffeID", id.SpiffeID, "reason", f.Reason, "message", f.Message, "retryIn", retryIn)
+}
+
+// soonest is the smaller positive wait.
+func soonest(a, b time.Duration) time.Duration {
+	switch {
+	case a <= 0:
+		return b
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// Notifier wakes every waiter when anything served changes: each stream
+// then works out whether its own answer did.
+type Notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// NewNotifier returns a Notifier.
+func NewNotifier() *Notifier { return &Notifier{ch: make(chan struct{})} }
+
+// C is closed at the next change.
+func (n *Notifier) C() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ch
+}
+
+// Notify wakes the waiters.
+func (n *Notifier) Notify() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	close(n.ch)
+	n.ch = make(chan struct{})
+}

@@ -1,0 +1,143 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/meshcert/meshcert/model"
+)
+
+// The attestors of the node agent.
+const (
+	AttestorKubernetes = "kubernetes"
+	AttestorUnix       = "unix"
+)
+
+// AgentConfig is the node agent's configuration (meshcert agent). Config
+// holds what it shares with the controller: the cluster, the issuance, the
+// logs and the endpoints.
+type AgentConfig struct {
+	Config
+	// NodeName is the node the agent serves: its pods, its requests.
+	NodeName string
+	// Socket is the Unix socket of SDS and the Workload API.
+	Socket string
+	// Attestor tells who a caller is: kubernetes (its pod) or unix (its
+	// user, for VMs and a local run).
+	Attestor string
+	// ProcRoot is the proc filesystem the caller's process is read from.
+	ProcRoot string
+}
+
+// DefaultAgentSocket is where the agent serves: the file name is the one
+// Kuma's injector expects (spire.socketFileName, "socket").
+const DefaultAgentSocket = "/run/meshcert/sockets/socket"
+
+// ParseAgent reads the agent's configuration from args (after "agent") and
+// the environment, as Parse does.
+func ParseAgent(args []string, getenv func(string) string, output io.Writer) (AgentConfig, error) {
+	var c AgentConfig
+	fs := flag.NewFlagSet("meshcert agent", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.")
+	fs.StringVar(&c.SystemNamespace, "system-namespace", "kong-mesh-system", "The mesh's system namespace: where MeshIdentities, MeshTrusts and CertificateRequests live (kuma-system for Kuma).")
+	fs.StringVar(&c.Zone, "zone", "default", "The control plane's zone: the .Zone of a trust domain when the Dataplane has no kuma.io/zone label.")
+	fs.StringVar(&c.NodeName, "node-name", "", "The node this agent serves (in a DaemonSet, from spec.nodeName). Required.")
+	fs.StringVar(&c.Socket, "socket", DefaultAgentSocket, "Unix socket of Envoy's SDS and the SPIFFE Workload API.")
+	fs.StringVar(&c.Attestor, "attestor", AttestorKubernetes, "How a caller is known: kubernetes (its pod, from its cgroup) or unix (its user, matched to the Dataplane annotated meshcert.io/unix-uid; for VMs and a local run).")
+	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "The proc filesystem of the node's processes (the agent runs with hostPID).")
+	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+".")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
+	fs.IntVar(&c.Workers, "workers", 10, "Identities issued in parallel.")
+	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 100, "CertificateRequests this agent keeps open at once; more identities wait their turn. 0 is no limit.")
+	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
+	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
+	var requestAnnotations string
+	fs.StringVar(&requestAnnotations, "certificate-request-annotations", "", "Annotations added to every CertificateRequest, as key=value pairs separated by commas.")
+	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", -1, "Client-side limit of API requests per second; -1 leaves rate limiting to the API server's priority and fairness.")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 0, "Burst of the client-side limit, when --kube-api-qps is positive. Default: twice the QPS.")
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", "0", "Address of the Prometheus metrics endpoint; 0 (the default) turns it off.")
+	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8082", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
+	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
+	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every identity, 2 and up more detail.")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q: meshcert agent takes only flags", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return c, err
+	}
+	return c, errors.Join(c.setRequestAnnotations(requestAnnotations), c.validateAgent())
+}
+
+func (c AgentConfig) validateAgent() error {
+	var errs []error
+	bad := func(flagName string, value any, why string) {
+		errs = append(errs, fmt.Errorf("invalid --%s %q: %s", flagName, fmt.Sprint(value), why))
+	}
+	if c.NodeName == "" {
+		errs = append(errs, fmt.Errorf("--node-name is required (or %s): the node whose workloads this agent serves", EnvVar("node-name")))
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(c.NodeName) {
+		if c.NodeName != "" {
+			bad("node-name", c.NodeName, msg)
+		}
+	}
+	for _, msg := range validation.IsDNS1123Label(c.Zone) {
+		bad("zone", c.Zone, msg)
+	}
+	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
+		bad("system-namespace", c.SystemNamespace, msg)
+	}
+	if !filepath.IsAbs(c.Socket) {
+		bad("socket", c.Socket, "must be an absolute path")
+	}
+	if !filepath.IsAbs(c.ProcRoot) {
+		bad("proc-root", c.ProcRoot, "must be an absolute path")
+	}
+	if c.Attestor != AttestorKubernetes && c.Attestor != AttestorUnix {
+		bad("attestor", c.Attestor, "must be kubernetes or unix")
+	}
+	if !slices.Contains(model.KeyAlgorithms, c.KeyAlgorithm) {
+		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(model.KeyAlgorithms, ", "))
+	}
+	for _, d := range []struct {
+		flag  string
+		value time.Duration
+	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}} {
+		if d.value <= 0 {
+			bad(d.flag, d.value, "must be positive")
+		}
+	}
+	if c.BackoffMax < c.BackoffInitial {
+		bad("backoff-max", c.BackoffMax, "must not be shorter than --backoff-initial")
+	}
+	if c.Workers < 1 {
+		bad("workers", c.Workers, "must be at least 1")
+	}
+	if c.MaxInFlight < 0 {
+		bad("max-requests-in-flight", c.MaxInFlight, "must not be negative; 0 is no limit")
+	}
+	if c.KubeAPIQPS == 0 || c.KubeAPIQPS < -1 {
+		bad("kube-api-qps", c.KubeAPIQPS, "must be positive, or -1 for no client-side limit")
+	}
+	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}} {
+		if err := validateBindAddress(a.value); err != nil {
+			bad(a.flag, a.value, err.Error())
+		}
+	}
+	if c.LogLevel < 0 {
+		bad("log-level", c.LogLevel, "must not be negative")
+	}
+	return errors.Join(errs...)
+}
