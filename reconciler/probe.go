@@ -103,9 +103,9 @@ func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b mode
 	log := logf.FromContext(ctx).WithValues("backend", b.Name)
 	key := trust.CertManagerKey(mesh.Name, b, nil)
 	req := issuance.Request{
-		Owner:        probeOwnerOf(mesh.Name, b.Name),
-		NamePrefix:   "probe." + mesh.Name + "." + b.Name,
-		URIs:         []*url.URL{{Scheme: "spiffe", Host: mesh.Name, Path: "/meshcert-probe"}},
+		Owner:      probeOwnerOf(mesh.Name, b.Name),
+		NamePrefix: "probe." + mesh.Name + "." + b.Name,
+		URIs:       []*url.URL{{Scheme: "spiffe", Host: mesh.Name, Path: "/meshcert-probe"}},
 		// The mesh's own algorithm, so that a policy that admits its
 		// certificates admits its probes.
 		KeyAlgorithm: issuance.KeyAlgorithmFor(mesh.Annotations, r.KeyAlgorithm),
