@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,18 +28,21 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/test/chart"
 )
 
 const agentNode = "node-a"
 
 // startAgent runs a node agent for agentNode in this process, with the
-// attestor and proc root given, and returns its socket.
+// attestor and proc root given, as the chart's agent ServiceAccount under
+// exactly the chart's RBAC, and returns its socket.
 func startAgent(t *testing.T, attestor, procRoot string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "agent") // Short: a socket path has at most 108 bytes.
@@ -54,7 +58,9 @@ func startAgent(t *testing.T, attestor, procRoot string) string {
 	cfg.KubeAPIQPS, cfg.MetricsAddr, cfg.ProbeAddr = -1, "0", "0"
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- app.RunAgent(ctx, cfg, testEnv.cluster.Config) }()
+	as := rest.CopyConfig(testEnv.cluster.Config)
+	as.Impersonate.UserName = applyAgentRBAC(t, attestor)
+	go func() { done <- app.RunAgent(ctx, cfg, as) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -66,6 +72,27 @@ func startAgent(t *testing.T, attestor, procRoot string) string {
 		return err == nil
 	})
 	return socket
+}
+
+// applyAgentRBAC applies the chart's ServiceAccount and RBAC of the agent,
+// and returns the ServiceAccount's user name.
+func applyAgentRBAC(t *testing.T, attestor string) string {
+	t.Helper()
+	const release = "agents"
+	manifests, err := chart.RenderRelease(release, "--set", "agent.enabled=true", "--set", "agent.attestor="+attestor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range manifests {
+		if !strings.HasSuffix(obj.GetName(), "-agent") || !slices.Contains([]string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}, obj.GetKind()) {
+			continue
+		}
+		if err := testEnv.cluster.Client.Patch(context.Background(), obj, client.Apply, client.FieldOwner("helm"), client.ForceOwnership); err != nil {
+			t.Fatalf("the API server refused %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		t.Cleanup(func() { _ = testEnv.cluster.Client.Delete(context.Background(), obj) })
+	}
+	return "system:serviceaccount:" + chart.Namespace + ":" + release + "-meshcert-agent"
 }
 
 func dialAgent(t *testing.T, socket string) *grpc.ClientConn {

@@ -67,3 +67,13 @@ annotations:
   cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "meshcert.fullname" . }}-webhook
 {{- end }}
 {{- end }}
+
+{{/* The node agent's pods: a name of their own, so that no selector of the Deployment matches them. */}}
+{{- define "meshcert.agentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "meshcert.name" . }}-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "meshcert.agentName" -}}
+{{- printf "%s-agent" (include "meshcert.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
