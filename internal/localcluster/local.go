@@ -51,7 +51,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 	steps := 0
 	step := func(name string, fn func() (string, error)) error {
 		steps++
-		fmt.Fprintf(out, "[%d/7] %s ...", steps, name)
+		fmt.Fprintf(out, "[%d/8] %s ...", steps, name)
 		t := time.Now()
 		detail, err := fn()
 		if err != nil {
@@ -146,6 +146,20 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 		err = errors.Join(err, m.Stop())
 	}()
 
+	socket := filepath.Join(opts.Dir, "agent", "socket")
+	var agent *Agent
+	if err := step("meshcert agent: node local, unix attestor", func() (string, error) {
+		var err error
+		agent, err = c.StartAgent(ctx, opts.SystemNamespace, "local", socket)
+		return "", err
+	}); err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(out, "stopping the agent")
+		err = errors.Join(err, agent.Stop())
+	}()
+
 	if err := step("admin kubeconfig", func() (string, error) {
 		return c.Kubeconfig, nil
 	}); err != nil {
@@ -154,7 +168,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 
 	kubeconfig := relative(c.Kubeconfig)
 	fmt.Fprintf(out, "meshcert is ready after %s; Ctrl-C stops it.\n", time.Since(start).Round(10*time.Millisecond))
-	fmt.Fprintf(out, "  kubeconfig: %s\n  logs:       %s\n  metrics:    http://%s/metrics\n", kubeconfig, relative(logFile.Name()), metricsAddr)
+	fmt.Fprintf(out, "  kubeconfig: %s\n  logs:       %s\n  metrics:    http://%s/metrics\n  agent:      %s\n", kubeconfig, relative(logFile.Name()), metricsAddr, relative(socket))
 	fmt.Fprintf(out, "Try:\n  kubectl --kubeconfig %s apply -f examples/mesh.yaml\n", kubeconfig)
 	fmt.Fprintf(out, "  kubectl --kubeconfig %s apply -f examples/dataplanes.yaml\n", kubeconfig)
 	fmt.Fprintf(out, "  kubectl --kubeconfig %s apply -f examples/broken/\n", kubeconfig)

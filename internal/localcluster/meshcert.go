@@ -76,3 +76,49 @@ func (m *Meshcert) Stop() error {
 	m.cancel()
 	return <-m.done
 }
+
+// Agent is meshcert's node agent, started through the same app.RunAgent as
+// the binary's meshcert agent.
+type Agent struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// StartAgent runs a node agent for node with the unix attestor, serving on
+// socket, and waits until the socket is served.
+func (c *Cluster) StartAgent(ctx context.Context, systemNamespace, node, socket string) (*Agent, error) {
+	cfg, err := config.ParseAgent([]string{
+		"--system-namespace", systemNamespace, "--node-name", node, "--socket", socket,
+		"--attestor", config.AttestorUnix, "--health-probe-bind-address", "0", "--dev",
+	}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	a := &Agent{cancel: cancel, done: make(chan error, 1)}
+	go func() { a.done <- app.RunAgent(ctx, cfg, c.Config) }()
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		select {
+		case err := <-a.done:
+			return false, fmt.Errorf("the agent exited before it served: %w", err)
+		default:
+		}
+		conn, err := net.Dial("unix", socket)
+		if err != nil {
+			return false, nil
+		}
+		conn.Close()
+		return true, nil
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Stop cancels the agent and waits for it.
+func (a *Agent) Stop() error {
+	a.cancel()
+	return <-a.done
+}

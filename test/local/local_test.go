@@ -71,7 +71,8 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 
 	kubeconfig := filepath.Join(state, "kubeconfig")
 	for _, c := range walkthrough(t, filepath.Join(root, "README.md")) {
-		command := strings.ReplaceAll(c.command, ".local/kubeconfig", kubeconfig)
+		// The runner's state is in state, not .local.
+		command := strings.ReplaceAll(c.command, ".local/", state+"/")
 		rejected := c.expect == "rejected"
 		out, err := runUntil(root, command, 2*time.Minute, func(out string, err error) bool {
 			if rejected || c.expect == "" {
