@@ -179,29 +179,38 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*model.Da
 }
 
 // UnixAttestor, for VMs and a local run, matches the caller's Unix user to
-// the Dataplane annotated with it.
+// the Dataplane annotated with it. It reads the Dataplanes from a cache
+// indexed by IndexUnixUIDs: where this attestor runs, on VMs and a laptop,
+// Dataplanes are few.
 type UnixAttestor struct {
 	Dataplanes client.Reader
 }
 
+// UnixUIDIndex indexes Dataplanes by their meshcert.io/unix-uid annotation.
+const UnixUIDIndex = "agent.unix-uid"
+
+// IndexUnixUIDs adds the index the UnixAttestor reads through.
+func IndexUnixUIDs(ctx context.Context, indexer client.FieldIndexer) error {
+	return indexer.IndexField(ctx, &model.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string {
+		if uid, ok := o.GetAnnotations()[UnixUIDAnnotation]; ok {
+			return []string{uid}
+		}
+		return nil
+	})
+}
+
 // Dataplane implements Attestor.
 func (a *UnixAttestor) Dataplane(ctx context.Context, c attest.Caller) (*model.DataplaneResource, client.Object, error) {
+	uid := strconv.FormatUint(uint64(c.UID), 10)
 	var list model.DataplaneResourceList
-	if err := a.Dataplanes.List(ctx, &list); err != nil {
+	if err := a.Dataplanes.List(ctx, &list, client.MatchingFields{UnixUIDIndex: uid}); err != nil {
 		return nil, nil, err
 	}
-	uid := strconv.FormatUint(uint64(c.UID), 10)
-	var found []*model.DataplaneResource
-	for i := range list.Items {
-		if list.Items[i].Annotations[UnixUIDAnnotation] == uid {
-			found = append(found, &list.Items[i])
-		}
-	}
-	switch len(found) {
+	switch len(list.Items) {
 	case 0:
 		return nil, nil, notEntitled("no Dataplane is annotated %s: %q", UnixUIDAnnotation, uid)
 	case 1:
-		return found[0], found[0], nil
+		return &list.Items[0], &list.Items[0], nil
 	}
-	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q; a user must be one dataplane", len(found), UnixUIDAnnotation, uid)
+	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q; a user must be one dataplane", len(list.Items), UnixUIDAnnotation, uid)
 }

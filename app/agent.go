@@ -28,10 +28,11 @@ import (
 
 // agentCacheOptions keep what an agent caches to its own node: its node's
 // Pods and its own CertificateRequests. MeshIdentities and MeshTrusts are few
-// and cached whole; Dataplanes are never cached, but read one by one.
+// and cached whole. Dataplanes are read one by one, never cached, but by the
+// unix attestor, which is for VMs and a laptop.
 func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 	system := map[string]cache.Config{cfg.SystemNamespace: {}}
-	return cache.Options{
+	opts := cache.Options{
 		ReaderFailOnMissingInformer: true,
 		DefaultTransform:            cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
@@ -43,6 +44,11 @@ func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 			&model.MeshTrustResource{}:    {Namespaces: system},
 		},
 	}
+	if cfg.Attestor == config.AttestorUnix {
+		// On VMs and a laptop, where Dataplanes are few.
+		opts.ByObject[&model.DataplaneResource{}] = cache.ByObject{}
+	}
+	return opts
 }
 
 // RunAgent runs the node agent until ctx is done.
@@ -77,7 +83,10 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 	var attestor agent.Attestor
 	switch cfg.Attestor {
 	case config.AttestorUnix:
-		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetAPIReader()}
+		if err := agent.IndexUnixUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
+			return err
+		}
+		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache()}
 	default:
 		if _, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{}); err != nil {
 			return err
