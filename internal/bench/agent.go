@@ -1,0 +1,280 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/model"
+)
+
+// agentRate is how fast new workloads arrive in P8.
+const agentRate = 20.0
+
+// firstUID is the Unix user of workload 0: each workload is a process of a
+// user of its own, which the unix attestor matches to its Dataplane.
+const firstUID = 20000
+
+// agentIdentities measures the node agent, run as its own process with the
+// unix attestor: P8, the time from a workload's first request to its
+// certificate, at a steady arrival rate, next to bare CertificateRequests
+// at the same rate; and P10, the agent's memory with many identities.
+func agentIdentities(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
+	latencyN, memoryN := 200, 1000
+	if o.Quick {
+		latencyN, memoryN = 100, 300
+	}
+	if os.Geteuid() != 0 {
+		return []Row{{ID: "P8", Measure: "first certificate through the agent", Ours: "not run: each workload is a process of its own Unix user, which needs root"}}, nil
+	}
+
+	progress("P8 baseline: %d bare CertificateRequests at %.0f/s", latencyN, agentRate)
+	bare, err := bareRoundTrips(ctx, latencyN)
+	if err != nil {
+		return nil, err
+	}
+
+	progress("P8: %d workloads at %.0f/s, each fetching its SVID from the agent", latencyN, agentRate)
+	run, err := startAgentRun(ctx, memoryN)
+	if err != nil {
+		return nil, err
+	}
+	defer run.stop()
+	idle, _ := residentBytes(run.p.Pid())
+	first, err := run.fetchAtRate(ctx, 0, latencyN)
+	if err != nil {
+		return nil, err
+	}
+	progress("P10: %d identities held by one agent", memoryN)
+	if _, err := run.fetchAtRate(ctx, latencyN, memoryN); err != nil {
+		return nil, err
+	}
+	held, err := residentBytes(run.p.Pid())
+	if err != nil {
+		return nil, err
+	}
+
+	slices.Sort(first)
+	slices.Sort(bare)
+	p50, p99 := percentile(first, 0.50), percentile(first, 0.99)
+	b50, b99 := percentile(bare, 0.50), percentile(bare, 0.99)
+	perIdentity := (float64(held) - float64(idle)) / float64(memoryN)
+	return []Row{
+		{ID: "P8", Measure: fmt.Sprintf("first certificate through the agent, %d workloads at %.0f/s: p50", latencyN, agentRate),
+			Ours: ms(p50), Baseline: ms(b50) + " (bare CertificateRequest)", Ratio: fmt.Sprintf("%.2f×", float64(p50)/float64(b50))},
+		{ID: "P8", Measure: "… p99", Ours: ms(p99), Baseline: ms(b99), Ratio: fmt.Sprintf("%.2f×", float64(p99)/float64(b99)),
+			Target: "≤ 1.5×", Met: met(float64(p99) <= 1.5*float64(b99)),
+			Note: "from the workload's first Workload API call (go-spiffe's client, in `meshcert fetch`, a process per workload, each of its own Unix user) to its verified X509-SVID: attestation, the key, the CSR, the request, cert-manager's approver and CA signer, and the check. The baseline is the create-to-Ready time of bare CertificateRequests with CSRs made beforehand, through the same controllers."},
+		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities held", memoryN), Ours: mib(float64(held)),
+			Baseline: mib(float64(idle)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity", perIdentity/1024),
+			Note: "each identity's certificate and key are held for a minute after its last connection ends, so the identities of workloads that fetched and exited are still held when this is read; their streams are closed."},
+	}, nil
+}
+
+// bareRoundTrips creates n CertificateRequests at agentRate and returns the
+// time each took from creation to Ready.
+func bareRoundTrips(ctx context.Context, n int) ([]time.Duration, error) {
+	e, err := newEnv(ctx, false, signerControllers...)
+	if err != nil {
+		return nil, err
+	}
+	defer e.stop()
+	const ns = "bench-bare"
+	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
+		return nil, err
+	}
+	csrs := make([][]byte, n)
+	if err := parallel(n, func(i int) error {
+		key, err := pki.GenerateECPrivateKey(pki.ECCurve256)
+		if err != nil {
+			return err
+		}
+		tmpl, err := pki.GenerateCSR(&cmapi.Certificate{Spec: cmapi.CertificateSpec{URIs: []string{fmt.Sprintf("spiffe://bench.example.com/workload/w-%d", i)},
+			Usages:     []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageServerAuth, cmapi.UsageClientAuth},
+			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}}})
+		if err != nil {
+			return err
+		}
+		der, err := pki.EncodeCSR(tmpl, key)
+		csrs[i] = pemCSR(der)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	out := make([]time.Duration, n)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Duration(float64(time.Second) / agentRate))
+	defer tick.Stop()
+	for i := range n {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			cr := &cmapi.CertificateRequest{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("w-%d", i), Namespace: ns},
+				Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer, Duration: &metav1.Duration{Duration: 24 * time.Hour},
+					Usages: []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageServerAuth, cmapi.UsageClientAuth}},
+			}
+			if err := e.c.Client.Create(ctx, cr); err != nil {
+				errs <- err
+				return
+			}
+			for time.Since(start) < time.Minute {
+				if err := e.c.Client.Get(ctx, client.ObjectKeyFromObject(cr), cr); err == nil && ready(cr.Status.Conditions) {
+					out[i] = time.Since(start)
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			errs <- fmt.Errorf("request %s not ready within a minute", cr.Name)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return out, <-errs
+}
+
+type agentRun struct {
+	e      *env
+	p      *localcluster.Process
+	bin    string
+	socket string
+}
+
+// startAgentRun starts a cluster, a MeshIdentity for mesh bench, n
+// Dataplanes each annotated with a Unix user of its own, and the agent.
+func startAgentRun(ctx context.Context, n int) (*agentRun, error) {
+	e, err := newEnv(ctx, false, signerControllers...)
+	if err != nil {
+		return nil, err
+	}
+	r := &agentRun{e: e}
+	if err := r.setup(ctx, n); err != nil {
+		r.stop()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *agentRun) setup(ctx context.Context, n int) error {
+	c := r.e.c.Client
+	if err := localcluster.EnsureNamespace(ctx, c, benchNamespace); err != nil {
+		return err
+	}
+	path, td := "/workload/{{ .Workload }}", "bench.example.com"
+	mid := &model.MeshIdentityResource{
+		ObjectMeta: metav1.ObjectMeta{Name: "bench", Namespace: systemNamespace, Labels: map[string]string{"kuma.io/mesh": "bench"},
+			Annotations: map[string]string{model.IssuerNameAnnotation: "mesh-ca", model.IssuerKindAnnotation: cmapi.ClusterIssuerKind}},
+		Spec: model.MeshIdentitySpec{
+			Selector: &model.IdentitySelector{Dataplane: &model.LabelSelector{MatchLabels: map[string]string{"app": "bench"}}},
+			SpiffeID: &model.SpiffeID{TrustDomain: &td, Path: &path},
+			Provider: &model.Provider{Type: model.ProviderTypeSpire},
+		},
+	}
+	if err := c.Create(ctx, mid); err != nil {
+		return err
+	}
+	if err := parallel(n, func(i int) error {
+		return c.Create(ctx, &model.DataplaneResource{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("w-%d", i), Namespace: benchNamespace,
+				Labels:      map[string]string{"app": "bench", model.WorkloadLabel: fmt.Sprintf("w-%d", i)},
+				Annotations: map[string]string{"meshcert.io/unix-uid": strconv.Itoa(firstUID + i)}},
+			Mesh: "bench",
+			Spec: []byte(`{"networking":{"address":"10.0.0.1","inbound":[{"port":8080,"tags":{"kuma.io/service":"w"}}]}}`),
+		})
+	}); err != nil {
+		return err
+	}
+
+	bin, err := localcluster.MeshcertBinary()
+	if err != nil {
+		return err
+	}
+	// Every workload's user must reach the binary and the socket.
+	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {
+		return err
+	}
+	r.bin = bin
+	dir, err := os.MkdirTemp("", "bench-agent")
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	r.socket = filepath.Join(dir, "socket")
+	port, err := localcluster.FreePort()
+	if err != nil {
+		return err
+	}
+	probe := fmt.Sprintf("127.0.0.1:%d", port)
+	r.p, err = localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz",
+		"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", "bench",
+		"--socket", r.socket, "--attestor", "unix", "--health-probe-bind-address", probe,
+		"--max-requests-in-flight", "500", "--workers", "50")
+	return err
+}
+
+var receivedAfter = regexp.MustCompile(`Received 1 SVID after (\S+)`)
+
+// fetchAtRate starts the workloads from..to-1 at agentRate, each a process
+// of its own user that fetches its SVID, and returns how long each took
+// from its first request to its certificate, as it measured.
+func (r *agentRun) fetchAtRate(ctx context.Context, from, to int) ([]time.Duration, error) {
+	out := make([]time.Duration, to-from)
+	errs := make(chan error, to-from)
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Duration(float64(time.Second) / agentRate))
+	defer tick.Stop()
+	for i := from; i < to; i++ {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.CommandContext(ctx, r.bin, "fetch", "--socket", r.socket, "--timeout", "2m")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(firstUID + i), Gid: uint32(firstUID + i)}}
+			b, err := cmd.CombinedOutput()
+			if err != nil {
+				errs <- fmt.Errorf("workload %d: %v: %s", i, err, b)
+				return
+			}
+			m := receivedAfter.FindSubmatch(b)
+			if m == nil {
+				errs <- fmt.Errorf("workload %d printed no time: %s", i, b)
+				return
+			}
+			d, err := time.ParseDuration(string(m[1]))
+			if err != nil {
+				errs <- err
+				return
+			}
+			out[i-from] = d
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return out, <-errs
+}
+
+func (r *agentRun) stop() {
+	if r.p != nil {
+		r.p.Kill()
+	}
+	r.e.stop()
+}
