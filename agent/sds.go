@@ -124,6 +124,11 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 	if err != nil {
 		return nil, err
 	}
+	// A name the workload is not entitled to is refused at once, not after
+	// its certificate.
+	if _, _, err := d.resources(ctx, id, req.ResourceNames); err != nil {
+		return nil, err
+	}
 	release := d.s.SVIDs.Want(id)
 	defer release()
 	if _, err := d.s.await(ctx, id); err != nil {

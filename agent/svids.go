@@ -205,7 +205,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 
 	if current != nil {
 		if renewAt := issuance.RenewalTime(current.Cert.Leaf(), s.node+spiffeID); now.Before(renewAt) {
-			return ctrl.Result{RequeueAfter: soonest(renewAt.Sub(now), dropIn)}, nil
+			return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(now), dropIn)}, nil
 		}
 	}
 	var replaces string
@@ -248,11 +248,11 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	case out.Certificate != nil:
 		logf.FromContext(ctx).V(1).Info("Issued an identity", "spiffeID", spiffeID, "notAfter", out.Certificate.Leaf().NotAfter)
 		renewAt := issuance.RenewalTime(out.Certificate.Leaf(), s.node+spiffeID)
-		return ctrl.Result{RequeueAfter: soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
+		return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
 	case out.Failure != nil:
 		s.report(ctx, id, out.Failure, out.RetryAfter)
 	}
-	return ctrl.Result{RequeueAfter: soonest(out.RetryAfter, dropIn)}, nil
+	return ctrl.Result{RequeueAfter: issuance.Soonest(out.RetryAfter, dropIn)}, nil
 }
 
 // report tells of a failed issuance on the MeshIdentity and on the
@@ -267,17 +267,6 @@ func (s *SVIDs) report(ctx context.Context, id *Identity, f *issuance.Failure, r
 	}
 	s.recorder.Eventf(mid, id.Workload, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
 	logf.FromContext(ctx).Info("Issuance failed", "spiffeID", id.SpiffeID, "reason", f.Reason, "message", f.Message, "retryIn", retryIn)
-}
-
-// soonest is the smaller positive wait.
-func soonest(a, b time.Duration) time.Duration {
-	switch {
-	case a <= 0:
-		return b
-	case b <= 0:
-		return a
-	}
-	return min(a, b)
 }
 
 // Notifier wakes every waiter when anything served changes: each stream

@@ -54,12 +54,7 @@ func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 // RunAgent runs the node agent until ctx is done.
 func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Config) error {
 	log := ctrl.Log.WithName("agent")
-	restConfig = rest.CopyConfig(restConfig)
-	restConfig.QPS = float32(cfg.KubeAPIQPS)
-	restConfig.Burst = cfg.KubeAPIBurst
-	if restConfig.Burst == 0 && cfg.KubeAPIQPS > 0 {
-		restConfig.Burst = int(2 * cfg.KubeAPIQPS)
-	}
+	restConfig = clientLimits(restConfig, cfg.Config)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 Scheme(),
 		Cache:                  agentCacheOptions(cfg),

@@ -82,15 +82,22 @@ func cacheOptions(cfg config.Config) cache.Options {
 	}
 }
 
-// Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
-func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error {
-	log := ctrl.Log.WithName("setup")
+// clientLimits applies the client-side rate limit of the configuration to a
+// copy of restConfig.
+func clientLimits(restConfig *rest.Config, cfg config.Config) *rest.Config {
 	restConfig = rest.CopyConfig(restConfig)
 	restConfig.QPS = float32(cfg.KubeAPIQPS)
 	restConfig.Burst = cfg.KubeAPIBurst
 	if restConfig.Burst == 0 && cfg.KubeAPIQPS > 0 {
 		restConfig.Burst = int(2 * cfg.KubeAPIQPS)
 	}
+	return restConfig
+}
+
+// Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
+func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error {
+	log := ctrl.Log.WithName("setup")
+	restConfig = clientLimits(restConfig, cfg)
 	webhookServer := webhook.NewServer(webhook.ServerOptions{
 		Host:          cfg.WebhookHost,
 		Port:          cfg.WebhookPort,

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -93,12 +92,6 @@ func (c AgentConfig) validateAgent() error {
 			bad("node-name", c.NodeName, msg)
 		}
 	}
-	for _, msg := range validation.IsDNS1123Label(c.Zone) {
-		bad("zone", c.Zone, msg)
-	}
-	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
-		bad("system-namespace", c.SystemNamespace, msg)
-	}
 	if !filepath.IsAbs(c.Socket) {
 		bad("socket", c.Socket, "must be an absolute path")
 	}
@@ -108,36 +101,6 @@ func (c AgentConfig) validateAgent() error {
 	if c.Attestor != AttestorKubernetes && c.Attestor != AttestorUnix {
 		bad("attestor", c.Attestor, "must be kubernetes or unix")
 	}
-	if !slices.Contains(model.KeyAlgorithms, c.KeyAlgorithm) {
-		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(model.KeyAlgorithms, ", "))
-	}
-	for _, d := range []struct {
-		flag  string
-		value time.Duration
-	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}} {
-		if d.value <= 0 {
-			bad(d.flag, d.value, "must be positive")
-		}
-	}
-	if c.BackoffMax < c.BackoffInitial {
-		bad("backoff-max", c.BackoffMax, "must not be shorter than --backoff-initial")
-	}
-	if c.Workers < 1 {
-		bad("workers", c.Workers, "must be at least 1")
-	}
-	if c.MaxInFlight < 0 {
-		bad("max-requests-in-flight", c.MaxInFlight, "must not be negative; 0 is no limit")
-	}
-	if c.KubeAPIQPS == 0 || c.KubeAPIQPS < -1 {
-		bad("kube-api-qps", c.KubeAPIQPS, "must be positive, or -1 for no client-side limit")
-	}
-	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}} {
-		if err := validateBindAddress(a.value); err != nil {
-			bad(a.flag, a.value, err.Error())
-		}
-	}
-	if c.LogLevel < 0 {
-		bad("log-level", c.LogLevel, "must not be negative")
-	}
+	c.validateIssuance(bad)
 	return errors.Join(errs...)
 }

@@ -228,12 +228,6 @@ func (c Config) validate() error {
 	bad := func(flagName string, value any, why string) {
 		errs = append(errs, fmt.Errorf("invalid --%s %q: %s", flagName, fmt.Sprint(value), why))
 	}
-	for _, msg := range validation.IsDNS1123Label(c.Zone) {
-		bad("zone", c.Zone, msg)
-	}
-	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
-		bad("system-namespace", c.SystemNamespace, msg)
-	}
 	for _, ns := range c.DataplaneNamespaces {
 		for _, msg := range validation.IsDNS1123Label(ns) {
 			bad("dataplane-namespaces", ns, msg)
@@ -253,13 +247,41 @@ func (c Config) validate() error {
 	if c.WebhookEnabled && c.CertDir == "" {
 		bad("webhook-cert-dir", c.CertDir, "must be set when the webhook is enabled")
 	}
-	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}, {"pprof-bind-address", c.PprofAddr}} {
-		if err := validateBindAddress(a.value); err != nil {
-			bad(a.flag, a.value, err.Error())
-		}
+	if err := validateBindAddress(c.PprofAddr); err != nil {
+		bad("pprof-bind-address", c.PprofAddr, err.Error())
 	}
 	if !c.WebhookEnabled && !c.ReconcilerEnabled {
 		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))
+	}
+	c.validateIssuance(bad)
+	for _, d := range []struct {
+		flag  string
+		value time.Duration
+	}{{"sync-period", c.SyncPeriod}, {"switch-window", c.SwitchWindow}} {
+		if d.value <= 0 {
+			bad(d.flag, d.value, "must be positive")
+		}
+	}
+	if c.LeaderElect && !(c.RetryPeriod < c.RenewDeadline && c.RenewDeadline < c.LeaseDuration) {
+		errs = append(errs, fmt.Errorf("invalid leader election timing: want --leader-election-retry-period (%s) < --leader-election-renew-deadline (%s) < --leader-election-lease-duration (%s)", c.RetryPeriod, c.RenewDeadline, c.LeaseDuration))
+	}
+	if c.WebhookDrain < 0 || c.WebhookDrain >= c.ShutdownTimeout {
+		bad("webhook-drain-period", c.WebhookDrain, "must be between 0 and --shutdown-timeout")
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown-timeout", c.ShutdownTimeout, "must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// validateIssuance checks what the controller and the agent share: the
+// cluster's names, the issuance settings, the client and the logs.
+func (c Config) validateIssuance(bad func(flagName string, value any, why string)) {
+	for _, msg := range validation.IsDNS1123Label(c.Zone) {
+		bad("zone", c.Zone, msg)
+	}
+	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
+		bad("system-namespace", c.SystemNamespace, msg)
 	}
 	if !slices.Contains(model.KeyAlgorithms, c.KeyAlgorithm) {
 		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(model.KeyAlgorithms, ", "))
@@ -267,7 +289,7 @@ func (c Config) validate() error {
 	for _, d := range []struct {
 		flag  string
 		value time.Duration
-	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}, {"sync-period", c.SyncPeriod}, {"switch-window", c.SwitchWindow}} {
+	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}} {
 		if d.value <= 0 {
 			bad(d.flag, d.value, "must be positive")
 		}
@@ -287,19 +309,14 @@ func (c Config) validate() error {
 	if c.KubeAPIBurst < 0 {
 		bad("kube-api-burst", c.KubeAPIBurst, "must not be negative")
 	}
-	if c.LeaderElect && !(c.RetryPeriod < c.RenewDeadline && c.RenewDeadline < c.LeaseDuration) {
-		errs = append(errs, fmt.Errorf("invalid leader election timing: want --leader-election-retry-period (%s) < --leader-election-renew-deadline (%s) < --leader-election-lease-duration (%s)", c.RetryPeriod, c.RenewDeadline, c.LeaseDuration))
-	}
-	if c.WebhookDrain < 0 || c.WebhookDrain >= c.ShutdownTimeout {
-		bad("webhook-drain-period", c.WebhookDrain, "must be between 0 and --shutdown-timeout")
-	}
-	if c.ShutdownTimeout < 0 {
-		bad("shutdown-timeout", c.ShutdownTimeout, "must not be negative")
+	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}} {
+		if err := validateBindAddress(a.value); err != nil {
+			bad(a.flag, a.value, err.Error())
+		}
 	}
 	if c.LogLevel < 0 {
 		bad("log-level", c.LogLevel, "must not be negative")
 	}
-	return errors.Join(errs...)
 }
 
 func validateBindAddress(addr string) error {

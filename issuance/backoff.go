@@ -81,3 +81,14 @@ func (b *Backoff) Forget(owner string) {
 	defer b.mu.Unlock()
 	delete(b.byKey, owner)
 }
+
+// Soonest is the sooner of two waits, where a wait of 0 or less is none.
+func Soonest(a, b time.Duration) time.Duration {
+	switch {
+	case a <= 0:
+		return b
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
+}

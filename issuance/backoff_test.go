@@ -28,3 +28,19 @@ func TestBackoff(t *testing.T) {
 		t.Errorf("the backoff of a new cause starts at %s, want 1s", d)
 	}
 }
+
+func TestSoonest(t *testing.T) {
+	tests := map[string]struct{ a, b, want time.Duration }{
+		"the smaller":       {a: 3 * time.Second, b: time.Second, want: time.Second},
+		"a is none":         {a: 0, b: time.Second, want: time.Second},
+		"b is none":         {a: time.Second, b: -time.Second, want: time.Second},
+		"neither is a wait": {a: 0, b: 0, want: 0},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := Soonest(tc.a, tc.b); got != tc.want {
+				t.Errorf("Soonest(%s, %s) = %s, want %s", tc.a, tc.b, got, tc.want)
+			}
+		})
+	}
+}

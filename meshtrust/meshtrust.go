@@ -147,7 +147,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		delete(r.reported, owner) // Whatever was wrong is over.
 		log.V(1).Info("MeshTrust in line", "trustDomain", td, "roots", len(roots))
 	}
-	return ctrl.Result{RequeueAfter: soonest(next, wait)}, nil
+	return ctrl.Result{RequeueAfter: issuance.Soonest(next, wait)}, nil
 }
 
 // issuerRoots are the roots the identity's certificates chain to: its caCert,
@@ -443,14 +443,4 @@ func subjects(certs []*x509.Certificate) string {
 		names[i] = fmt.Sprintf("%q", c.Subject.String())
 	}
 	return strings.Join(names, ", ")
-}
-
-func soonest(a, b time.Duration) time.Duration {
-	switch {
-	case a <= 0:
-		return b
-	case b <= 0:
-		return a
-	}
-	return min(a, b)
 }

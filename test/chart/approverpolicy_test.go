@@ -21,8 +21,16 @@ func TestApproverPolicy(t *testing.T) {
 		want       map[string]cmapi.CertificatePrivateKey // policy name -> the key it allows
 		wantIssuer map[string][3]string                   // policy name -> issuer name, kind, group
 		wantHosts  string
+		wantUsers  []string // the ServiceAccounts that may use the policies; default meshcert's
 	}{
 		"off by default": {},
+		"with the agent, whose ServiceAccount may use them too": {
+			args:       []string{"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=mesh-ca", "--set", "agent.enabled=true", "--set", "approverPolicy.trustDomains={payments.example.com}"},
+			want:       map[string]cmapi.CertificatePrivateKey{"meshcert-issuer-mesh-ca-ecdsa-p256": {Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}},
+			wantIssuer: map[string][3]string{"meshcert-issuer-mesh-ca-ecdsa-p256": {"mesh-ca", "Issuer", "cert-manager.io"}},
+			wantHosts:  `^spiffe://(payments\.example\.com)/[^?#]+$`,
+			wantUsers:  []string{"meshcert", "meshcert-agent"},
+		},
 		"one issuer, the reconciler's key": {
 			args:       []string{"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=mesh-ca", "--set", "reconciler.keyAlgorithm=ecdsa-p384"},
 			want:       map[string]cmapi.CertificatePrivateKey{"meshcert-issuer-mesh-ca-ecdsa-p384": {Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 384}},
@@ -120,6 +128,21 @@ func TestApproverPolicy(t *testing.T) {
 				got := slices.Sorted(slices.Values(use[0].ResourceNames))
 				if want := slices.Sorted(slices.Values(names)); !slices.Equal(got, want) {
 					t.Errorf("meshcert may use %v, want exactly %v", got, want)
+				}
+				wantUsers := tc.wantUsers
+				if wantUsers == nil {
+					wantUsers = []string{"meshcert"}
+				}
+				var users []string
+				for _, b := range all[rbacv1.RoleBinding](t, m, "RoleBinding") {
+					if b.RoleRef.Name == "meshcert-approver-policy" {
+						for _, s := range b.Subjects {
+							users = append(users, s.Name)
+						}
+					}
+				}
+				if !slices.Equal(users, wantUsers) {
+					t.Errorf("the policies may be used by %v, want %v", users, wantUsers)
 				}
 			}
 		})

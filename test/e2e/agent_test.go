@@ -45,6 +45,12 @@ const agentNode = "node-a"
 // exactly the chart's RBAC, and returns its socket.
 func startAgent(t *testing.T, attestor, procRoot string) string {
 	t.Helper()
+	return startAgentAs(t, attestor, procRoot, applyAgentRBAC(t, attestor))
+}
+
+// startAgentAs runs the agent as user.
+func startAgentAs(t *testing.T, attestor, procRoot, user string) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "agent") // Short: a socket path has at most 108 bytes.
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +65,7 @@ func startAgent(t *testing.T, attestor, procRoot string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	as := rest.CopyConfig(testEnv.cluster.Config)
-	as.Impersonate.UserName = applyAgentRBAC(t, attestor)
+	as.Impersonate.UserName = user
 	go func() { done <- app.RunAgent(ctx, cfg, as) }()
 	t.Cleanup(func() {
 		cancel()

@@ -9,10 +9,14 @@ import (
 
 	apiutil "github.com/cert-manager/cert-manager/pkg/api/util"
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/test/chart"
@@ -59,7 +63,9 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 		"--set", "dataplaneNamespaces={"+team+"}",
 		"--set", "approverPolicy.enabled=true",
 		"--set", "approverPolicy.issuers[0].name="+policyIssuer,
-		"--set", "approverPolicy.meshes={approved,rsa}")
+		"--set", "approverPolicy.meshes={approved,rsa}",
+		"--set", "approverPolicy.trustDomains={agents.approved.example.com}",
+		"--set", "agent.enabled=true")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +76,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 			policies = append(policies, obj.GetName())
 		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
 		default:
-			continue // The Deployment and the rest are TestChartInstallsAndItsRBACIsEnough's.
+			continue // The Deployment, the DaemonSet and the rest are other tests'.
 		}
 		if err := testEnv.cluster.Client.Patch(ctx, obj, client.Apply, client.FieldOwner("helm"), client.ForceOwnership); err != nil {
 			t.Fatalf("the API server refused %s %s: %v", obj.GetKind(), obj.GetName(), err)
@@ -196,6 +202,48 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 			if gaps[i] < gaps[i-1]-300*time.Millisecond {
 				t.Errorf("gaps %v shrink: the backoff is not exponential", gaps)
 			}
+		}
+	})
+
+	t.Run("the node agent's requests are approved under the same policy, for the trust domains it names", func(t *testing.T) {
+		for _, mid := range []struct{ name, trustDomain string }{
+			{"policy-agents", "agents.approved.example.com"}, {"policy-agents-elsewhere", "agents.elsewhere.example.com"},
+		} {
+			createObject(t, &model.MeshIdentityResource{
+				ObjectMeta: metav1.ObjectMeta{Name: mid.name, Namespace: systemNamespace, Labels: map[string]string{"kuma.io/mesh": "agents"},
+					Annotations: map[string]string{model.IssuerNameAnnotation: policyIssuer}},
+				Spec: model.MeshIdentitySpec{
+					Selector: &model.IdentitySelector{Dataplane: &model.LabelSelector{MatchLabels: map[string]string{"app": mid.name}}},
+					SpiffeID: &model.SpiffeID{TrustDomain: ptr.To(mid.trustDomain)},
+					Provider: &model.Provider{Type: model.ProviderTypeSpire},
+				},
+			})
+		}
+		allowedPod := agentWorkload(t, team, "agent-allowed", agentNode, "policy-agents", nil)
+		deniedPod := agentWorkload(t, team, "agent-denied", agentNode, "policy-agents-elsewhere", nil)
+		proc := newFakeProc(t)
+		proc.inPod(t, string(allowedPod.UID))
+		socket := startAgentAs(t, config.AttestorKubernetes, proc.root, "system:serviceaccount:"+chart.Namespace+":"+release+"-meshcert-agent")
+
+		fetchCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		x509ctx, err := workloadapi.FetchX509Context(fetchCtx, workloadapi.WithAddr("unix://"+socket))
+		if err != nil {
+			t.Fatalf("the agent's workload got no SVID under approver-policy: %v", err)
+		}
+		if got, want := x509ctx.SVIDs[0].ID.String(), "spiffe://agents.approved.example.com/ns/"+team+"/sa/agent-allowed"; got != want {
+			t.Errorf("SPIFFE ID %s, want %s", got, want)
+		}
+
+		proc.inPod(t, string(deniedPod.UID))
+		deniedCtx, cancelDenied := context.WithTimeout(ctx, 3*time.Second)
+		defer cancelDenied()
+		if _, err := workloadapi.FetchX509Context(deniedCtx, workloadapi.WithAddr("unix://"+socket)); err == nil {
+			t.Error("an identity outside the policy's trust domains was served")
+		}
+		waitFor(t, 10*time.Second, "the Denied Event on the Pod", func() bool { return len(eventsFor(t, "Pod", "agent-denied")["Denied"]) > 0 })
+		if note := eventsFor(t, "Pod", "agent-denied")["Denied"][0]; !strings.Contains(note, `Invalid value: "spiffe://agents.elsewhere.example.com/ns/`+team+`/sa/agent-denied"`) {
+			t.Errorf("the Pod's Denied Event %q lacks approver-policy's reason", note)
 		}
 	})
 }

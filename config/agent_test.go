@@ -1,0 +1,66 @@
+package config
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestParseAgent(t *testing.T) {
+	tests := map[string]struct {
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, c AgentConfig)
+		wantErr []string
+	}{
+		"defaults, the node from the environment": {
+			env: map[string]string{"MESHCERT_NODE_NAME": "node-a"},
+			check: func(t *testing.T, c AgentConfig) {
+				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" ||
+					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" {
+					t.Errorf("unexpected defaults: %+v", c)
+				}
+			},
+		},
+		"flags": {
+			args: []string{"--node-name=vm-1", "--attestor=unix", "--socket=/tmp/agent/socket", "--key-algorithm=rsa-2048", "--certificate-request-annotations=team=billing"},
+			check: func(t *testing.T, c AgentConfig) {
+				if c.NodeName != "vm-1" || c.Attestor != AttestorUnix || c.Socket != "/tmp/agent/socket" || c.KeyAlgorithm != "rsa-2048" ||
+					c.CertificateRequestAnnotations["team"] != "billing" {
+					t.Errorf("flags not applied: %+v", c)
+				}
+			},
+		},
+		"every problem at once": {
+			args: []string{"--attestor=docker", "--socket=agent.sock", "--proc-root=proc", "--key-algorithm=dsa", "--request-timeout=0s", "--zone=Zone_1"},
+			wantErr: []string{
+				"--node-name is required (or MESHCERT_NODE_NAME)",
+				`invalid --attestor "docker": must be kubernetes or unix`,
+				`invalid --socket "agent.sock": must be an absolute path`,
+				`invalid --proc-root "proc": must be an absolute path`,
+				`invalid --key-algorithm "dsa": must be one of ecdsa-p256`,
+				`invalid --request-timeout "0s": must be positive`,
+				`invalid --zone "Zone_1"`,
+			},
+		},
+		"a node name that is no DNS name": {args: []string{"--node-name=Node A"}, wantErr: []string{`invalid --node-name "Node A"`}},
+		"an argument":                     {args: []string{"--node-name=a", "serve"}, wantErr: []string{`unexpected argument "serve": meshcert agent takes only flags`}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			c, err := ParseAgent(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
+			if len(tc.wantErr) > 0 {
+				for _, want := range tc.wantErr {
+					if err == nil || !strings.Contains(err.Error(), want) {
+						t.Errorf("err = %v, want it to contain %q", err, want)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
