@@ -158,7 +158,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 	}{
 		"a mesh the policy does not name is denied": {
 			dataplane: "intruders",
-			want:      `spec.allowed.uris.validations[1]: Invalid value: "spiffe://intruders/web": a SPIFFE ID of a mesh or trust domain this policy names: approved, rsa`,
+			want:      `spec.allowed.uris.validations[1]: Invalid value: "spiffe://intruders/web": a SPIFFE ID of a mesh or trust domain this policy names: approved, rsa, agents.approved.example.com`,
 		},
 		"a key the policy does not allow is denied": {
 			dataplane: "rsa",
