@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/meshcert/meshcert/issuance"
@@ -24,7 +26,7 @@ const webID = "spiffe://payments.example.com/ns/pay/sa/web"
 
 // newTestServer is a Server whose identity web holds a certificate of ca,
 // in a mesh with a second trust domain from another MeshTrust.
-func newTestServer(t *testing.T) (*Server, *Identity, testpki.CA) {
+func newTestServer(t testing.TB) (*Server, *Identity, testpki.CA) {
 	t.Helper()
 	now := time.Now()
 	ca := testpki.NewCA(t, "payments CA", now)
@@ -47,7 +49,7 @@ func newTestServer(t *testing.T) (*Server, *Identity, testpki.CA) {
 	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(trust).Build()
 	id := &Identity{SpiffeID: webID, TrustDomain: "payments.example.com", Mesh: "payments"}
-	svids := &SVIDs{ids: map[string]*wanted{}}
+	svids := &SVIDs{ids: map[string]*wanted{}, clock: clock.RealClock{}}
 	keyPEM, err := pki.EncodePKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +132,29 @@ func TestSDSResources(t *testing.T) {
 	}
 }
 
+func TestAnExpiredCertificateIsNeverServed(t *testing.T) {
+	s, id, _ := newTestServer(t)
+	leaf := s.SVIDs.ids[webID].svid.Cert.Leaf()
+	for name, tc := range map[string]struct {
+		at    time.Time
+		ready bool
+	}{
+		"while valid":      {at: leaf.NotAfter.Add(-time.Second), ready: true},
+		"at its expiry":    {at: leaf.NotAfter},
+		"after its expiry": {at: leaf.NotAfter.Add(time.Hour)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s.SVIDs.clock = clocktesting.NewFakePassiveClock(tc.at)
+			if got := s.SVIDs.Get(webID) != nil; got != tc.ready {
+				t.Errorf("served: %v, want %v", got, tc.ready)
+			}
+			if _, ready, err := (&sds{s: s}).resources(context.Background(), id, []string{webID}); err != nil || ready != tc.ready {
+				t.Errorf("SDS ready %v (%v), want %v", ready, err, tc.ready)
+			}
+		})
+	}
+}
+
 func subjects(certs []*x509.Certificate) []string {
 	var out []string
 	for _, c := range certs {
@@ -154,4 +179,44 @@ func TestNotifierWakesEveryWaiter(t *testing.T) {
 		t.Error("a wait begun after the change was woken by it")
 	default:
 	}
+}
+
+// FuzzSDSResourceNames: whatever names a workload asks for, it gets secrets
+// of its own entitlement only, and a name outside it is refused.
+func FuzzSDSResourceNames(f *testing.F) {
+	for _, seed := range []string{webID, "ALL\nROOTCA\ndefault", "spiffe://builtin.payments.example.com", "", "spiffe://payments.example.com/ns/pay/sa/db", "ALL\n\nALL", "\x00"} {
+		f.Add(seed)
+	}
+	entitled := map[string]bool{webID: true, "default": true, "ROOTCA": true, "ALL": true,
+		"spiffe://payments.example.com": true, "spiffe://builtin.payments.example.com": true}
+	s, id, _ := newTestServer(f)
+	f.Fuzz(func(t *testing.T, joined string) {
+		var names []string
+		if joined != "" {
+			names = strings.Split(joined, "\n")
+		}
+		outside := false
+		for _, n := range names {
+			outside = outside || !entitled[n]
+		}
+		got, ready, err := (&sds{s: s}).resources(context.Background(), id, names)
+		if outside {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("names %q outside the entitlement: err %v", names, err)
+			}
+			return
+		}
+		if err != nil || !ready {
+			t.Fatalf("names %q: ready %v, err %v", names, ready, err)
+		}
+		for _, a := range got {
+			secret := &tlsv3.Secret{}
+			if err := a.UnmarshalTo(secret); err != nil {
+				t.Fatal(err)
+			}
+			if !entitled[secret.Name] {
+				t.Fatalf("served %q, outside the entitlement", secret.Name)
+			}
+		}
+	})
 }

@@ -138,10 +138,12 @@ func (s *SVIDs) Want(id *Identity) (release func()) {
 }
 
 // Get returns the identity's current certificate, or nil.
+// A certificate past its expiry is never served: the workload has no
+// identity until the renewal succeeds.
 func (s *SVIDs) Get(spiffeID string) *SVID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if w := s.ids[spiffeID]; w != nil {
+	if w := s.ids[spiffeID]; w != nil && w.svid != nil && s.clock.Now().Before(w.svid.Cert.Leaf().NotAfter) {
 		return w.svid
 	}
 	return nil
@@ -203,14 +205,18 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		dropIn = idleGrace - idleFor
 	}
 
+	var replaces string
+	expiresIn := time.Duration(0)
 	if current != nil {
-		if renewAt := issuance.RenewalTime(current.Cert.Leaf(), s.node+spiffeID); now.Before(renewAt) {
+		leaf := current.Cert.Leaf()
+		if renewAt := issuance.RenewalTime(leaf, s.node+spiffeID); now.Before(renewAt) {
 			return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(now), dropIn)}, nil
 		}
-	}
-	var replaces string
-	if current != nil {
-		replaces = current.Cert.Leaf().SerialNumber.String()
+		replaces = leaf.SerialNumber.String()
+		if expiresIn = leaf.NotAfter.Sub(now); expiresIn <= 0 {
+			// Expired while its renewal failed: streams stop getting it now.
+			s.changed.Notify()
+		}
 	}
 	uri, err := url.Parse(spiffeID)
 	if err != nil {
@@ -251,17 +257,40 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
 	case out.Failure != nil:
 		s.report(ctx, id, out.Failure, out.RetryAfter)
+		if expiresIn > 0 && expiresIn <= out.RetryAfter {
+			s.warnExpiry(id, current, out.Failure)
+		}
 	}
-	return ctrl.Result{RequeueAfter: issuance.Soonest(out.RetryAfter, dropIn)}, nil
+	// Wake at the expiry too, so that streams stop serving it.
+	return ctrl.Result{RequeueAfter: issuance.Soonest(issuance.Soonest(out.RetryAfter, dropIn), expiresIn)}, nil
+}
+
+// warnExpiry tells, on the MeshIdentity and the workload, that the current
+// certificate expires before the next attempt to renew it.
+func (s *SVIDs) warnExpiry(id *Identity, current *SVID, f *issuance.Failure) {
+	note := fmt.Sprintf("%s: the certificate expires at %s, before the next renewal attempt; its workloads lose their identity then unless the issuer recovers (%s)",
+		id.SpiffeID, current.Cert.Leaf().NotAfter.UTC().Format(time.RFC3339), f.Reason)
+	mid := meshIdentityRef(id)
+	if id.Workload != nil {
+		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, "IdentityExpiring", "RenewIdentity", "%s", note)
+	}
+	s.recorder.Eventf(mid, id.Workload, corev1.EventTypeWarning, "IdentityExpiring", "RenewIdentity", "%s", note)
+}
+
+// meshIdentityRef is the identity's MeshIdentity, enough to be an Event's
+// subject.
+func meshIdentityRef(id *Identity) *model.MeshIdentityResource {
+	mid := &model.MeshIdentityResource{}
+	mid.Namespace, mid.Name = id.MeshIdentity.Namespace, id.MeshIdentity.Name
+	mid.APIVersion, mid.Kind = model.GroupVersion.String(), "MeshIdentity"
+	return mid
 }
 
 // report tells of a failed issuance on the MeshIdentity and on the
 // workload, with cert-manager's message.
 func (s *SVIDs) report(ctx context.Context, id *Identity, f *issuance.Failure, retryIn time.Duration) {
 	note := fmt.Sprintf("%s: %s; retrying in %s", id.SpiffeID, f.Message, retryIn)
-	mid := &model.MeshIdentityResource{}
-	mid.Namespace, mid.Name = id.MeshIdentity.Namespace, id.MeshIdentity.Name
-	mid.APIVersion, mid.Kind = model.GroupVersion.String(), "MeshIdentity"
+	mid := meshIdentityRef(id)
 	if id.Workload != nil {
 		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
 	}
