@@ -23,6 +23,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -204,6 +205,19 @@ func (c *Cluster) writeKubeconfig() error {
 	}
 	c.Kubeconfig = filepath.Join(c.dir, "kubeconfig")
 	return os.WriteFile(c.Kubeconfig, kc, 0o600)
+}
+
+// WriteKubeconfigAs writes, at path, the admin kubeconfig impersonating
+// user, for a process that must act under that user's RBAC.
+func (c *Cluster) WriteKubeconfigAs(path, user string) error {
+	kc, err := clientcmd.LoadFromFile(c.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	for _, info := range kc.AuthInfos {
+		info.Impersonate = user
+	}
+	return clientcmd.WriteToFile(*kc, path)
 }
 
 // RestartControlPlane kills kube-apiserver, as a crash would (a graceful
