@@ -536,3 +536,27 @@ func clientWithWarnings(t *testing.T, w rest.WarningHandler) client.Client {
 	}
 	return c
 }
+
+// backoffGaps checks that requests made at times back off: between least and
+// most of them, each gap at most maxGap and none shorter than the one before
+// (give or take scheduling). It returns the gaps.
+func backoffGaps(t *testing.T, times []time.Time, least, most int, maxGap time.Duration) []time.Duration {
+	t.Helper()
+	var gaps []time.Duration
+	for i := 1; i < len(times); i++ {
+		gaps = append(gaps, times[i].Sub(times[i-1]).Round(10*time.Millisecond))
+	}
+	t.Logf("%d requests, apart by %v", len(times), gaps)
+	if len(times) < least || len(times) > most {
+		t.Errorf("%d requests, want %d to %d", len(times), least, most)
+	}
+	for i, g := range gaps {
+		if g > maxGap+time.Second {
+			t.Errorf("gap %d is %s, over the %s cap", i, g, maxGap)
+		}
+		if i > 0 && g < gaps[i-1]-300*time.Millisecond {
+			t.Errorf("gaps %v shrink: the backoff is not exponential", gaps)
+		}
+	}
+	return gaps
+}

@@ -315,23 +315,7 @@ func TestDeniedRequestBacksOff(t *testing.T) {
 	time.Sleep(14 * time.Second)
 	// Backoff 0.5s doubling to 4s: tries at about 0, 0.5, 1.5, 3.5, 7.5,
 	// 11.5 and 15.5 seconds. A hot loop would make hundreds.
-	times := requests()
-	var gaps []time.Duration
-	for i := 1; i < len(times); i++ {
-		gaps = append(gaps, times[i].Sub(times[i-1]).Round(10*time.Millisecond))
-	}
-	t.Logf("%d CertificateRequests in about 15 seconds of denials, apart by %v", len(times), gaps)
-	if len(times) < 4 || len(times) > 9 {
-		t.Errorf("%d requests in about 15 seconds, want 4 to 9", len(times))
-	}
-	for i, g := range gaps {
-		if g > 4*time.Second+time.Second {
-			t.Errorf("gap %d is %s, over the 4s cap", i, g)
-		}
-		if i > 0 && g < gaps[i-1]-300*time.Millisecond {
-			t.Errorf("gaps %v shrink: the backoff is not exponential", gaps)
-		}
-	}
+	gaps := backoffGaps(t, requests(), 4, 9, 4*time.Second)
 	if len(gaps) > 0 && gaps[len(gaps)-1] < 3500*time.Millisecond {
 		t.Errorf("the last gap %s did not reach the 4s cap", gaps[len(gaps)-1])
 	}
