@@ -90,7 +90,7 @@ func New(o Options) *Reconciler {
 			Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, Backoff: issuance.NewBackoff(o.Backoff),
 			Annotations: o.RequestAnnotations,
 		}),
-		roots:    trust.NewStore(o.Backoff.Max),
+		roots:    trust.NewStore(),
 		reported: map[string]string{},
 	}
 }
@@ -208,10 +208,10 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *model.MeshIdentityRes
 		}
 		return []*x509.Certificate{root}, rootRefresh, nil
 	case out.Failure != nil:
-		r.roots.Fail(key, now)
+		r.roots.Fail(key, now.Add(out.RetryAfter))
 		r.report(mid, corev1.EventTypeWarning, "RootUnknown",
 			"cannot learn the issuer's root (%s); set meshcert.io/ca-cert-secret, or a caCert, to its CA certificate", out.Failure.Message)
-		return known, r.Backoff.Max, nil
+		return known, out.RetryAfter, nil
 	}
 	// The probe is under way; keep what is known until it ends.
 	return known, out.RetryAfter, nil

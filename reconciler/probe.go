@@ -127,7 +127,7 @@ func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b mode
 		log.Info("Learned a backend's root", "root", root.Subject.String())
 		return 0, true, nil
 	case out.Failure != nil:
-		r.roots.Fail(key, r.Clock.Now())
+		r.roots.Fail(key, r.Clock.Now().Add(out.RetryAfter))
 		failuresTotal.WithLabelValues("RootUnknown").Inc()
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeWarning, "RootUnknown", "ProbeBackend",
 			"backend %q: cannot learn its root (%s); dataplanes trust the roots that are known, without it. Set conf.caCert to its CA certificate", b.Name, out.Failure.Message)

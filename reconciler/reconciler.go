@@ -81,7 +81,7 @@ func New(o Options) *Reconciler {
 	r := &Reconciler{
 		Options:        o,
 		backoff:        issuance.NewBackoff(o.Backoff),
-		roots:          trust.NewStore(o.Backoff.Max),
+		roots:          trust.NewStore(),
 		switches:       newSwitches(o.SwitchWindow),
 		dataplaneTurns: make(chan event.GenericEvent, 1024),
 		meshTurns:      make(chan event.GenericEvent, 64),

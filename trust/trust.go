@@ -33,11 +33,11 @@ func CertManagerKey(mesh string, b model.Backend, caCert []byte) BackendKey {
 // from a certificate they issued or from a probe, and the backends whose root
 // could not be learned.
 type Store struct {
-	// retry is how long after a failure a backend's root is asked for again.
-	retry   time.Duration
 	mu      sync.Mutex
 	learned map[BackendKey]learnedRoots
-	failed  map[BackendKey]time.Time
+	// failed holds when each backend whose root could not be learned is
+	// asked again.
+	failed map[BackendKey]time.Time
 }
 
 // learnedRoots are a backend's roots, and when they were learned.
@@ -46,10 +46,9 @@ type learnedRoots struct {
 	at    time.Time
 }
 
-// NewStore returns an empty Store that asks again for a root it failed to
-// learn once retry has passed.
-func NewStore(retry time.Duration) *Store {
-	return &Store{retry: retry, learned: map[BackendKey]learnedRoots{}, failed: map[BackendKey]time.Time{}}
+// NewStore returns an empty Store.
+func NewStore() *Store {
+	return &Store{learned: map[BackendKey]learnedRoots{}, failed: map[BackendKey]time.Time{}}
 }
 
 // Learn records a backend's roots, learned at a time, and reports whether
@@ -83,11 +82,13 @@ func (s *Store) KnowsAll(keys map[BackendKey]bool) bool {
 	return true
 }
 
-// Fail records that a backend's root could not be learned.
-func (s *Store) Fail(k BackendKey, at time.Time) {
+// Fail records that a backend's root could not be learned, and when to ask
+// again: the issuance backoff's next attempt, so that a passing failure
+// delays a rotation by seconds, not minutes.
+func (s *Store) Fail(k BackendKey, retryAt time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failed[k] = at
+	s.failed[k] = retryAt
 }
 
 // RetryAt tells when a backend whose root could not be learned is asked
@@ -96,7 +97,7 @@ func (s *Store) RetryAt(k BackendKey) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.failed[k]
-	return t.Add(s.retry), ok
+	return t, ok
 }
 
 // Prune forgets the backends of a mesh that are no longer configured.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -87,6 +88,10 @@ type Agent struct {
 // StartAgent runs a node agent for node with the unix attestor, serving on
 // socket, and waits until the socket is served.
 func (c *Cluster) StartAgent(ctx context.Context, systemNamespace, node, socket string) (*Agent, error) {
+	socket, err := filepath.Abs(socket)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := config.ParseAgent([]string{
 		"--system-namespace", systemNamespace, "--node-name", node, "--socket", socket,
 		"--attestor", config.AttestorUnix, "--health-probe-bind-address", "0", "--dev",

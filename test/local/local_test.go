@@ -60,6 +60,11 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
 		}
+		if t.Failed() {
+			logs, _ := os.ReadFile(filepath.Join(state, "meshcert.log"))
+			lines := strings.Split(strings.TrimSpace(string(logs)), "\n")
+			t.Logf("the last lines of meshcert.log:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+		}
 	})
 
 	waitForLine(t, output, readyLine, 3*time.Minute)
