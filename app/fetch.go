@@ -16,8 +16,14 @@ import (
 // writeDir it also writes the certificates, the key and the bundle there, as
 // spire-agent api fetch x509 -write does.
 func Fetch(ctx context.Context, socket, writeDir string, out io.Writer) error {
+	// go-spiffe takes a unix:// URL, in which a relative path would read as
+	// a host.
+	abs, err := filepath.Abs(socket)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
-	x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+socket))
+	x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+abs))
 	if err != nil {
 		return fmt.Errorf("fetching an X509-SVID from %s: %w", socket, err)
 	}
@@ -29,7 +35,8 @@ func Fetch(ctx context.Context, socket, writeDir string, out io.Writer) error {
 		fmt.Fprintf(out, "Valid after:  %s\n", leaf.NotBefore.UTC().Format(time.RFC3339))
 		fmt.Fprintf(out, "Valid until:  %s\n", leaf.NotAfter.UTC().Format(time.RFC3339))
 		for _, b := range x509ctx.Bundles.Bundles() {
-			fmt.Fprintf(out, "Trusts:       %s (%d roots)\n", b.TrustDomain(), len(b.X509Authorities()))
+			n := len(b.X509Authorities())
+			fmt.Fprintf(out, "Trusts:       %s (%d %s)\n", b.TrustDomain(), n, map[bool]string{true: "root", false: "roots"}[n == 1])
 		}
 		if writeDir == "" {
 			continue

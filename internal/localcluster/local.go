@@ -161,7 +161,7 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 	}()
 
 	if err := step("admin kubeconfig", func() (string, error) {
-		return c.Kubeconfig, nil
+		return relative(c.Kubeconfig), nil
 	}); err != nil {
 		return err
 	}

@@ -75,9 +75,15 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 	}
 
 	kubeconfig := filepath.Join(state, "kubeconfig")
+	stateFromRoot, err := filepath.Rel(root, state)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range walkthrough(t, filepath.Join(root, "README.md")) {
-		// The runner's state is in state, not .local.
-		command := strings.ReplaceAll(c.command, ".local/", state+"/")
+		// The runner's state is in state, not .local; named relative to the
+		// checkout, as .local is, so that a command that mishandles a
+		// relative path fails here too.
+		command := strings.ReplaceAll(c.command, ".local/", stateFromRoot+"/")
 		rejected := c.expect == "rejected"
 		out, err := runUntil(root, command, 2*time.Minute, func(out string, err error) bool {
 			if rejected || c.expect == "" {
