@@ -115,13 +115,18 @@ func (r *Reconciler) probe(ctx context.Context, mesh *model.MeshResource, b mode
 		Labels:       map[string]string{model.ManagedMeshLabel: model.LabelValue(mesh.Name), ProbeLabel: "true"},
 		Annotations:  map[string]string{model.MeshAnnotation: mesh.Name, model.BackendAnnotation: b.Name},
 	}
-	out, err := r.issuer.Step(ctx, req, func(context.Context, *issuance.Certificate) error { return nil })
+	// The root is learned as the certificate is delivered, before its
+	// request is deleted: that deletion is what wakes the mesh's dataplanes,
+	// and they must find the root then.
+	out, err := r.issuer.Step(ctx, req, func(_ context.Context, c *issuance.Certificate) error {
+		r.roots.Learn(key, r.Clock.Now(), c.Root)
+		return nil
+	})
 	switch {
 	case err != nil:
 		return 0, false, err
 	case out.Certificate != nil:
 		root := out.Certificate.Root
-		r.roots.Learn(key, r.Clock.Now(), root)
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeNormal, "RootLearned", "ProbeBackend",
 			"backend %q: learned its root %q; every dataplane of the mesh now trusts it", b.Name, root.Subject.String())
 		log.Info("Learned a backend's root", "root", root.Subject.String())
