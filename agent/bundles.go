@@ -1,28 +1,34 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"sort"
+	"sync"
 
-	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/trust"
 )
 
 // Bundles are the roots each trust domain of a mesh trusts: the MeshTrusts of
 // the system namespace, meshcert's own and any other (such as Kuma's for its
 // Bundled identities), so that workloads of different providers in one mesh
-// trust each other.
+// trust each other. They are parsed once per change of the MeshTrusts, not
+// once per stream and wake-up.
 type Bundles struct {
 	// Cache holds the MeshTrusts of the system namespace: they are few.
 	Cache           client.Reader
 	SystemNamespace string
+
+	mu sync.Mutex
+	// byMesh is the parsed MeshTrusts by mesh; nil until read, and again
+	// after any MeshTrust changes.
+	byMesh map[string][]TrustDomainBundle
 }
 
 // TrustDomainBundle is one trust domain and its roots.
@@ -33,35 +39,41 @@ type TrustDomainBundle struct {
 
 // ForMesh returns the mesh's trust domains and their roots, sorted by trust
 // domain. The roots of several MeshTrusts of one trust domain are joined.
+// The slice is the caller's to change.
 func (b *Bundles) ForMesh(ctx context.Context, mesh string) ([]TrustDomainBundle, error) {
-	var list model.MeshTrustResourceList
-	if err := b.Cache.List(ctx, &list, client.InNamespace(b.SystemNamespace)); err != nil {
-		return nil, err
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.byMesh == nil {
+		var list model.MeshTrustResourceList
+		if err := b.Cache.List(ctx, &list, client.InNamespace(b.SystemNamespace)); err != nil {
+			return nil, err
+		}
+		b.byMesh = parseMeshTrusts(list.Items)
 	}
-	byDomain := map[string][]*x509.Certificate{}
-	for _, mt := range list.Items {
-		if model.MeshOfSecret(mt.Labels) != mesh || mt.Spec.TrustDomain == "" {
+	return append([]TrustDomainBundle(nil), b.byMesh[mesh]...), nil
+}
+
+func parseMeshTrusts(items []model.MeshTrustResource) map[string][]TrustDomainBundle {
+	byDomain := map[string]map[string][]*x509.Certificate{}
+	for i := range items {
+		mt := &items[i]
+		mesh := model.MeshOfSecret(mt.Labels)
+		if mt.Spec.TrustDomain == "" {
 			continue
 		}
-		for _, cb := range mt.Spec.CABundles {
-			if cb.PEM == nil {
-				continue
-			}
-			// A bundle that does not parse is the webhook's and Kuma's to
-			// reject; it adds nothing here.
-			roots, err := pki.DecodeX509CertificateSetBytes([]byte(cb.PEM.Value))
-			if err != nil {
-				continue
-			}
-			byDomain[mt.Spec.TrustDomain] = appendNew(byDomain[mt.Spec.TrustDomain], roots...)
+		if byDomain[mesh] == nil {
+			byDomain[mesh] = map[string][]*x509.Certificate{}
 		}
+		byDomain[mesh][mt.Spec.TrustDomain] = append(byDomain[mesh][mt.Spec.TrustDomain], references.MeshTrustRoots(mt)...)
 	}
-	out := make([]TrustDomainBundle, 0, len(byDomain))
-	for td, roots := range byDomain {
-		out = append(out, TrustDomainBundle{TrustDomain: td, Roots: roots})
+	out := map[string][]TrustDomainBundle{}
+	for mesh, domains := range byDomain {
+		for td, roots := range domains {
+			out[mesh] = append(out[mesh], TrustDomainBundle{TrustDomain: td, Roots: trust.UniqueRoots(roots)})
+		}
+		sortByDomain(out[mesh])
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].TrustDomain < out[j].TrustDomain })
-	return out, nil
+	return out
 }
 
 // RootsPEM is the PEM of one trust domain's roots, which an issued
@@ -74,22 +86,29 @@ func (b *Bundles) RootsPEM(mesh, trustDomain string) []byte {
 	}
 	for _, tdb := range bundles {
 		if tdb.TrustDomain == trustDomain {
-			return encodeCerts(tdb.Roots)
+			return trust.EncodeRoots(tdb.Roots)
 		}
 	}
 	return nil
 }
 
-// Watch notifies changed whenever a MeshTrust changes.
+// Watch forgets the parsed MeshTrusts and notifies changed whenever a
+// MeshTrust changes.
 func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier) error {
 	inf, err := mgr.GetCache().GetInformer(ctx, &model.MeshTrustResource{})
 	if err != nil {
 		return err
 	}
+	onChange := func() {
+		b.mu.Lock()
+		b.byMesh = nil
+		b.mu.Unlock()
+		changed.Notify()
+	}
 	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { changed.Notify() },
-		UpdateFunc: func(any, any) { changed.Notify() },
-		DeleteFunc: func(any) { changed.Notify() },
+		AddFunc:    func(any) { onChange() },
+		UpdateFunc: func(any, any) { onChange() },
+		DeleteFunc: func(any) { onChange() },
 	})
 	return err
 }
@@ -106,32 +125,12 @@ func withOwn(bundles []TrustDomainBundle, svid *SVID) []TrustDomainBundle {
 		}
 	}
 	out := append(bundles, TrustDomainBundle{TrustDomain: svid.Identity.TrustDomain, Roots: []*x509.Certificate{svid.Cert.Root}})
-	sort.Slice(out, func(i, j int) bool { return out[i].TrustDomain < out[j].TrustDomain })
+	sortByDomain(out)
 	return out
 }
 
-func appendNew(list []*x509.Certificate, certs ...*x509.Certificate) []*x509.Certificate {
-	for _, c := range certs {
-		seen := false
-		for _, have := range list {
-			if have.Equal(c) {
-				seen = true
-				break
-			}
-		}
-		if !seen {
-			list = append(list, c)
-		}
-	}
-	return list
-}
-
-func encodeCerts(certs []*x509.Certificate) []byte {
-	var buf bytes.Buffer
-	for _, c := range certs {
-		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return buf.Bytes()
+func sortByDomain(bundles []TrustDomainBundle) {
+	sort.Slice(bundles, func(i, j int) bool { return bundles[i].TrustDomain < bundles[j].TrustDomain })
 }
 
 func concatDER(certs []*x509.Certificate) []byte {

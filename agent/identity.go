@@ -131,12 +131,21 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 	}, nil
 }
 
+// PodUIDIndex indexes the node's Pods by UID, which a caller's cgroup names.
+const PodUIDIndex = "agent.pod-uid"
+
+// IndexPodUIDs adds the index the PodAttestor reads through.
+func IndexPodUIDs(ctx context.Context, indexer client.FieldIndexer) error {
+	return indexer.IndexField(ctx, &corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} })
+}
+
 // PodAttestor is the Kubernetes attestor: the caller's cgroup names its pod,
 // which must be a Pod of this node, and the Dataplane Kuma made for it has
 // the Pod's namespace and name.
 type PodAttestor struct {
 	Procfs attest.Procfs
-	// Pods reads the Pods of this node only, from a cache limited to them.
+	// Pods reads the Pods of this node only, from a cache limited to them
+	// and indexed by IndexPodUIDs.
 	Pods client.Reader
 	// Dataplanes reads one Dataplane by name from the API server: an agent
 	// never caches the cluster's Dataplanes.
@@ -155,18 +164,13 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*model.Da
 		return nil, nil, notEntitled("process %d is not in a pod", c.PID)
 	}
 	var pods corev1.PodList
-	if err := a.Pods.List(ctx, &pods); err != nil {
+	if err := a.Pods.List(ctx, &pods, client.MatchingFields{PodUIDIndex: w.PodUID}); err != nil {
 		return nil, nil, err
 	}
-	var pod *corev1.Pod
-	for i := range pods.Items {
-		if string(pods.Items[i].UID) == w.PodUID {
-			pod = &pods.Items[i]
-		}
-	}
-	if pod == nil {
+	if len(pods.Items) != 1 {
 		return nil, nil, notEntitled("process %d is in pod %s, which is not a pod of this node", c.PID, w.PodUID)
 	}
+	pod := &pods.Items[0]
 	dp := &model.DataplaneResource{}
 	err = a.Dataplanes.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, dp)
 	if apierrors.IsNotFound(err) {

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshcert/meshcert/trust"
 )
 
 // The secret names SPIRE's agent serves, which Kuma's Spire provider asks
@@ -214,7 +216,7 @@ func spiffeValidator(bundles []TrustDomainBundle) (*tlsv3.CertificateValidationC
 	conf := &tlsv3.SPIFFECertValidatorConfig{}
 	for _, b := range bundles {
 		conf.TrustDomains = append(conf.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
-			Name: b.TrustDomain, TrustBundle: inline(encodeCerts(b.Roots)),
+			Name: b.TrustDomain, TrustBundle: inline(trust.EncodeRoots(b.Roots)),
 		})
 	}
 	typed, err := anypb.New(conf)
@@ -226,7 +228,7 @@ func spiffeValidator(bundles []TrustDomainBundle) (*tlsv3.CertificateValidationC
 
 func trustedCA(name string, b TrustDomainBundle) *tlsv3.Secret {
 	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(encodeCerts(b.Roots)),
+		TrustedCa: inline(trust.EncodeRoots(b.Roots)),
 	}}}
 }
 

@@ -26,7 +26,6 @@ type Server struct {
 	SVIDs    *SVIDs
 	Bundles  *Bundles
 	Changed  *Notifier
-	Procfs   attest.Procfs
 	Log      logr.Logger
 }
 
@@ -49,7 +48,7 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 		ln.Close()
 		return err
 	}
-	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Procfs}))
+	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}))
 	secretv3.RegisterSecretDiscoveryServiceServer(g, &sds{s: s})
 	workloadv1.RegisterSpiffeWorkloadAPIServer(g, &workloadAPI{s: s})
 	go func() {

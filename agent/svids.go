@@ -149,13 +149,6 @@ func (s *SVIDs) Get(spiffeID string) *SVID {
 	return nil
 }
 
-// Count is the number of identities held, for metrics and tests.
-func (s *SVIDs) Count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.ids)
-}
-
 // SetupWithManager runs the identities' issuance as a controller, woken by
 // Want, by renewals and by the watch on the node's CertificateRequests.
 func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {

@@ -83,7 +83,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		}
 		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache()}
 	default:
-		if _, err := mgr.GetCache().GetInformer(ctx, &corev1.Pod{}); err != nil {
+		if err := agent.IndexPodUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
 		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: mgr.GetAPIReader()}
@@ -114,7 +114,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 			Attestor: attestor, Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace,
 			Zone: cfg.Zone, KeyAlgorithm: issuance.KeyAlgorithm(cfg.KeyAlgorithm), Procfs: procfs,
 		},
-		SVIDs: svids, Bundles: bundles, Changed: changed, Procfs: procfs, Log: log,
+		SVIDs: svids, Bundles: bundles, Changed: changed, Log: log,
 	}
 	serving := make(chan struct{})
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {

@@ -18,7 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -250,7 +249,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource,
 	}
 	keep := slices.Clone(roots)
 	var added, retired []string
-	for _, old := range rootsOf(&existing) {
+	for _, old := range references.MeshTrustRoots(&existing) {
 		fp := fingerprint(old)
 		if current[fp] {
 			delete(retiring, fp)
@@ -279,7 +278,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *model.MeshIdentityResource,
 	}
 	if found {
 		for _, c := range roots {
-			if !slices.ContainsFunc(rootsOf(&existing), c.Equal) {
+			if !slices.ContainsFunc(references.MeshTrustRoots(&existing), c.Equal) {
 				added = append(added, c.Subject.String())
 			}
 		}
@@ -386,20 +385,6 @@ func lifetimeOf(mid *model.MeshIdentityResource) time.Duration {
 		return d
 	}
 	return DefaultLifetime
-}
-
-func rootsOf(mt *model.MeshTrustResource) []*x509.Certificate {
-	var roots []*x509.Certificate
-	for _, b := range mt.Spec.CABundles {
-		if b.PEM == nil {
-			continue
-		}
-		certs, err := pki.DecodeX509CertificateSetBytes([]byte(b.PEM.Value))
-		if err == nil {
-			roots = append(roots, certs...)
-		}
-	}
-	return roots
 }
 
 func sameTrust(a, b *model.MeshTrustResource) bool {

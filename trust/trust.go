@@ -132,17 +132,18 @@ func (m Mesh) Bundle() []byte { return EncodeRoots(m.Roots) }
 // Complete says no backend's root is still to be learned.
 func (m Mesh) Complete() bool { return len(m.Unknown) == 0 }
 
+// UniqueRoots returns roots each once, in a stable order (by their DER).
+func UniqueRoots(roots []*x509.Certificate) []*x509.Certificate {
+	out := slices.Clone(roots)
+	slices.SortFunc(out, func(a, b *x509.Certificate) int { return bytes.Compare(a.Raw, b.Raw) })
+	return slices.CompactFunc(out, (*x509.Certificate).Equal)
+}
+
 // EncodeRoots encodes roots as PEM, each once, sorted.
 func EncodeRoots(roots []*x509.Certificate) []byte {
-	ders := make([][]byte, 0, len(roots))
-	for _, r := range roots {
-		ders = append(ders, r.Raw)
-	}
-	slices.SortFunc(ders, bytes.Compare)
-	ders = slices.CompactFunc(ders, bytes.Equal)
 	var out bytes.Buffer
-	for _, d := range ders {
-		_ = pem.Encode(&out, &pem.Block{Type: "CERTIFICATE", Bytes: d})
+	for _, r := range UniqueRoots(roots) {
+		_ = pem.Encode(&out, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
 	}
 	return out.Bytes()
 }
