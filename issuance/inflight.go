@@ -15,7 +15,10 @@ import (
 type inFlight struct {
 	mu      sync.Mutex
 	byOwner map[string]*pending
-	max     int
+	// reserved are the owners admitted whose request is not made yet: they
+	// hold a place, so that owners admitted at once cannot pass the cap.
+	reserved map[string]bool
+	max      int
 	waiting []string
 	queued  map[string]bool
 	// onTurn is told of each owner whose turn has come. It must not block.
@@ -33,7 +36,7 @@ func newInFlight(maxInFlight int, onTurn func(owner string)) *inFlight {
 	if onTurn == nil {
 		onTurn = func(string) {}
 	}
-	return &inFlight{byOwner: map[string]*pending{}, max: maxInFlight, queued: map[string]bool{}, onTurn: onTurn}
+	return &inFlight{byOwner: map[string]*pending{}, reserved: map[string]bool{}, max: maxInFlight, queued: map[string]bool{}, onTurn: onTurn}
 }
 
 func (f *inFlight) get(owner string) *pending {
@@ -42,12 +45,17 @@ func (f *inFlight) get(owner string) *pending {
 	return f.byOwner[owner]
 }
 
-// admit tells whether a new request may start, or puts owner in line. The
-// cap is soft: callers admitted at the same moment may pass it by a few.
+// admit tells whether a new request may start, or puts owner in line. An
+// owner admitted holds its place until it starts its request, or gives the
+// place up with end.
 func (f *inFlight) admit(owner string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.max <= 0 || len(f.byOwner) < f.max {
+	if f.max <= 0 {
+		return true
+	}
+	if f.reserved[owner] || f.open() < f.max {
+		f.reserved[owner] = true
 		return true
 	}
 	if !f.queued[owner] {
@@ -60,24 +68,32 @@ func (f *inFlight) admit(owner string) bool {
 func (f *inFlight) start(owner string, p *pending) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	delete(f.reserved, owner)
 	if _, ok := f.byOwner[owner]; !ok {
 		inFlightGauge.Inc()
 	}
 	f.byOwner[owner] = p
 }
 
-// end ends owner's request, and gives as many waiting owners their turn as
-// there are free places.
+// open counts the places taken, by requests and by owners admitted.
+func (f *inFlight) open() int { return len(f.byOwner) + len(f.reserved) }
+
+// end ends owner's request, or gives up the place it was admitted to, and
+// gives as many waiting owners their turn as there are free places.
 func (f *inFlight) end(owner string) {
 	f.mu.Lock()
-	if _, ok := f.byOwner[owner]; !ok {
+	_, started := f.byOwner[owner]
+	if !started && !f.reserved[owner] {
 		f.mu.Unlock()
 		return
 	}
-	inFlightGauge.Dec()
-	delete(f.byOwner, owner)
+	if started {
+		inFlightGauge.Dec()
+		delete(f.byOwner, owner)
+	}
+	delete(f.reserved, owner)
 	var next []string
-	for len(f.waiting) > 0 && len(next) < f.max-len(f.byOwner) {
+	for len(f.waiting) > 0 && len(next) < f.max-f.open() {
 		next = append(next, f.waiting[0])
 		delete(f.queued, f.waiting[0])
 		f.waiting = f.waiting[1:]

@@ -35,6 +35,18 @@ func TestInFlightCap(t *testing.T) {
 				{end: "c"}, {end: "d"},
 			},
 		},
+		"owners admitted at once hold their places until they start or give up": {
+			max: 2,
+			steps: []step{
+				{admit: "a", admitted: true}, {admit: "b", admitted: true},
+				{admit: "a", admitted: true}, // a's place is a's already
+				{admit: "c"},
+				{start: "a"}, {admit: "d"},
+				{end: "b", woken: []string{"c"}}, // b made no request after all
+				{admit: "c", admitted: true}, {start: "c"},
+				{end: "a", woken: []string{"d"}},
+			},
+		},
 		"an end wakes as many as there are free places": {
 			max: 2,
 			steps: []step{

@@ -255,8 +255,15 @@ func (i *Issuer) Step(ctx context.Context, req Request, deliver Deliver) (Outcom
 	return Outcome{RetryAfter: deadline.Sub(now)}, nil
 }
 
-// create makes a key and asks cert-manager to sign it.
+// create makes a key and asks cert-manager to sign it, in the place in
+// flight the caller was admitted to; a request not made gives it up.
 func (i *Issuer) create(ctx context.Context, req Request, name string) (Outcome, error) {
+	started := false
+	defer func() {
+		if !started {
+			i.inFlight.end(req.Owner)
+		}
+	}()
 	// A request of this name that holds no key here was made by a process
 	// that died: its key went with it, so it can never be used.
 	var stale cmapi.CertificateRequest
@@ -314,6 +321,7 @@ func (i *Issuer) create(ctx context.Context, req Request, name string) (Outcome,
 		return Outcome{}, fmt.Errorf("creating CertificateRequest %s/%s: %w", i.namespace, name, err)
 	}
 	i.inFlight.start(req.Owner, &pending{name: name, key: key, created: i.clock.Now()})
+	started = true
 	logf.FromContext(ctx).V(1).Info("Created CertificateRequest", "request", name, "issuer", req.IssuerRef.Name)
 	return Outcome{RetryAfter: req.Timeout}, nil
 }

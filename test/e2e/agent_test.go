@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,7 +34,6 @@ import (
 	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
-	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/test/chart"
 )
@@ -460,109 +458,4 @@ func trustDomainsOf(t *testing.T, s *tlsv3.Secret) []string {
 		out = append(out, td.Name)
 	}
 	return out
-}
-
-// svidWatcher records the SVIDs go-spiffe's client is pushed.
-type svidWatcher struct {
-	mu      sync.Mutex
-	serials []string
-	errs    int
-}
-
-func (w *svidWatcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(c.SVIDs) == 1 {
-		w.serials = append(w.serials, c.SVIDs[0].Certificates[0].SerialNumber.String())
-	}
-}
-
-func (w *svidWatcher) OnX509ContextWatchError(error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.errs++
-}
-
-func (w *svidWatcher) updates() (int, string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.serials) == 0 {
-		return 0, ""
-	}
-	return len(w.serials), w.serials[len(w.serials)-1]
-}
-
-// TestAgentSurvivesKills SIGKILLs the agent's process while a workload
-// watches its identity with go-spiffe's client: each time, the client
-// reconnects by itself to the restarted agent and is pushed a new verified
-// SVID, made by one new request, and no request is left behind.
-func TestAgentSurvivesKills(t *testing.T) {
-	ctx := context.Background()
-	const ns, kills = "agent-kills", 3
-	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
-	applyAgentIdentities(t)
-	agentWorkload(t, ns, "killed", agentNode, "agent-web", map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(os.Getuid())})
-	user := applyAgentRBAC(t, config.AttestorUnix)
-	bin, err := localcluster.MeshcertBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "agent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	socket := filepath.Join(dir, "socket")
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := testEnv.cluster.WriteKubeconfigAs(kubeconfig, user); err != nil {
-		t.Fatal(err)
-	}
-	start := func() *localcluster.Process {
-		t.Helper()
-		port, err := localcluster.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		probe := "127.0.0.1:" + strconv.Itoa(port)
-		p, err := localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", "agent",
-			"--kubeconfig", kubeconfig, "--system-namespace", systemNamespace, "--node-name", agentNode, "--socket", socket,
-			"--attestor", config.AttestorUnix, "--health-probe-bind-address", probe, "--backoff-initial", "500ms", "--backoff-max", "4s")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	created := watchRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "agents"})
-	p := start()
-	t.Cleanup(func() { p.Kill() })
-
-	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	w := &svidWatcher{}
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	t.Cleanup(stopWatch)
-	go func() { _ = c.WatchX509Context(watchCtx, w) }()
-	waitFor(t, 30*time.Second, "the first SVID", func() bool { n, _ := w.updates(); return n > 0 })
-
-	for i := range kills {
-		_, before := w.updates()
-		killedAt := time.Now()
-		p.Kill()
-		p = start()
-		waitFor(t, 30*time.Second, "a new SVID after the kill", func() bool { _, last := w.updates(); return last != before })
-		t.Logf("kill %d: the client held a new SVID %s after the kill", i+1, time.Since(killedAt).Round(time.Millisecond))
-	}
-	// Renewals of the 15s certificates may add requests while this runs,
-	// but never one per reconnect attempt.
-	if n := created(); n < kills+1 || n > 2*(kills+1) {
-		t.Errorf("%d requests for %d kills and one identity, want %d to %d", n, kills, kills+1, 2*(kills+1))
-	}
-	// The requests of the killed agents: their keys died with them, and the
-	// next agent deleted any it found.
-	waitFor(t, 10*time.Second, "no request left", func() bool {
-		return len(listRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "agents"})) == 0
-	})
 }
