@@ -19,8 +19,8 @@ type inFlight struct {
 	// hold a place, so that owners admitted at once cannot pass the cap.
 	reserved map[string]bool
 	max      int
-	waiting []string
-	queued  map[string]bool
+	waiting  []string
+	queued   map[string]bool
 	// onTurn is told of each owner whose turn has come. It must not block.
 	onTurn func(owner string)
 }

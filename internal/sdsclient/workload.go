@@ -44,11 +44,11 @@ type Workload struct {
 	// are 500ms and 30s.
 	RetryInitial, RetryMax time.Duration
 
-	mu       sync.Mutex
-	held     []Held
-	streams  int
-	nacks    int
-	lastErr  error
+	mu      sync.Mutex
+	held    []Held
+	streams int
+	nacks   int
+	lastErr error
 }
 
 // Held is a certificate the workload accepted: its chain verified to its
