@@ -101,9 +101,8 @@ func (w *Workload) stream(ctx context.Context, client secretv3.SecretDiscoverySe
 	}
 	w.record(func() { w.streams++ })
 	names := []string{w.SpiffeID, agent.AllBundlesName}
-	node := &corev3.Node{Id: "sidecar~" + strconv.FormatUint(uint64(w.UID), 10), UserAgentName: "envoy"}
 	accepted := ""
-	req := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: agent.SecretTypeURL, ResourceNames: names}
+	req := w.firstRequest()
 	for {
 		if err := s.Send(req); err != nil {
 			return received, err
@@ -128,6 +127,31 @@ func (w *Workload) stream(ctx context.Context, client secretv3.SecretDiscoverySe
 			})
 		}
 	}
+}
+
+// firstRequest is a stream's first: Envoy's node, and the names.
+func (w *Workload) firstRequest() *discoveryv3.DiscoveryRequest {
+	node := &corev3.Node{Id: "sidecar~" + strconv.FormatUint(uint64(w.UID), 10), UserAgentName: "envoy"}
+	return &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: agent.SecretTypeURL, ResourceNames: []string{w.SpiffeID, agent.AllBundlesName}}
+}
+
+// Once opens a stream, checks its first response, and closes it: the
+// certificate, or the stream's error, as gRPC gave it.
+func (w *Workload) Once(ctx context.Context, client secretv3.SecretDiscoveryServiceClient) (*x509.Certificate, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := client.StreamSecrets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Send(w.firstRequest()); err != nil {
+		return nil, err
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return w.check(resp)
 }
 
 // check verifies a response as Envoy would before using it.

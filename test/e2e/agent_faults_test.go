@@ -1,17 +1,26 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -269,4 +278,166 @@ func (w *svidWatcher) updates() (int, string) {
 		return 0, ""
 	}
 	return len(w.serials), w.serials[len(w.serials)-1]
+}
+
+// TestAgentRefusesHostileCallers opens 1,000 connections at once, half of
+// them asking for an identity their caller does not own or from a user
+// with no Dataplane, while others send frames no gRPC client would: every
+// legitimate caller is served its own verified SVID, every other one is
+// refused, the agent stays up, and it asks once per identity.
+func TestAgentRefusesHostileCallers(t *testing.T) {
+	const ns, identities, connections = "agent-hostile", 50, 1000
+	applyAgentIdentities(t)
+	newFleet(t, ns, identities, 0)
+	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"}
+	created := watchRequests(t, fleetRequests)
+	a := newAgentProcess(t)
+	p := a.start()
+	idOf := func(i int) string { return fmt.Sprintf("spiffe://fleet.example.com/ns/%s/sa/w-%d", ns, i) }
+
+	// Malformed frames, each on a connection of its own, over and over while
+	// the callers below connect.
+	hostileCtx, stopHostile := context.WithCancel(context.Background())
+	var hostile sync.WaitGroup
+	var malformed atomic.Int64
+	for _, send := range malformedFrames {
+		hostile.Add(1)
+		go func() {
+			defer hostile.Done()
+			for hostileCtx.Err() == nil {
+				if err := send(a.socket); err != nil {
+					t.Errorf("sending a malformed frame: %v", err)
+					return
+				}
+				malformed.Add(1)
+			}
+		}()
+	}
+
+	type outcome struct {
+		i    int
+		code codes.Code
+		err  error
+	}
+	results := make(chan outcome, connections)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range connections {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			uid, asks := uint32(fleetUID+i%identities), idOf(i%identities)
+			switch i % 4 {
+			case 1: // another workload's identity
+				asks = idOf((i + 1) % identities)
+			case 3: // a user no Dataplane names
+				uid = fleetUID + identities + uint32(i)
+			}
+			code, err := fetchOnce(a.socket, uid, asks)
+			results <- outcome{i, code, err}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	took := time.Since(start)
+	stopHostile()
+	hostile.Wait()
+
+	want := map[int]codes.Code{0: codes.OK, 1: codes.InvalidArgument, 2: codes.OK, 3: codes.PermissionDenied}
+	served, refused := 0, 0
+	for r := range results {
+		if r.code != want[r.i%4] {
+			t.Errorf("connection %d: %v (%v), want %v", r.i, r.code, r.err, want[r.i%4])
+			continue
+		}
+		if r.code == codes.OK {
+			served++
+		} else {
+			refused++
+		}
+	}
+	if p.Exited() {
+		t.Fatal("the agent died")
+	}
+	if code, err := fetchOnce(a.socket, fleetUID, idOf(0)); code != codes.OK {
+		t.Errorf("after the hostile traffic: %v %v", code, err)
+	}
+	t.Logf("%d connections in %s: %d served, %d refused; %d malformed frames sent meanwhile; %d requests for %d identities",
+		connections, took.Round(time.Millisecond), served, refused, malformed.Load(), created(), identities)
+	if n := created(); n != identities {
+		t.Errorf("%d requests for %d identities", n, identities)
+	}
+}
+
+// fetchOnce opens an SDS stream as uid for asks and ALL, and tells how it
+// went: OK once a verified SVID of asks came, or the stream's error code.
+func fetchOnce(socket string, uid uint32, asks string) (codes.Code, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w := &sdsclient.Workload{Socket: socket, UID: uid, SpiffeID: asks}
+	conn, err := sdsclient.Conn(socket, uid)
+	if err != nil {
+		return codes.Unknown, err
+	}
+	defer conn.Close()
+	_, err = w.Once(ctx, secretv3.NewSecretDiscoveryServiceClient(conn))
+	return status.Code(err), err
+}
+
+// malformedFrames each open a connection to the agent's socket and send
+// what no gRPC client would, then read whatever comes back until the agent
+// ends the connection or a few seconds pass. Only failing to connect is an
+// error: how the agent refuses is its business, as long as it stays up.
+var malformedFrames = map[string]func(socket string) error{
+	"garbage instead of HTTP/2": func(socket string) error {
+		return rawExchange(socket, func(c net.Conn) { _, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: agent\r\n\r\n\x00\xff\xfe")) })
+	},
+	"a frame of a type and length no server knows": func(socket string) error {
+		return rawExchange(socket, func(c net.Conn) {
+			_, _ = c.Write([]byte(http2.ClientPreface))
+			_, _ = c.Write([]byte{0xff, 0xff, 0xff, 0xee, 0, 0, 0, 0, 1})
+		})
+	},
+	"a gRPC message that claims 1 GiB": func(socket string) error {
+		return grpcFrame(socket, "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets", []byte{0, 0x40, 0, 0, 0, 1, 2, 3})
+	},
+	"a DiscoveryRequest that is not protobuf": func(socket string) error {
+		return grpcFrame(socket, "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets", []byte{0, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff})
+	},
+	"a compressed message with no compressor": func(socket string) error {
+		return grpcFrame(socket, "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets", []byte{1, 0, 0, 0, 2, 0x1f, 0x8b})
+	},
+	"a method the agent does not have": func(socket string) error {
+		return grpcFrame(socket, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", []byte{0, 0, 0, 0, 0})
+	},
+}
+
+// rawExchange connects, lets write send, and reads until the end.
+func rawExchange(socket string, write func(net.Conn)) error {
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	write(c)
+	_, _ = io.Copy(io.Discard, c)
+	return nil
+}
+
+// grpcFrame sends one gRPC call's HEADERS and a DATA frame of body, after
+// HTTP/2's preface and settings, as a client would but for what it sends.
+func grpcFrame(socket, method string, body []byte) error {
+	return rawExchange(socket, func(c net.Conn) {
+		_, _ = c.Write([]byte(http2.ClientPreface))
+		fr := http2.NewFramer(c, c)
+		_ = fr.WriteSettings()
+		var hdr bytes.Buffer
+		enc := hpack.NewEncoder(&hdr)
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", method}, {":authority", "agent"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true})
+		_ = fr.WriteData(1, true, body)
+	})
 }
