@@ -65,6 +65,9 @@ type wanted struct {
 	users     int
 	idleSince time.Time
 	svid      *SVID
+	// warned is the serial of the certificate whose coming expiry was
+	// reported, so that it is reported once.
+	warned string
 }
 
 // SVIDOptions configure SVIDs.
@@ -250,19 +253,35 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
 	case out.Failure != nil:
 		s.report(ctx, id, out.Failure, out.RetryAfter)
-		if expiresIn > 0 && expiresIn <= out.RetryAfter {
-			s.warnExpiry(id, current, out.Failure)
+		if expiresIn > 0 {
+			s.warnExpiry(spiffeID, current, out.Failure.Reason)
 		}
+	case expiresIn > 0 && expiresIn <= out.RetryAfter:
+		// The renewal's request, or its backoff, outlasts the certificate.
+		s.warnExpiry(spiffeID, current, "its request is not signed yet")
 	}
 	// Wake at the expiry too, so that streams stop serving it.
 	return ctrl.Result{RequeueAfter: issuance.Soonest(issuance.Soonest(out.RetryAfter, dropIn), expiresIn)}, nil
 }
 
-// warnExpiry tells, on the MeshIdentity and the workload, that the current
-// certificate expires before the next attempt to renew it.
-func (s *SVIDs) warnExpiry(id *Identity, current *SVID, f *issuance.Failure) {
-	note := fmt.Sprintf("%s: the certificate expires at %s, before the next renewal attempt; its workloads lose their identity then unless the issuer recovers (%s)",
-		id.SpiffeID, current.Cert.Leaf().NotAfter.UTC().Format(time.RFC3339), f.Reason)
+// warnExpiry tells, once per certificate, on the MeshIdentity and the
+// workload, that a certificate due for renewal is not renewed yet and when
+// its workloads lose their identity.
+func (s *SVIDs) warnExpiry(spiffeID string, current *SVID, why string) {
+	serial := current.Cert.Leaf().SerialNumber.String()
+	s.mu.Lock()
+	w := s.ids[spiffeID]
+	first := w != nil && w.warned != serial
+	if first {
+		w.warned = serial
+	}
+	s.mu.Unlock()
+	if !first {
+		return
+	}
+	id := current.Identity
+	note := fmt.Sprintf("%s: the certificate expires at %s and is not renewed yet (%s); its workloads lose their identity then unless the issuer recovers",
+		id.SpiffeID, current.Cert.Leaf().NotAfter.UTC().Format(time.RFC3339), why)
 	mid := meshIdentityRef(id)
 	if id.Workload != nil {
 		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, "IdentityExpiring", "RenewIdentity", "%s", note)

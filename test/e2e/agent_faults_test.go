@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -36,13 +38,14 @@ import (
 const fleetUID = 30000
 
 // fleet is n workloads of mesh fleet, each the Dataplane of a Unix user of
-// its own, and their Envoy-shaped SDS clients, one per stream.
+// its own labelled app, and their Envoy-shaped SDS clients, streamsEach per
+// workload.
 type fleet struct {
 	ns        string
 	workloads []*sdsclient.Workload
 }
 
-func newFleet(t *testing.T, ns string, n, streamsEach int) *fleet {
+func newFleet(t *testing.T, ns, app string, n, streamsEach int) *fleet {
 	t.Helper()
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
 	t.Cleanup(func() {
@@ -60,7 +63,7 @@ func newFleet(t *testing.T, ns string, n, streamsEach int) *fleet {
 			defer func() { <-sem }()
 			name := fmt.Sprintf("w-%d", i)
 			dp := newDataplane(ns, name, "fleet", map[string]string{"kuma.io/service": name})
-			dp.Labels = map[string]string{"app": "agent-fleet", model.NamespaceLabel: ns, model.ServiceAccountLabel: name}
+			dp.Labels = map[string]string{"app": app, model.NamespaceLabel: ns, model.ServiceAccountLabel: name}
 			dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i)}
 			errs <- testEnv.cluster.Client.Create(context.Background(), dp)
 		}()
@@ -173,7 +176,7 @@ func TestAgentSurvivesKills(t *testing.T) {
 		identities, streamsEach = 1000, 1
 	}
 	applyAgentIdentities(t)
-	f := newFleet(t, ns, identities, streamsEach)
+	f := newFleet(t, ns, "agent-fleet", identities, streamsEach)
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns+"-spiffe")})
 	agentWorkload(t, ns+"-spiffe", "watched", agentNode, "agent-web", map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(os.Getuid())})
 	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"}
@@ -288,7 +291,7 @@ func (w *svidWatcher) updates() (int, string) {
 func TestAgentRefusesHostileCallers(t *testing.T) {
 	const ns, identities, connections = "agent-hostile", 50, 1000
 	applyAgentIdentities(t)
-	newFleet(t, ns, identities, 0)
+	newFleet(t, ns, "agent-fleet", identities, 0)
 	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"}
 	created := watchRequests(t, fleetRequests)
 	a := newAgentProcess(t)
@@ -440,4 +443,98 @@ func grpcFrame(socket, method string, body []byte) error {
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr.Bytes(), EndHeaders: true})
 		_ = fr.WriteData(1, true, body)
 	})
+}
+
+// TestAgentWarnsBeforeIdentitiesExpire stops the signer for longer than the
+// certificates have left: the agent retries with backoff, warns on the
+// MeshIdentity before each certificate expires, serves nothing past the
+// expiry, and once the signer is back every workload is served again.
+func TestAgentWarnsBeforeIdentitiesExpire(t *testing.T) {
+	const ns, identities, timeout = "agent-expiry", 5, 2 * time.Second
+	applyAgentIdentities(t)
+	f := newFleet(t, ns, "agent-fleet-short", identities, 1)
+	a := newAgentProcess(t, "--request-timeout", timeout.String())
+	a.start()
+	f.run(t, a.socket)
+	waitFor(t, 30*time.Second, "every workload's first SVID", func() bool { return f.holding(time.Time{}) == identities })
+	expiries := map[string]time.Time{}
+	last := time.Time{}
+	for _, w := range f.workloads {
+		h, _ := w.Current()
+		expiries[w.SpiffeID] = h.Leaf.NotAfter
+		last = latest(last, h.Leaf.NotAfter)
+	}
+	requests := watchRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"})
+
+	testEnv.signer.Stop()
+	stopped := time.Now()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = startSigner()
+		}
+	})
+	time.Sleep(time.Until(last.Add(3 * time.Second)))
+	outage := time.Since(stopped)
+
+	// Nothing is served past its expiry.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	conn, err := sdsclient.Conn(a.socket, fleetUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf, err := f.workloads[0].Once(ctx, secretv3.NewSecretDiscoveryServiceClient(conn)); err == nil {
+		t.Errorf("served a certificate that expired at %s, %s ago", leaf.NotAfter, time.Since(leaf.NotAfter))
+	}
+	cancel()
+	conn.Close()
+
+	// One warning per certificate, each before its expiry.
+	var list eventsv1.EventList
+	if err := testEnv.cluster.Client.List(context.Background(), &list); err != nil {
+		t.Fatal(err)
+	}
+	warned := map[string]time.Time{}
+	for _, e := range list.Items {
+		if e.Reason != "IdentityExpiring" || e.Regarding.Kind != "MeshIdentity" || e.Regarding.Name != "agent-fleet-short" {
+			continue
+		}
+		id, _, _ := strings.Cut(e.Note, ": ")
+		if _, dup := warned[id]; dup {
+			t.Errorf("%s was warned of twice", id)
+		}
+		warned[id] = e.EventTime.Time
+	}
+	for id, expiry := range expiries {
+		at, ok := warned[id]
+		switch {
+		case !ok:
+			t.Errorf("no IdentityExpiring Event for %s, which expired at %s", id, expiry)
+		case !at.Before(expiry):
+			t.Errorf("%s was warned of at %s, not before its expiry at %s", id, at, expiry)
+		default:
+			t.Logf("%s: warned %s before its expiry", id, expiry.Sub(at).Round(100*time.Millisecond))
+		}
+	}
+
+	// Retries: a request per identity at most every timeout, no hot loop.
+	made := requests()
+	if perIdentity := float64(made) / identities; perIdentity > outage.Seconds()/timeout.Seconds()+1 {
+		t.Errorf("%.1f requests per identity in a %s outage with a %s timeout", perIdentity, outage, timeout)
+	}
+	if err := startSigner(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	back := time.Now()
+	waitFor(t, time.Minute, "every workload served again", func() bool { return f.holding(back) == identities })
+	t.Logf("signer down %s, past every certificate's expiry: %d requests for %d identities; every workload held a new SVID %s after the signer returned",
+		outage.Round(100*time.Millisecond), made, identities, time.Since(back).Round(100*time.Millisecond))
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
