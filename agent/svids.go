@@ -55,6 +55,7 @@ type SVIDs struct {
 	bundles  *Bundles
 	changed  *Notifier
 	wake     chan event.TypedGenericEvent[string]
+	retries  issuance.BackoffPolicy
 
 	mu  sync.Mutex
 	ids map[string]*wanted
@@ -89,7 +90,7 @@ type SVIDOptions struct {
 func NewSVIDs(o SVIDOptions) *SVIDs {
 	s := &SVIDs{
 		node: o.Node, recorder: o.Recorder, clock: o.Clock, timeout: o.RequestTimeout,
-		bundles: o.Bundles, changed: o.Changed,
+		bundles: o.Bundles, changed: o.Changed, retries: o.Backoff,
 		wake: make(chan event.TypedGenericEvent[string], 1024),
 		ids:  map[string]*wanted{},
 	}
@@ -167,7 +168,7 @@ func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
 		})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: s.retries.RateLimiter(), SkipNameValidation: ptr.To(true)}).
 		Complete(s)
 }
 

@@ -3,12 +3,22 @@ package issuance
 import (
 	"sync"
 	"time"
+
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 )
 
 // BackoffPolicy spaces out retries after failed attempts: Initial, doubling
 // up to Max.
 type BackoffPolicy struct {
 	Initial, Max time.Duration
+}
+
+// RateLimiter spaces out a controller's retries after errors, such as an
+// API server out of reach, on the same policy. controller-runtime's default
+// grows to 1000s, and would hold a renewal long after the API server is back.
+func (p BackoffPolicy) RateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](p.Initial, p.Max)
 }
 
 // Backoff remembers each owner's recent failures. A failure is recorded with

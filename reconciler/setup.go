@@ -44,7 +44,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		WatchesRawSource(source.Channel(r.dataplaneTurns, &handler.EnqueueRequestForObject{})).
 		// One controller runs per process, but tests start one after another
 		// in the same process, which the name check would refuse.
-		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: r.Backoff.RateLimiter(), SkipNameValidation: ptr.To(true)}).
 		Complete(r); err != nil {
 		return err
 	}
