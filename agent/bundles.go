@@ -29,6 +29,16 @@ type Bundles struct {
 	// byMesh is the parsed MeshTrusts by mesh; nil until read, and again
 	// after any MeshTrust changes.
 	byMesh map[string][]TrustDomainBundle
+	// generation counts the changes of the MeshTrusts.
+	generation uint64
+}
+
+// Generation changes whenever a MeshTrust does: an answer built from the
+// bundles of one generation holds until the next.
+func (b *Bundles) Generation() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.generation
 }
 
 // TrustDomainBundle is one trust domain and its roots.
@@ -102,6 +112,7 @@ func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier
 	onChange := func() {
 		b.mu.Lock()
 		b.byMesh = nil
+		b.generation++
 		b.mu.Unlock()
 		changed.Notify()
 	}

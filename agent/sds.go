@@ -75,15 +75,21 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 		version    int
 		nonce      string
 		sent       []*anypb.Any
+		// builtFrom is what the last answer was built from: a wake-up that
+		// changed neither, for another identity of the node, costs no
+		// rebuild; new names always do.
+		builtFrom answerInputs
+		newNames  = true
 	)
 	log := d.s.Log.WithValues("spiffeID", id.SpiffeID)
 	for {
 		wake := d.s.Changed.C()
-		if subscribed {
+		if in := d.inputs(id); subscribed && (newNames || in != builtFrom) {
 			resources, ready, err := d.resources(ctx, id, names)
 			if err != nil {
 				return err
 			}
+			builtFrom, newNames = in, false
 			if ready && (sent == nil || !sameResources(resources, sent)) {
 				version++
 				nonce = newNonce()
@@ -104,7 +110,7 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 				log.Info("Envoy rejected secrets", "version", req.VersionInfo, "error", req.ErrorDetail.Message)
 			}
 			if !subscribed || !slices.Equal(req.ResourceNames, names) {
-				sent = nil // New names are answered at once.
+				sent, newNames = nil, true // New names are answered at once.
 			}
 			names, subscribed = slices.Clone(req.ResourceNames), true
 		case <-wake:
@@ -117,6 +123,16 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 			return nil
 		}
 	}
+}
+
+// answerInputs are what a stream's answer is built from, besides its names.
+type answerInputs struct {
+	svid    *SVID
+	bundles uint64
+}
+
+func (d *sds) inputs(id *Identity) answerInputs {
+	return answerInputs{svid: d.s.SVIDs.Get(id.SpiffeID), bundles: d.s.Bundles.Generation()}
 }
 
 // FetchSecrets answers one request, once the identity has a certificate or

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/model"
 )
@@ -49,12 +50,12 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	}
 
 	progress("P8: %d workloads at %.0f/s, each fetching its SVID from the agent", latencyN, agentRate)
-	run, err := startAgentRun(ctx, memoryN)
+	run, err := startAgentRun(ctx, memoryN, 1, "", "--max-requests-in-flight", "500", "--workers", "50")
 	if err != nil {
 		return nil, err
 	}
 	defer run.stop()
-	idle, _ := residentBytes(run.p.Pid())
+	idle, _ := residentBytes(run.agents[0].Pid())
 	first, err := run.fetchAtRate(ctx, 0, latencyN)
 	if err != nil {
 		return nil, err
@@ -63,7 +64,7 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	if _, err := run.fetchAtRate(ctx, latencyN, memoryN); err != nil {
 		return nil, err
 	}
-	held, err := residentBytes(run.p.Pid())
+	held, err := residentBytes(run.agents[0].Pid())
 	if err != nil {
 		return nil, err
 	}
@@ -151,28 +152,30 @@ func bareRoundTrips(ctx context.Context, n int) ([]time.Duration, error) {
 }
 
 type agentRun struct {
-	e      *env
-	p      *localcluster.Process
-	bin    string
-	socket string
+	e       *env
+	bin     string
+	agents  []*localcluster.Process
+	sockets []string
 }
 
-// startAgentRun starts a cluster, a MeshIdentity for mesh bench, n
-// Dataplanes each annotated with a Unix user of its own, and the agent.
-func startAgentRun(ctx context.Context, n int) (*agentRun, error) {
+// startAgentRun starts a cluster, a MeshIdentity for mesh bench whose
+// certificates last duration (the default if ""), n Dataplanes each
+// annotated with a Unix user of its own, and the agents, each a process with
+// a socket of its own, as on a node of its own, with the flags given.
+func startAgentRun(ctx context.Context, n, agents int, duration string, flags ...string) (*agentRun, error) {
 	e, err := newEnv(ctx, false, signerControllers...)
 	if err != nil {
 		return nil, err
 	}
 	r := &agentRun{e: e}
-	if err := r.setup(ctx, n); err != nil {
+	if err := r.setup(ctx, n, agents, duration, flags); err != nil {
 		r.stop()
 		return nil, err
 	}
 	return r, nil
 }
 
-func (r *agentRun) setup(ctx context.Context, n int) error {
+func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, flags []string) error {
 	c := r.e.c.Client
 	if err := localcluster.EnsureNamespace(ctx, c, benchNamespace); err != nil {
 		return err
@@ -187,14 +190,17 @@ func (r *agentRun) setup(ctx context.Context, n int) error {
 			Provider: &model.Provider{Type: model.ProviderTypeSpire},
 		},
 	}
+	if duration != "" {
+		mid.Annotations[model.DurationAnnotation] = duration
+	}
 	if err := c.Create(ctx, mid); err != nil {
 		return err
 	}
 	if err := parallel(n, func(i int) error {
 		return c.Create(ctx, &model.DataplaneResource{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("w-%d", i), Namespace: benchNamespace,
-				Labels:      map[string]string{"app": "bench", model.WorkloadLabel: fmt.Sprintf("w-%d", i)},
-				Annotations: map[string]string{"meshcert.io/unix-uid": strconv.Itoa(firstUID + i)}},
+			ObjectMeta: metav1.ObjectMeta{Name: workloadName(i), Namespace: benchNamespace,
+				Labels:      map[string]string{"app": "bench", model.WorkloadLabel: workloadName(i)},
+				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i)}},
 			Mesh: "bench",
 			Spec: []byte(`{"networking":{"address":"10.0.0.1","inbound":[{"port":8080,"tags":{"kuma.io/service":"w"}}]}}`),
 		})
@@ -211,24 +217,43 @@ func (r *agentRun) setup(ctx context.Context, n int) error {
 		return err
 	}
 	r.bin = bin
-	dir, err := os.MkdirTemp("", "bench-agent")
-	if err != nil {
-		return err
+	for k := range agents {
+		dir, err := os.MkdirTemp("", "bench-agent")
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return err
+		}
+		socket := filepath.Join(dir, "socket")
+		port, err := localcluster.FreePort()
+		if err != nil {
+			return err
+		}
+		probe := fmt.Sprintf("127.0.0.1:%d", port)
+		p, err := localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", append([]string{
+			"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k),
+			"--socket", socket, "--attestor", "unix", "--health-probe-bind-address", probe}, flags...)...)
+		if err != nil {
+			return err
+		}
+		r.agents, r.sockets = append(r.agents, p), append(r.sockets, socket)
 	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
+	return nil
+}
+
+func workloadName(i int) string { return fmt.Sprintf("w-%d", i) }
+
+// spiffeID is workload i's identity under the bench MeshIdentity.
+func spiffeID(i int) string { return "spiffe://bench.example.com/workload/" + workloadName(i) }
+
+// agentPIDs are the agents' processes, for the CPU meter.
+func (r *agentRun) agentPIDs() map[string][]int {
+	var pids []int
+	for _, p := range r.agents {
+		pids = append(pids, p.Pid())
 	}
-	r.socket = filepath.Join(dir, "socket")
-	port, err := localcluster.FreePort()
-	if err != nil {
-		return err
-	}
-	probe := fmt.Sprintf("127.0.0.1:%d", port)
-	r.p, err = localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz",
-		"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", "bench",
-		"--socket", r.socket, "--attestor", "unix", "--health-probe-bind-address", probe,
-		"--max-requests-in-flight", "500", "--workers", "50")
-	return err
+	return map[string][]int{"the agents": pids}
 }
 
 var receivedAfter = regexp.MustCompile(`Received 1 SVID after (\S+)`)
@@ -247,7 +272,7 @@ func (r *agentRun) fetchAtRate(ctx context.Context, from, to int) ([]time.Durati
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.CommandContext(ctx, r.bin, "fetch", "--socket", r.socket, "--timeout", "2m")
+			cmd := exec.CommandContext(ctx, r.bin, "fetch", "--socket", r.sockets[0], "--timeout", "2m")
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(firstUID + i), Gid: uint32(firstUID + i)}}
 			b, err := cmd.CombinedOutput()
 			if err != nil {
@@ -273,8 +298,8 @@ func (r *agentRun) fetchAtRate(ctx context.Context, from, to int) ([]time.Durati
 }
 
 func (r *agentRun) stop() {
-	if r.p != nil {
-		r.p.Kill()
+	for _, p := range r.agents {
+		p.Kill()
 	}
 	r.e.stop()
 }

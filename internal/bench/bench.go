@@ -1,7 +1,8 @@
 // Package bench measures meshcert against baselines measured in the same
 // run, on the test cluster: admission (P1, P2), issuance (P3), memory (P4),
-// API writes at rest (P5), a renewal storm (P6), and the node agent's first
-// certificate (P8) and memory (P10). The machine is shared and
+// API writes at rest (P5), a renewal storm (P6), and the node agent:
+// issuance through 10 agents (P7), renewals pushed on open streams (P9), a
+// first certificate (P8) and an agent's memory (P10). The machine is shared and
 // noisy, so the ratios count; absolute figures are context.
 package bench
 
@@ -42,6 +43,7 @@ var measures = []measure{
 	{[]string{"P2"}, apiCreate},
 	{[]string{"P3", "P4", "P5"}, issuance},
 	{[]string{"P6"}, renewalStorm},
+	{[]string{"P7", "P9"}, agentFleet},
 	{[]string{"P8", "P10"}, agentIdentities},
 }
 

@@ -361,7 +361,11 @@ func (e *env) timeCreates(ctx context.Context, t timedCreates) (timed, error) {
 		doneCh <- outcome{ready, err}
 	}()
 	time.Sleep(200 * time.Millisecond) // let the watch start
-	cpu := e.cpuMeter(t.meshcertPID)
+	var meshcert map[string][]int
+	if t.meshcertPID != 0 {
+		meshcert = map[string][]int{"meshcert": {t.meshcertPID}}
+	}
+	cpu := e.cpuMeter(meshcert)
 	profiled := e.profileAPIServer(ctx, t.profileDir, t.profileName+"-kube-apiserver")
 	profiledMeshcert := func() error { return nil }
 	if t.profileDir != "" && t.meshcertPprof != "" {

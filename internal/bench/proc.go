@@ -115,26 +115,35 @@ func pidsUsing(dir string) map[string]int {
 	return out
 }
 
-// cpuMeter measures the CPU time each process of a run uses.
+// cpuMeter measures the CPU time each process, or group of processes, of a
+// run uses.
 type cpuMeter struct {
-	pids  map[string]int
+	pids  map[string][]int
 	start map[string]float64
 }
 
-func newCPUMeter(pids map[string]int) *cpuMeter {
+func newCPUMeter(pids map[string][]int) *cpuMeter {
 	m := &cpuMeter{pids: pids, start: map[string]float64{}}
-	for name, pid := range pids {
-		m.start[name] = cpuSeconds(pid)
+	for name := range pids {
+		m.start[name] = m.seconds(name)
 	}
 	return m
+}
+
+func (m *cpuMeter) seconds(name string) float64 {
+	total := 0.0
+	for _, pid := range m.pids[name] {
+		total += cpuSeconds(pid)
+	}
+	return total
 }
 
 // String reports each process's CPU seconds since the meter started.
 func (m *cpuMeter) String() string {
 	var parts []string
-	for _, name := range []string{"kube-apiserver", "etcd", "cert-manager and the load", "meshcert"} {
-		if pid, ok := m.pids[name]; ok {
-			parts = append(parts, fmt.Sprintf("%s %.1fs", name, cpuSeconds(pid)-m.start[name]))
+	for _, name := range []string{"kube-apiserver", "etcd", "cert-manager and the load", "meshcert", "the agents"} {
+		if _, ok := m.pids[name]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.1fs", name, m.seconds(name)-m.start[name]))
 		}
 	}
 	return strings.Join(parts, ", ")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -74,14 +75,17 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 }
 
 // cpuMeter starts measuring the CPU time of the cluster's processes, of this
-// process (cert-manager's controllers and the load), and of meshcert's
-// process if pid is not 0.
-func (e *env) cpuMeter(meshcert int) *cpuMeter {
-	pids := pidsUsing(e.c.Dir())
-	pids["cert-manager and the load"] = os.Getpid()
-	if meshcert != 0 {
-		pids["meshcert"] = meshcert
+// process (cert-manager's controllers and the load), and of the others
+// named.
+func (e *env) cpuMeter(others map[string][]int) *cpuMeter {
+	pids := map[string][]int{"cert-manager and the load": {os.Getpid()}}
+	// Only the cluster's own: the agents name its kubeconfig too.
+	for name, pid := range pidsUsing(e.c.Dir()) {
+		if name == "kube-apiserver" || name == "etcd" {
+			pids[name] = []int{pid}
+		}
 	}
+	maps.Copy(pids, others)
 	return newCPUMeter(pids)
 }
 

@@ -1,0 +1,225 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshcert/meshcert/internal/sdsclient"
+	"github.com/meshcert/meshcert/model"
+)
+
+// fleetAgents is how many agents P7 spreads its workloads over, as on as
+// many nodes.
+const fleetAgents = 10
+
+// renewalLifetime is the certificates' lifetime in P9.
+const renewalLifetime = 2 * time.Minute
+
+// agentFleet measures P7, issuance through 10 agents, each a process with a
+// socket of its own, to N Envoy-shaped SDS clients, each connecting as a
+// Unix user of its own, against (a) cert-manager's CA signer alone on N
+// bare requests; and, at the first size, P9: the renewals of those
+// certificates, of 2 minutes, pushed on the open streams.
+func agentFleet(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
+	sizes := []int{1000, 10000}
+	if o.Quick {
+		sizes = []int{300}
+	}
+	if os.Geteuid() != 0 {
+		return []Row{{ID: "P7", Measure: "issuance through agents", Ours: "not run: each workload connects as a Unix user of its own, which needs root"}}, nil
+	}
+	var rows []Row
+	for i, n := range sizes {
+		progress("P7: N=%d: (a) cert-manager's CA signer alone", n)
+		a, aCPU, err := signerAlone(ctx, n, "")
+		if err != nil {
+			return nil, fmt.Errorf("P7 (a): %w", err)
+		}
+		progress("P7: N=%d: (a) %s; CPU %s", n, a.Round(100*time.Millisecond), aCPU)
+		duration := ""
+		if i == 0 {
+			duration = renewalLifetime.String()
+		}
+		run, err := startAgentRun(ctx, n, fleetAgents, duration)
+		if err != nil {
+			return nil, err
+		}
+		r, err := run.fleet(ctx, n, i == 0, progress)
+		run.stop()
+		if err != nil {
+			return nil, err
+		}
+		ratio := a.Seconds() / r.took.Seconds()
+		rows = append(rows, Row{ID: "P7",
+			Measure:  fmt.Sprintf("N=%d workloads over %d agents, first request to every workload holding a verified SVID, vs (a) the CA signer alone on N bare requests", n, fleetAgents),
+			Ours:     fmt.Sprintf("%s (%.0f/s)", r.took.Round(100*time.Millisecond), float64(n)/r.took.Seconds()),
+			Baseline: fmt.Sprintf("%s (%.0f/s)", a.Round(100*time.Millisecond), float64(n)/a.Seconds()),
+			Ratio:    fmt.Sprintf("%.2f× of (a)", ratio), Target: "≥ 0.8× of (a)", Met: met(ratio >= 0.8),
+			Note: fmt.Sprintf("N=%d: each agent a `meshcert agent` process with the unix attestor and its default flags (10 workers, 100 requests in flight), each workload an SDS stream asking for its SPIFFE ID and ALL, as Kuma's Spire provider has Envoy ask, whose every response is checked (chain to ALL's bundle, key, URI) and ACKed. CPU seconds from the first request: (a) %s; agents %s.", n, aCPU, r.cpu)})
+		if r.renewals != nil {
+			rows = append(rows, *r.renewals)
+		}
+	}
+	return rows, nil
+}
+
+type fleetResult struct {
+	took     time.Duration
+	cpu      string
+	renewals *Row
+}
+
+// fleet starts n workloads, workload i on agent i mod the agents, and
+// times them to their SVIDs; with renewals, it then keeps their streams
+// open through a lifetime and measures the renewals pushed on them.
+func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, progress func(string, ...any)) (fleetResult, error) {
+	workloads := make([]*sdsclient.Workload, n)
+	for i := range workloads {
+		workloads[i] = &sdsclient.Workload{Socket: r.sockets[i%len(r.sockets)], UID: uint32(firstUID + i), SpiffeID: spiffeID(i)}
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	open := r.watchOpenRequests(runCtx)
+
+	progress("P7: N=%d: %d workloads over %d agents", n, n, len(r.agents))
+	cpu := r.e.cpuMeter(r.agentPIDs())
+	start := time.Now()
+	for _, w := range workloads {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.Run(runCtx) }()
+	}
+	holding := func() int {
+		c := 0
+		for _, w := range workloads {
+			if _, ok := w.Current(); ok {
+				c++
+			}
+		}
+		return c
+	}
+	for holding() < n {
+		if time.Since(start) > 30*time.Minute {
+			return fleetResult{}, fmt.Errorf("P7: %d of %d workloads hold an SVID after 30m", holding(), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res := fleetResult{took: time.Since(start), cpu: cpu.String()}
+	progress("P7: N=%d: %s; CPU %s", n, res.took.Round(100*time.Millisecond), res.cpu)
+	if !renewals {
+		return res, nil
+	}
+
+	progress("P9: keeping %d streams open through their certificates' lifetime of %s", n, renewalLifetime)
+	open.reset()
+	var lastExpiry time.Time
+	for _, w := range workloads {
+		lastExpiry = latestTime(lastExpiry, w.History()[0].Leaf.NotAfter)
+	}
+	for time.Now().Before(lastExpiry.Add(5 * time.Second)) {
+		done := 0
+		for _, w := range workloads {
+			if len(w.History()) > 1 {
+				done++
+			}
+		}
+		if done == n {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	var fractions []float64
+	perSecond := map[int64]int{}
+	late := 0
+	for _, w := range workloads {
+		h := w.History()
+		first := h[0].Leaf
+		if len(h) < 2 || !h[1].Received.Before(first.NotAfter) {
+			late++
+			continue
+		}
+		lifetime := first.NotAfter.Sub(first.NotBefore)
+		fractions = append(fractions, float64(h[1].Received.Sub(first.NotBefore))/float64(lifetime))
+		perSecond[h[1].Received.Unix()]++
+	}
+	slices.Sort(fractions)
+	peak := 0
+	for _, c := range perSecond {
+		peak = max(peak, c)
+	}
+	spread := "none"
+	if len(fractions) > 0 {
+		lo, hi := percentileF(fractions, 0.05), percentileF(fractions, 0.95)
+		spread = fmt.Sprintf("pushed %.0f–%.0f s after issuance (p5–p95, %.0f%%–%.0f%% of the lifetime), at most %d/s",
+			lo*renewalLifetime.Seconds(), hi*renewalLifetime.Seconds(), 100*lo, 100*hi, peak)
+	}
+	res.renewals = &Row{ID: "P9",
+		Measure:  fmt.Sprintf("renewal pushes: %d certificates of %s on open streams", n, renewalLifetime),
+		Ours:     fmt.Sprintf("%d of %d pushed before the old one expired; %s; at most %d requests open at once", n-late, n, spread, open.most()),
+		Target:   "every one before its expiry",
+		Met:      met(late == 0),
+		Baseline: "—",
+	}
+	progress("P9: %s", res.renewals.Ours)
+	return res, nil
+}
+
+func latestTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// openRequests follows the bench mesh's CertificateRequests through a
+// watch, and keeps the largest number open at once.
+type openRequests struct {
+	mu         sync.Mutex
+	open, peak int
+}
+
+func (o *openRequests) reset() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.peak = o.open
+}
+
+func (o *openRequests) most() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.peak
+}
+
+func (r *agentRun) watchOpenRequests(ctx context.Context) *openRequests {
+	o := &openRequests{}
+	wc, err := client.NewWithWatch(r.e.c.Config, client.Options{Scheme: r.e.c.Client.Scheme()})
+	if err != nil {
+		return o
+	}
+	w, err := wc.Watch(ctx, &cmapi.CertificateRequestList{}, client.InNamespace(systemNamespace), client.MatchingLabels{model.ManagedMeshLabel: "bench"})
+	if err != nil {
+		return o
+	}
+	go func() {
+		for ev := range w.ResultChan() {
+			o.mu.Lock()
+			switch ev.Type {
+			case watch.Added:
+				o.open++
+			case watch.Deleted:
+				o.open--
+			}
+			o.peak = max(o.peak, o.open)
+			o.mu.Unlock()
+		}
+	}()
+	return o
+}
