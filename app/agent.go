@@ -46,7 +46,7 @@ func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 	}
 	if cfg.Attestor == config.AttestorUnix {
 		// On VMs and a laptop, where Dataplanes are few.
-		opts.ByObject[&model.DataplaneResource{}] = cache.ByObject{}
+		opts.ByObject[&model.DataplaneResource{}] = cache.ByObject{Transform: trimDataplanes}
 	}
 	return opts
 }

@@ -70,7 +70,7 @@ func cacheOptions(cfg config.Config) cache.Options {
 		DefaultTransform:            cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}:            {Namespaces: secrets},
-			&model.DataplaneResource{}:  {Namespaces: dataplanes},
+			&model.DataplaneResource{}:  {Namespaces: dataplanes, Transform: trimDataplanes},
 			&cmapi.Issuer{}:             {Namespaces: system},
 			&cmapi.CertificateRequest{}: {Namespaces: system, Label: managed},
 			// The published trust bundles.
@@ -80,6 +80,19 @@ func cacheOptions(cfg config.Config) cache.Options {
 			&model.MeshTrustResource{}:    {Namespaces: system},
 		},
 	}
+}
+
+// trimDataplanes is the Dataplanes' cache transform: of a Dataplane it keeps
+// the metadata and the tags, which is what meshcert reads, and drops the
+// rest of the spec and kubectl's copy of the last applied object, so that
+// the cache of a large mesh holds little more than its identities.
+func trimDataplanes(obj any) (any, error) {
+	obj, err := cache.TransformStripManagedFields()(obj)
+	if dp, ok := obj.(*model.DataplaneResource); ok {
+		dp.Spec = model.TrimDataplaneSpec(dp.Spec)
+		delete(dp.Annotations, corev1.LastAppliedConfigAnnotation)
+	}
+	return obj, err
 }
 
 // clientLimits applies the client-side rate limit of the configuration to a

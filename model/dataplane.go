@@ -50,6 +50,63 @@ func ParseDataplaneTags(raw []byte) (Tags, field.ErrorList) {
 	return tags, r.errs
 }
 
+// TrimDataplaneSpec keeps of a Dataplane spec only what ParseDataplaneTags
+// reads, at the same paths, so that a cache of many Dataplanes holds their
+// tags and not their addresses, ports, probes and the rest. Where the spec
+// is not shaped as ParseDataplaneTags expects, it is kept whole, so that its
+// errors name the same fields; a fuzz test holds the two to the same result.
+func TrimDataplaneSpec(raw []byte) []byte {
+	var spec map[string]json.RawMessage
+	if json.Unmarshal(raw, &spec) != nil || spec == nil {
+		return raw
+	}
+	networkingRaw, ok := spec["networking"]
+	if !ok {
+		return []byte("{}")
+	}
+	var networking map[string]json.RawMessage
+	if json.Unmarshal(networkingRaw, &networking) != nil || networking == nil {
+		return raw
+	}
+	kept := map[string]json.RawMessage{}
+	if inboundRaw, ok := networking["inbound"]; ok {
+		var inbound []json.RawMessage
+		if json.Unmarshal(inboundRaw, &inbound) != nil || inbound == nil {
+			return raw
+		}
+		for i, item := range inbound {
+			inbound[i] = keepTags(item)
+		}
+		kept["inbound"], _ = json.Marshal(inbound)
+	}
+	if gateway, ok := networking["gateway"]; ok {
+		kept["gateway"] = keepTags(gateway)
+	}
+	out, err := json.Marshal(map[string]any{"networking": kept})
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+// keepTags keeps an inbound's or a gateway's tags, or the whole value if it
+// is no object.
+func keepTags(raw json.RawMessage) json.RawMessage {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(raw, &obj) != nil || obj == nil {
+		return raw
+	}
+	tags, ok := obj["tags"]
+	if !ok {
+		return json.RawMessage("{}")
+	}
+	out, err := json.Marshal(map[string]json.RawMessage{"tags": tags})
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
 func (r *reader) tags(obj map[string]any, p *field.Path, into Tags) {
 	m, _ := r.optObject(obj, "tags", p.Child("tags"))
 	for k, v := range m {

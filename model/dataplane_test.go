@@ -116,3 +116,36 @@ func TestMeshOfSecret(t *testing.T) {
 		})
 	}
 }
+
+func TestTrimDataplaneSpec(t *testing.T) {
+	tests := map[string]struct {
+		spec, want string
+	}{
+		"a Dataplane as Kuma's pod converter writes it keeps its tags only": {
+			spec: `{"networking":{"address":"10.244.0.7","advertisedAddress":"10.244.0.7","admin":{"port":9901},` +
+				`"inbound":[{"port":8080,"servicePort":80,"health":{"ready":true},"tags":{"kuma.io/service":"web_team-a_svc_80","kuma.io/protocol":"http","app":"web"}}],` +
+				`"transparentProxying":{"redirectPortInbound":15006,"redirectPortOutbound":15001,"ipFamilyMode":"DualStack"}},"probes":{"port":9000,"endpoints":[{"path":"/ready"}]}}`,
+			want: `{"networking":{"inbound":[{"tags":{"kuma.io/service":"web_team-a_svc_80","kuma.io/protocol":"http","app":"web"}}]}}`,
+		},
+		"a gateway keeps its tags": {
+			spec: `{"networking":{"address":"10.0.0.2","gateway":{"type":"BUILTIN","tags":{"kuma.io/service":"edge"}}}}`,
+			want: `{"networking":{"gateway":{"tags":{"kuma.io/service":"edge"}}}}`,
+		},
+		"an inbound without tags keeps its place": {
+			spec: `{"networking":{"inbound":[{"port":1},{"port":2,"tags":{"a":"b"}}]}}`,
+			want: `{"networking":{"inbound":[{},{"tags":{"a":"b"}}]}}`,
+		},
+		"no networking is nothing": {spec: `{"probes":{"port":9000}}`, want: `{}`},
+		// Kept whole, so that ParseDataplaneTags names the same fields.
+		"an inbound that is no list":    {spec: `{"networking":{"inbound":{"port":1}}}`, want: `{"networking":{"inbound":{"port":1}}}`},
+		"an inbound entry that is null": {spec: `{"networking":{"inbound":[null]}}`, want: `{"networking":{"inbound":[null]}}`},
+		"not JSON":                      {spec: `{"networking":`, want: `{"networking":`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := string(TrimDataplaneSpec([]byte(tc.spec))); got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -33,7 +33,7 @@ func main() {
 	quick := flag.Bool("quick", false, "Run every measure at a small size, in a few minutes.")
 	results := flag.String("results", "bench/results.md", "Where to write the Markdown report; empty for none.")
 	only := flag.String("only", "", "Comma-separated ids of the measures to run, e.g. P3; all when empty.")
-	apiProfiles := flag.String("apiserver-profiles", "", "A directory for CPU profiles of kube-apiserver during each run of P3.")
+	apiProfiles := flag.String("apiserver-profiles", "", "A directory for CPU profiles of kube-apiserver and meshcert during each run of P3, and meshcert's heap profile after it (P4).")
 	cpuProfile := flag.String("cpuprofile", "", "Write a CPU profile of the whole run (load, servers and all) to this file.")
 	flag.Parse()
 	if *cpuProfile != "" {

@@ -202,7 +202,7 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 				Labels:      map[string]string{"app": "bench", model.WorkloadLabel: workloadName(i)},
 				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i)}},
 			Mesh: "bench",
-			Spec: []byte(`{"networking":{"address":"10.0.0.1","inbound":[{"port":8080,"tags":{"kuma.io/service":"w"}}]}}`),
+			Spec: kumaDataplaneSpec(benchNamespace, workloadName(i), i),
 		})
 	}); err != nil {
 		return err

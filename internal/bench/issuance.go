@@ -42,7 +42,9 @@ var (
 
 // identity is dataplane i's: the URI SANs meshcert gives it.
 func identity(i int) []string {
-	return []string{fmt.Sprintf("spiffe://bench/web-%d", i), fmt.Sprintf("kuma://kuma.io/service/web-%d", i)}
+	tags, _ := model.ParseDataplaneTags(kumaDataplaneSpec(benchNamespace, fmt.Sprintf("web-%d", i), i))
+	uris, _ := model.IdentityURIs("bench", fmt.Sprintf("web-%d", i), tags, nil)
+	return pki.URLsToString(uris)
 }
 
 var benchUsages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
@@ -310,9 +312,8 @@ func (r *meshcertRun) createDataplanes(ctx context.Context, n int, profileDir st
 		watch: &corev1.Secret{}, ns: benchNamespace, n: n, limit: 60 * time.Minute,
 		done: func(o client.Object) bool { return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0 },
 		create: func(i int) error {
-			spec, _ := json.Marshal(map[string]any{"networking": map[string]any{"address": "10.0.0.1",
-				"inbound": []any{map[string]any{"port": 8080, "tags": map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i)}}}}})
-			return r.e.c.Client.Create(ctx, &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace}, Mesh: "bench", Spec: spec})
+			return r.e.c.Client.Create(ctx, &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace},
+				Mesh: "bench", Spec: kumaDataplaneSpec(benchNamespace, fmt.Sprintf("web-%d", i), i)})
 		},
 		meshcertPID: r.p.Pid(), meshcertPprof: r.pprof,
 		profileDir: profileDir, profileName: fmt.Sprintf("p3-meshcert-%d", n),

@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -81,6 +83,12 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 		)
 		time.Sleep(time.Second) // a last sample of the settled process
 		rss[n] = run.peakRSS
+		if o.ProfileDir != "" {
+			// What the memory holds, with every dataplane issued.
+			if err := fetchProfile(ctx, http.DefaultClient, "http://"+run.pprof+"/debug/pprof/heap", filepath.Join(o.ProfileDir, fmt.Sprintf("p4-meshcert-heap-%d.pprof", n)))(); err != nil {
+				progress("P4: no heap profile: %v", err)
+			}
+		}
 		row := Row{ID: "P4", Measure: fmt.Sprintf("meshcert's peak memory at N=%d", n),
 			Ours: fmt.Sprintf("RSS %s, heap %s", mib(float64(run.peakRSS)), mib(run.peakHeap))}
 		if n == 10000 {

@@ -100,6 +100,36 @@ func (e *env) stop() {
 	_ = e.c.Stop()
 }
 
+// kumaDataplaneSpec is the spec of a Dataplane as Kuma's pod converter
+// writes it for a sidecar of service svc in namespace ns: what meshcert's
+// caches see in a real mesh, where a Dataplane holds more than its tags.
+func kumaDataplaneSpec(ns, svc string, i int) []byte {
+	ip := fmt.Sprintf("10.%d.%d.%d", 244+i>>16&0x7, i>>8&0xff, i&0xff)
+	spec, _ := json.Marshal(map[string]any{
+		"networking": map[string]any{
+			"address": ip, "advertisedAddress": ip,
+			"admin": map[string]any{"port": 9901},
+			"inbound": []any{map[string]any{
+				"port": 8080, "servicePort": 8080, "serviceAddress": ip,
+				"health": map[string]any{"ready": true},
+				"tags": map[string]string{
+					"kuma.io/service": svc + "_" + ns + "_svc_8080", "kuma.io/protocol": "http", "kuma.io/zone": "default",
+					"k8s.kuma.io/namespace": ns, "k8s.kuma.io/service-name": svc, "k8s.kuma.io/service-port": "8080",
+					"app": svc, "pod-template-hash": "7d4b9c8f6d", "version": "v1",
+				},
+			}},
+			"transparentProxying": map[string]any{
+				"redirectPortInbound": 15006, "redirectPortOutbound": 15001, "ipFamilyMode": "DualStack",
+			},
+		},
+		"probes": map[string]any{"port": 9000, "endpoints": []any{
+			map[string]any{"inboundPort": 8080, "inboundPath": "/ready", "path": "/8080/ready"},
+			map[string]any{"inboundPort": 8080, "inboundPath": "/live", "path": "/8080/live"},
+		}},
+	})
+	return spec
+}
+
 // testdata reads a file under test/testdata.
 func testdata(name string) ([]byte, error) {
 	_, file, _, _ := runtime.Caller(0)
@@ -164,10 +194,16 @@ func (e *env) profileAPIServer(ctx context.Context, dir, name string) func() err
 // profile records a 5-second CPU profile from the pprof endpoints at base
 // into path, in the background. Wait for it with the returned func.
 func profile(ctx context.Context, hc *http.Client, base, path string) func() error {
+	return fetchProfile(ctx, hc, base+"/debug/pprof/profile?seconds=5", path)
+}
+
+// fetchProfile saves the profile at url into path, in the background. Wait
+// for it with the returned func.
+func fetchProfile(ctx context.Context, hc *http.Client, url, path string) func() error {
 	done := make(chan error, 1)
 	go func() {
 		done <- func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/debug/pprof/profile?seconds=5", nil)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 			if err != nil {
 				return err
 			}
@@ -181,7 +217,7 @@ func profile(ctx context.Context, hc *http.Client, base, path string) func() err
 				return err
 			}
 			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("profiling %s: %s", base, resp.Status)
+				return fmt.Errorf("profiling %s: %s", url, resp.Status)
 			}
 			return os.WriteFile(path, b, 0o644)
 		}()
