@@ -53,29 +53,13 @@ func newFleet(t *testing.T, ns, app string, n, streamsEach int) *fleet {
 		_ = testEnv.cluster.Client.DeleteAllOf(context.Background(), &model.DataplaneResource{}, client.InNamespace(ns))
 	})
 	f := &fleet{ns: ns}
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			name := fmt.Sprintf("w-%d", i)
-			dp := newDataplane(ns, name, "fleet", map[string]string{"kuma.io/service": name})
-			dp.Labels = map[string]string{"app": app, model.NamespaceLabel: ns, model.ServiceAccountLabel: name}
-			dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i)}
-			errs <- testEnv.cluster.Client.Create(context.Background(), dp)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	createInParallel(t, n, func(i int) client.Object {
+		name := fmt.Sprintf("w-%d", i)
+		dp := newDataplane(ns, name, "fleet", map[string]string{"kuma.io/service": name})
+		dp.Labels = map[string]string{"app": app, model.NamespaceLabel: ns, model.ServiceAccountLabel: name}
+		dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i)}
+		return dp
+	})
 	for i := range n {
 		for range streamsEach {
 			f.workloads = append(f.workloads, &sdsclient.Workload{UID: uint32(fleetUID + i),

@@ -47,17 +47,24 @@ func reconcilerArgs(namespace string, extra ...string) []string {
 // createDataplanes creates n dataplanes web-0..web-(n-1), a few at a time.
 func createDataplanes(t *testing.T, ns, mesh string, from, n int) {
 	t.Helper()
+	createInParallel(t, n, func(i int) client.Object {
+		return newDataplane(ns, fmt.Sprintf("web-%d", from+i), mesh, map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", (from+i)%50)})
+	})
+}
+
+// createInParallel creates object(0)..object(n-1), 16 at a time.
+func createInParallel(t *testing.T, n int, object func(i int) client.Object) {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 16)
-	for i := from; i < from+n; i++ {
+	for i := range n {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			dp := newDataplane(ns, fmt.Sprintf("web-%d", i), mesh, map[string]string{"kuma.io/service": fmt.Sprintf("web-%d", i%50)})
-			errs <- testEnv.cluster.Client.Create(context.Background(), dp)
+			errs <- testEnv.cluster.Client.Create(context.Background(), object(i))
 		}()
 	}
 	wg.Wait()
