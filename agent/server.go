@@ -48,7 +48,12 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 		ln.Close()
 		return err
 	}
-	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}))
+	// A node's workloads hold a connection each, open for their life, that
+	// carries a few kilobytes an hour: small read buffers, and write buffers
+	// released after each flush, rather than grpc-go's 32 KiB of each per
+	// connection.
+	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}),
+		grpc.ReadBufferSize(8<<10), grpc.SharedWriteBuffer(true))
 	secretv3.RegisterSecretDiscoveryServiceServer(g, &sds{s: s})
 	workloadv1.RegisterSpiffeWorkloadAPIServer(g, &workloadAPI{s: s})
 	go func() {

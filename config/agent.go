@@ -56,7 +56,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+".")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
 	fs.IntVar(&c.Workers, "workers", 10, "Identities issued in parallel.")
-	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 100, "CertificateRequests this agent keeps open at once; more identities wait their turn. 0 is no limit.")
+	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 20, "CertificateRequests this agent keeps open at once; more identities wait their turn. Every node's agent adds its own to the signer's queue, which must drain within --request-timeout. 0 is no limit.")
 	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
 	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
 	var requestAnnotations string

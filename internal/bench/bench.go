@@ -45,6 +45,7 @@ var measures = []measure{
 	{[]string{"P6"}, renewalStorm},
 	{[]string{"P7", "P9"}, agentFleet},
 	{[]string{"P8", "P10"}, agentIdentities},
+	{[]string{"P10"}, agentsAtRest},
 }
 
 func (o Options) wants(m measure) bool {

@@ -52,7 +52,7 @@ func agentFleet(ctx context.Context, o Options, progress func(string, ...any)) (
 		if err != nil {
 			return nil, err
 		}
-		r, err := run.fleet(ctx, n, i == 0, progress)
+		r, err := run.fleet(ctx, n, i == 0, o.ProfileDir, progress)
 		run.stop()
 		if err != nil {
 			return nil, err
@@ -63,7 +63,7 @@ func agentFleet(ctx context.Context, o Options, progress func(string, ...any)) (
 			Ours:     fmt.Sprintf("%s (%.0f/s)", r.took.Round(100*time.Millisecond), float64(n)/r.took.Seconds()),
 			Baseline: fmt.Sprintf("%s (%.0f/s)", a.Round(100*time.Millisecond), float64(n)/a.Seconds()),
 			Ratio:    fmt.Sprintf("%.2f× of (a)", ratio), Target: "≥ 0.8× of (a)", Met: met(ratio >= 0.8),
-			Note: fmt.Sprintf("N=%d: each agent a `meshcert agent` process with the unix attestor and its default flags (10 workers, 100 requests in flight), each workload an SDS stream asking for its SPIFFE ID and ALL, as Kuma's Spire provider has Envoy ask, whose every response is checked (chain to ALL's bundle, key, URI) and ACKed. CPU seconds from the first request: (a) %s; agents %s.", n, aCPU, r.cpu)})
+			Note: fmt.Sprintf("N=%d: each agent a `meshcert agent` process with the unix attestor and its default flags (10 workers, 20 requests in flight), each workload an SDS stream asking for its SPIFFE ID and ALL, as Kuma's Spire provider has Envoy ask, whose every response is checked (chain to ALL's bundle, key, URI) and ACKed. CPU seconds from the first request: (a) %s; agents %s.", n, aCPU, r.cpu)})
 		if r.renewals != nil {
 			rows = append(rows, *r.renewals)
 		}
@@ -80,7 +80,7 @@ type fleetResult struct {
 // fleet starts n workloads, workload i on agent i mod the agents, and
 // times them to their SVIDs; with renewals, it then keeps their streams
 // open through a lifetime and measures the renewals pushed on them.
-func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, progress func(string, ...any)) (fleetResult, error) {
+func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, profileDir string, progress func(string, ...any)) (fleetResult, error) {
 	workloads := make([]*sdsclient.Workload, n)
 	for i := range workloads {
 		workloads[i] = &sdsclient.Workload{Socket: r.sockets[i%len(r.sockets)], UID: uint32(firstUID + i), SpiffeID: spiffeID(i)}
@@ -92,6 +92,9 @@ func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, progress fun
 
 	progress("P7: N=%d: %d workloads over %d agents", n, n, len(r.agents))
 	cpu := r.e.cpuMeter(r.agentPIDs())
+	// Where kube-apiserver's time goes, next to P3's profile of (a) at the
+	// same N.
+	profiled := r.e.profileAPIServer(ctx, profileDir, fmt.Sprintf("p7-agents-%d-kube-apiserver", n))
 	start := time.Now()
 	for _, w := range workloads {
 		wg.Add(1)
@@ -113,6 +116,9 @@ func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, progress fun
 		time.Sleep(20 * time.Millisecond)
 	}
 	res := fleetResult{took: time.Since(start), cpu: cpu.String()}
+	if err := profiled(); err != nil {
+		progress("P7: no profile of kube-apiserver: %v", err)
+	}
 	progress("P7: N=%d: %s; CPU %s", n, res.took.Round(100*time.Millisecond), res.cpu)
 	if !renewals {
 		return res, nil
