@@ -456,14 +456,8 @@ func TestAgentWarnsBeforeIdentitiesExpire(t *testing.T) {
 	}
 	requests := watchRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"})
 
-	testEnv.signer.Stop()
+	restartSigner := stopSigner(t)
 	stopped := time.Now()
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			_ = startSigner()
-		}
-	})
 	time.Sleep(time.Until(last.Add(3 * time.Second)))
 	outage := time.Since(stopped)
 
@@ -512,10 +506,7 @@ func TestAgentWarnsBeforeIdentitiesExpire(t *testing.T) {
 	if perIdentity := float64(made) / identities; perIdentity > outage.Seconds()/timeout.Seconds()+1 {
 		t.Errorf("%.1f requests per identity in a %s outage with a %s timeout", perIdentity, outage, timeout)
 	}
-	if err := startSigner(); err != nil {
-		t.Fatal(err)
-	}
-	restarted = true
+	restartSigner()
 	back := time.Now()
 	waitFor(t, time.Minute, "every workload served again", func() bool { return f.holding(back) == identities })
 	t.Logf("signer down %s, past every certificate's expiry: %d requests for %d identities; every workload held a new SVID %s after the signer returned",

@@ -46,6 +46,26 @@ func startSigner() error {
 	return err
 }
 
+// stopSigner stops cert-manager's CA signer for the rest of the test, or
+// until the returned restart is called.
+func stopSigner(t *testing.T) (restart func()) {
+	t.Helper()
+	testEnv.signer.Stop()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = startSigner()
+		}
+	})
+	return func() {
+		t.Helper()
+		if err := startSigner(); err != nil {
+			t.Fatal(err)
+		}
+		restarted = true
+	}
+}
+
 // The issuer group of the test's external issuer, which sets no status.ca.
 const externalGroup = "external.test.meshcert.io"
 

@@ -188,14 +188,8 @@ func TestSignerOutage(t *testing.T) {
 	cleanupNamespace(t, ns)
 	requests := watchRequests(t, client.MatchingLabels{model.ManagedMeshLabel: mesh})
 
-	testEnv.signer.Stop()
+	restartSigner := stopSigner(t)
 	stopped := time.Now()
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			_ = startSigner()
-		}
-	})
 	for i := range n {
 		createDataplanes(t, ns, mesh, i, 1)
 		time.Sleep(outage / 2 / n)
@@ -213,10 +207,7 @@ func TestSignerOutage(t *testing.T) {
 		t.Errorf("%.1f requests per dataplane in %s; want between 1 and %.0f", perDataplane, outage, outage.Seconds()/5+1)
 	}
 
-	if err := startSigner(); err != nil {
-		t.Fatal(err)
-	}
-	restarted = true
+	restartSigner()
 	back := time.Now()
 	waitFor(t, time.Minute, "the backlog to drain", func() bool {
 		valid, _ := validSecrets(t, ns, testEnv.ca.Cert)
