@@ -114,7 +114,7 @@ func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier
 		b.byMesh = nil
 		b.generation++
 		b.mu.Unlock()
-		changed.Notify()
+		changed.NotifyAll()
 	}
 	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { onChange() },

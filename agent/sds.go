@@ -83,7 +83,7 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 	)
 	log := d.s.Log.WithValues("spiffeID", id.SpiffeID)
 	for {
-		wake := d.s.Changed.C()
+		wake := d.s.Changed.C(id.SpiffeID)
 		if in := d.inputs(id); subscribed && (newNames || in != builtFrom) {
 			resources, ready, err := d.resources(ctx, id, names)
 			if err != nil {

@@ -163,24 +163,6 @@ func subjects(certs []*x509.Certificate) []string {
 	return out
 }
 
-func TestNotifierWakesEveryWaiter(t *testing.T) {
-	n := NewNotifier()
-	a, b := n.C(), n.C()
-	n.Notify()
-	for _, c := range []<-chan struct{}{a, b} {
-		select {
-		case <-c:
-		default:
-			t.Error("a waiter was not woken")
-		}
-	}
-	select {
-	case <-n.C():
-		t.Error("a wait begun after the change was woken by it")
-	default:
-	}
-}
-
 // FuzzSDSResourceNames: whatever names a workload asks for, it gets secrets
 // of its own entitlement only, and a name outside it is refused.
 func FuzzSDSResourceNames(f *testing.F) {

@@ -93,7 +93,7 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 // await waits until the identity has a certificate.
 func (s *Server) await(ctx context.Context, id *Identity) (*SVID, error) {
 	for {
-		wake := s.Changed.C()
+		wake := s.Changed.C(id.SpiffeID)
 		if svid := s.SVIDs.Get(id.SpiffeID); svid != nil {
 			return svid, nil
 		}

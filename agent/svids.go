@@ -195,6 +195,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	}
 	s.mu.Unlock()
 	if w == nil {
+		s.changed.Notify(spiffeID) // Nobody waits; this frees its channel.
 		return ctrl.Result{}, s.issuer.Cleanup(ctx, owner)
 	}
 	dropIn := time.Duration(0)
@@ -212,7 +213,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		replaces = leaf.SerialNumber.String()
 		if expiresIn = leaf.NotAfter.Sub(now); expiresIn <= 0 {
 			// Expired while its renewal failed: streams stop getting it now.
-			s.changed.Notify()
+			s.changed.Notify(spiffeID)
 		}
 	}
 	uri, err := url.Parse(spiffeID)
@@ -242,7 +243,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 			w.svid = &SVID{Identity: id, Cert: c, KeyPEM: key}
 		}
 		s.mu.Unlock()
-		s.changed.Notify()
+		s.changed.Notify(spiffeID)
 		return nil
 	})
 	switch {
@@ -309,29 +310,4 @@ func (s *SVIDs) report(ctx context.Context, id *Identity, f *issuance.Failure, r
 	}
 	s.recorder.Eventf(mid, id.Workload, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
 	logf.FromContext(ctx).Info("Issuance failed", "spiffeID", id.SpiffeID, "reason", f.Reason, "message", f.Message, "retryIn", retryIn)
-}
-
-// Notifier wakes every waiter when anything served changes: each stream
-// then works out whether its own answer did.
-type Notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-// NewNotifier returns a Notifier.
-func NewNotifier() *Notifier { return &Notifier{ch: make(chan struct{})} }
-
-// C is closed at the next change.
-func (n *Notifier) C() <-chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.ch
-}
-
-// Notify wakes the waiters.
-func (n *Notifier) Notify() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	close(n.ch)
-	n.ch = make(chan struct{})
 }

@@ -79,7 +79,7 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []TrustDomai
 	defer release()
 	var last proto.Message
 	for {
-		wake := w.s.Changed.C()
+		wake := w.s.Changed.C(id.SpiffeID)
 		if svid := w.s.SVIDs.Get(id.SpiffeID); svid != nil {
 			bundles, err := w.s.bundlesFor(ctx, svid)
 			if err != nil {
