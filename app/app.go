@@ -18,6 +18,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -69,7 +70,7 @@ func cacheOptions(cfg config.Config) cache.Options {
 		ReaderFailOnMissingInformer: true,
 		DefaultTransform:            cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}:            {Namespaces: secrets},
+			&corev1.Secret{}:            {Namespaces: secrets, Transform: compactSecrets(&reconciler.SecretCompactor{})},
 			&model.DataplaneResource{}:  {Namespaces: dataplanes, Transform: trimDataplanes},
 			&cmapi.Issuer{}:             {Namespaces: system},
 			&cmapi.CertificateRequest{}: {Namespaces: system, Label: managed},
@@ -93,6 +94,19 @@ func trimDataplanes(obj any) (any, error) {
 		delete(dp.Annotations, corev1.LastAppliedConfigAnnotation)
 	}
 	return obj, err
+}
+
+// compactSecrets is the Secrets' cache transform: the Secrets meshcert
+// delivered are cached compacted (reconciler.SecretCompactor), every other
+// Secret whole.
+func compactSecrets(c *reconciler.SecretCompactor) toolscache.TransformFunc {
+	return func(obj any) (any, error) {
+		obj, err := cache.TransformStripManagedFields()(obj)
+		if s, ok := obj.(*corev1.Secret); ok {
+			c.Compact(s)
+		}
+		return obj, err
+	}
 }
 
 // clientLimits applies the client-side rate limit of the configuration to a

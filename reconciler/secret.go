@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/meshcert/meshcert/model"
@@ -92,6 +93,8 @@ func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResourc
 	if existing == nil {
 		return r.Client.Create(ctx, &corev1.Secret{ObjectMeta: meta, Type: corev1.SecretTypeTLS, Data: data})
 	}
+	// Labels, annotations and data are replaced whole, so nothing the
+	// compacted cached copy left out is written away.
 	s := existing.DeepCopy()
 	s.Labels, s.Annotations, s.OwnerReferences = meta.Labels, meta.Annotations, meta.OwnerReferences
 	s.Data = data
@@ -99,12 +102,14 @@ func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResourc
 }
 
 // updateBundle rewrites only a Secret's ca.crt: a backend was added or
-// removed, and the certificate and key stay as they are.
+// removed, and the certificate and key stay as they are. It patches that one
+// key, at the cached resourceVersion, because the cached copy is compacted
+// (SecretCompactor) and must never be written back whole.
 func (r *Reconciler) updateBundle(ctx context.Context, s *corev1.Secret, bundle []byte) error {
 	updated := s.DeepCopy()
 	updated.Data[model.CAKey] = bundle
 	logf.FromContext(ctx).V(1).Info("Updating the trust bundle", "secret", s.Name)
-	return r.Client.Update(ctx, updated)
+	return r.Client.Patch(ctx, updated, client.MergeFromWithOptions(s, client.MergeFromWithOptimisticLock{}))
 }
 
 // serialOf is the serial of a Secret's certificate, or "".

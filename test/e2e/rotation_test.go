@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -124,6 +126,7 @@ func TestCARotation(t *testing.T) {
 	waitFor(t, 10*time.Second, "ca-1's root distributed by trust-manager", distributed(testEnv.ca.Cert))
 	logDistributed("before the rotation")
 	before := serials()
+	beforeSecrets := secrets()
 	probes := countProbes(t, mesh)
 
 	t.Run("step 1: add ca-2; every dataplane trusts both roots, none is reissued", func(t *testing.T) {
@@ -133,6 +136,17 @@ func TestCARotation(t *testing.T) {
 		waitFor(t, 10*time.Second, "both roots distributed by trust-manager", distributed(testEnv.ca.Cert, testEnv.other.Cert))
 		if got := serials(); !slices.Equal(got, before) {
 			t.Errorf("leaves were reissued: serials %v -> %v", before, got)
+		}
+		// The bundle is patched alone: the key, the chain and every
+		// annotation, which the compacted cache leaves some of out, stay.
+		for i, s := range secrets() {
+			was := beforeSecrets[i]
+			if !bytes.Equal(s.Data[corev1.TLSPrivateKeyKey], was.Data[corev1.TLSPrivateKeyKey]) || !bytes.Equal(s.Data[corev1.TLSCertKey], was.Data[corev1.TLSCertKey]) {
+				t.Errorf("Secret %s: the bundle update changed tls.key or tls.crt", s.Name)
+			}
+			if !maps.Equal(s.Annotations, was.Annotations) || !maps.Equal(s.Labels, was.Labels) {
+				t.Errorf("Secret %s: the bundle update changed its metadata: annotations %v -> %v, labels %v -> %v", s.Name, was.Annotations, s.Annotations, was.Labels, s.Labels)
+			}
 		}
 		if probes() < 1 {
 			t.Error("no probe request learned ca-2's root")
