@@ -2,13 +2,19 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // residentBytes reads a process's resident set size.
@@ -36,8 +42,27 @@ func scrapeAll(addr, name string) (map[string]float64, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	return parseMetric(resp.Body, name)
+}
+
+// scrapeAPIServer reads the samples of one metric family of kube-apiserver.
+func scrapeAPIServer(ctx context.Context, cfg *rest.Config, name string) (map[string]float64, error) {
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	body, err := c.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return parseMetric(bytes.NewReader(body), name)
+}
+
+// parseMetric reads the samples of one metric family from Prometheus text,
+// by their label set.
+func parseMetric(r io.Reader, name string) (map[string]float64, error) {
 	out := map[string]float64{}
-	s := bufio.NewScanner(resp.Body)
+	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 1<<20), 1<<20)
 	for s.Scan() {
 		line := s.Text()
