@@ -12,14 +12,12 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-
 	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/internal/localcluster"
-
 	"github.com/meshcert/meshcert/internal/sdsclient"
 	"github.com/meshcert/meshcert/model"
 )
@@ -154,7 +152,6 @@ func bareRoundTrips(ctx context.Context, n int) ([]time.Duration, error) {
 
 type agentRun struct {
 	e       *env
-	bin     string
 	agents  []*localcluster.Process
 	sockets []string
 }
@@ -213,11 +210,6 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 	if err != nil {
 		return err
 	}
-	// Every workload's user must reach the binary and the socket.
-	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil {
-		return err
-	}
-	r.bin = bin
 	for k := range agents {
 		dir, err := os.MkdirTemp("", "bench-agent")
 		if err != nil {
