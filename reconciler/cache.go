@@ -60,7 +60,7 @@ func (c *SecretCompactor) Compact(s *corev1.Secret) {
 	if s.Type != corev1.SecretTypeTLS || s.Labels[model.ManagedByLabel] != model.ManagedByValue {
 		return
 	}
-	s.Type = corev1.SecretTypeTLS
+	s.Type = corev1.SecretTypeTLS // the constant, not a decoded copy
 	s.Namespace = unique.Make(s.Namespace).Value()
 	s.Labels = compactStrings(s.Labels, nil)
 	s.Annotations = compactStrings(s.Annotations, writtenNotRead)

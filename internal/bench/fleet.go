@@ -100,18 +100,9 @@ func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, profileDir s
 		wg.Add(1)
 		go func() { defer wg.Done(); w.Run(runCtx) }()
 	}
-	holding := func() int {
-		c := 0
-		for _, w := range workloads {
-			if _, ok := w.Current(); ok {
-				c++
-			}
-		}
-		return c
-	}
-	for holding() < n {
+	for holding(workloads) < n {
 		if time.Since(start) > 30*time.Minute {
-			return fleetResult{}, fmt.Errorf("P7: %d of %d workloads hold an SVID after 30m", holding(), n)
+			return fleetResult{}, fmt.Errorf("P7: %d of %d workloads hold an SVID after 30m", holding(workloads), n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -228,4 +219,15 @@ func (r *agentRun) watchOpenRequests(ctx context.Context) *openRequests {
 		}
 	}()
 	return o
+}
+
+// holding is how many of the workloads hold an SVID.
+func holding(workloads []*sdsclient.Workload) int {
+	c := 0
+	for _, w := range workloads {
+		if _, ok := w.Current(); ok {
+			c++
+		}
+	}
+	return c
 }

@@ -50,12 +50,7 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 		go func() { defer wg.Done(); workloads[i].Run(runCtx) }()
 	}
 	for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		held := 0
-		for _, w := range workloads {
-			if _, ok := w.Current(); ok {
-				held++
-			}
-		}
+		held := holding(workloads)
 		if held == n {
 			break
 		}
@@ -87,40 +82,13 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 	if err != nil {
 		return nil, err
 	}
-	events, byResource := 0.0, map[string]float64{}
-	for labels, v := range eventsAfter {
-		events += v - eventsBefore[labels]
-		for _, part := range strings.Split(labels, ",") {
-			if resource, ok := strings.CutPrefix(part, `resource="`); ok && v > eventsBefore[labels] {
-				byResource[strings.TrimSuffix(resource, `"`)] += v - eventsBefore[labels]
-			}
-		}
+	byResource := growthBy(eventsBefore, eventsAfter, "resource")
+	events := 0.0
+	for _, v := range byResource {
+		events += v
 	}
-	var perResource []string
-	for resource, v := range byResource {
-		perResource = append(perResource, fmt.Sprintf("%s %.0f", resource, v))
-	}
-	sort.Strings(perResource)
-	byMethod := map[string]float64{}
-	for labels, v := range after {
-		for _, part := range strings.Split(labels, ",") {
-			if method, ok := strings.CutPrefix(part, `method="`); ok {
-				byMethod[strings.TrimSuffix(method, `"`)] += v - before[labels]
-			}
-		}
-	}
+	byMethod := growthBy(before, after, "method")
 	writes := byMethod["POST"] + byMethod["PUT"] + byMethod["PATCH"] + byMethod["DELETE"]
-	var calls []string
-	for method, v := range byMethod {
-		if v > 0 {
-			calls = append(calls, fmt.Sprintf("%s %.0f", method, v))
-		}
-	}
-	sort.Strings(calls)
-	callText := "none"
-	if len(calls) > 0 {
-		callText = strings.Join(calls, ", ")
-	}
 	stop()
 	wg.Wait()
 	run.stop()
@@ -134,11 +102,11 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 	return []Row{
 		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities on %d open SDS streams", n, n), Ours: mib(float64(serving)),
 			Baseline: mib(float64(idle)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity and stream", (float64(serving)-float64(idle))/float64(n)/1024)},
-		{ID: "P10", Measure: fmt.Sprintf("the agent's API requests at rest, %s, %d identities on open streams", window, n), Ours: fmt.Sprintf("%.0f writes; all calls: %s", writes, callText),
+		{ID: "P10", Measure: fmt.Sprintf("the agent's API requests at rest, %s, %d identities on open streams", window, n), Ours: fmt.Sprintf("%.0f writes; all calls: %s", writes, countsText(byMethod)),
 			Target: "0 writes", Met: met(writes == 0),
 			Note: "counted by the agent's client-go metrics (rest_client_requests_total)."},
 		{ID: "P10", Measure: fmt.Sprintf("watch events kube-apiserver sent at rest, %s, to every watcher: the agent's (its node's CertificateRequests, the MeshIdentities and MeshTrusts, here the Dataplanes of the unix attestor) and cert-manager's", window),
-			Ours: fmt.Sprintf("%.0f (%s)", events, strings.Join(perResource, ", ")), Baseline: "—",
+			Ours: fmt.Sprintf("%.0f (%s)", events, countsText(byResource)), Baseline: "—",
 			Note: "kube-apiserver's apiserver_watch_events_total, bookmarks included, summed over resources: the agent's watches are not told apart from cert-manager's, so this bounds the agent's."},
 		{ID: "P10", Measure: fmt.Sprintf("kube-apiserver's CPU at rest with %d idle agents, each a process with its own client and informers (kubernetes attestor), over %s", idleAgents, idleWindow),
 			Ours: fmt.Sprintf("%.2f CPU s/s", withAgents), Baseline: fmt.Sprintf("%.2f CPU s/s (no agent)", alone), Ratio: fmt.Sprintf("%.1f×", cpuRatio),
@@ -200,4 +168,34 @@ func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone
 	}
 	withAgents, err = apiserverCPU()
 	return alone, withAgents, err
+}
+
+// growthBy is how much each counter grew from before to after, summed by
+// the value of one of its labels; counters that did not grow are left out.
+func growthBy(before, after map[string]float64, label string) map[string]float64 {
+	out := map[string]float64{}
+	for labels, v := range after {
+		if v <= before[labels] {
+			continue
+		}
+		for _, part := range strings.Split(labels, ",") {
+			if value, ok := strings.CutPrefix(part, label+`="`); ok {
+				out[strings.TrimSuffix(value, `"`)] += v - before[labels]
+			}
+		}
+	}
+	return out
+}
+
+// countsText lists counts as "name count", sorted, or "none".
+func countsText(counts map[string]float64) string {
+	var parts []string
+	for name, v := range counts {
+		parts = append(parts, fmt.Sprintf("%s %.0f", name, v))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
