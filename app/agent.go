@@ -60,6 +60,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		Cache:                  agentCacheOptions(cfg),
 		Metrics:                metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress: cfg.ProbeAddr,
+		PprofBindAddress:       cfg.PprofAddr,
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

@@ -65,6 +65,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 0, "Burst of the client-side limit, when --kube-api-qps is positive. Default: twice the QPS.")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", "0", "Address of the Prometheus metrics endpoint; 0 (the default) turns it off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8082", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
+	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "0", "Address of Go's pprof endpoints, for profiling; 0 (the default) turns them off.")
 	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
 	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every identity, 2 and up more detail.")
 	if err := fs.Parse(args); err != nil {

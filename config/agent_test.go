@@ -17,7 +17,7 @@ func TestParseAgent(t *testing.T) {
 			env: map[string]string{"MESHCERT_NODE_NAME": "node-a"},
 			check: func(t *testing.T, c AgentConfig) {
 				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" ||
-					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" {
+					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" || c.PprofAddr != "0" {
 					t.Errorf("unexpected defaults: %+v", c)
 				}
 			},
@@ -32,12 +32,13 @@ func TestParseAgent(t *testing.T) {
 			},
 		},
 		"every problem at once": {
-			args: []string{"--attestor=docker", "--socket=agent.sock", "--proc-root=proc", "--key-algorithm=dsa", "--request-timeout=0s", "--zone=Zone_1"},
+			args: []string{"--attestor=docker", "--socket=agent.sock", "--proc-root=proc", "--key-algorithm=dsa", "--request-timeout=0s", "--zone=Zone_1", "--pprof-bind-address=6060"},
 			wantErr: []string{
 				"--node-name is required (or MESHCERT_NODE_NAME)",
 				`invalid --attestor "docker": must be kubernetes or unix`,
 				`invalid --socket "agent.sock": must be an absolute path`,
 				`invalid --proc-root "proc": must be an absolute path`,
+				`invalid --pprof-bind-address "6060": must be host:port, :port, or 0 to turn it off`,
 				`invalid --key-algorithm "dsa": must be one of ecdsa-p256`,
 				`invalid --request-timeout "0s": must be positive`,
 				`invalid --zone "Zone_1"`,

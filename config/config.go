@@ -247,9 +247,6 @@ func (c Config) validate() error {
 	if c.WebhookEnabled && c.CertDir == "" {
 		bad("webhook-cert-dir", c.CertDir, "must be set when the webhook is enabled")
 	}
-	if err := validateBindAddress(c.PprofAddr); err != nil {
-		bad("pprof-bind-address", c.PprofAddr, err.Error())
-	}
 	if !c.WebhookEnabled && !c.ReconcilerEnabled {
 		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))
 	}
@@ -309,7 +306,7 @@ func (c Config) validateIssuance(bad func(flagName string, value any, why string
 	if c.KubeAPIBurst < 0 {
 		bad("kube-api-burst", c.KubeAPIBurst, "must not be negative")
 	}
-	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}} {
+	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}, {"pprof-bind-address", c.PprofAddr}} {
 		if err := validateBindAddress(a.value); err != nil {
 			bad(a.flag, a.value, err.Error())
 		}

@@ -154,6 +154,8 @@ type agentRun struct {
 	e       *env
 	agents  []*localcluster.Process
 	sockets []string
+	// pprof is the first agent's pprof address.
+	pprof string
 }
 
 // startAgentRun starts a cluster, a MeshIdentity for mesh bench whose
@@ -224,9 +226,17 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 			return err
 		}
 		probe := fmt.Sprintf("127.0.0.1:%d", port)
-		p, err := localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", append([]string{
-			"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k),
-			"--socket", socket, "--attestor", "unix", "--health-probe-bind-address", probe}, flags...)...)
+		args := []string{"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k),
+			"--socket", socket, "--attestor", "unix", "--health-probe-bind-address", probe}
+		if k == 0 {
+			pprofPort, err := localcluster.FreePort()
+			if err != nil {
+				return err
+			}
+			r.pprof = fmt.Sprintf("127.0.0.1:%d", pprofPort)
+			args = append(args, "--pprof-bind-address", r.pprof)
+		}
+		p, err := localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", append(args, flags...)...)
 		if err != nil {
 			return err
 		}

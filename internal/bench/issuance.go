@@ -184,7 +184,7 @@ func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, 
 	if err == nil && t.ready < n {
 		err = fmt.Errorf("%d of %d signed after %s", t.ready, n, t.took)
 	}
-	return t.took, t.cpu, err
+	return t.took, t.cost, err
 }
 
 // certificates is baseline (b): the same identities as cert-manager
@@ -226,7 +226,7 @@ func certificates(ctx context.Context, n int, limit time.Duration, profileDir st
 	if err == nil && t.ready == 0 {
 		err = fmt.Errorf("no Certificate ready after %s", limit)
 	}
-	return t.took, t.ready, t.cpu, err
+	return t.took, t.ready, t.cost, err
 }
 
 // meshcertRun is meshcert, as a process of its own, serving a mesh.
@@ -238,8 +238,9 @@ type meshcertRun struct {
 	pprof    string // address
 	peakRSS  uint64 // bytes
 	peakHeap float64
-	// cpu is the CPU each process used to issue the dataplanes.
-	cpu string
+	// cost is the CPU each process used to issue the dataplanes, and
+	// kube-apiserver's writes.
+	cost string
 }
 
 const benchNamespace = "bench"
@@ -321,7 +322,7 @@ func (r *meshcertRun) createDataplanes(ctx context.Context, n int, profileDir st
 	if err == nil && t.ready < n {
 		err = fmt.Errorf("%d of %d Secrets after %s", t.ready, n, t.took)
 	}
-	r.cpu = t.cpu
+	r.cost = t.cost
 	return t.took, err
 }
 
@@ -345,7 +346,8 @@ type timedCreates struct {
 type timed struct {
 	took  time.Duration
 	ready int
-	cpu   string
+	// cost is the CPU each process used, and kube-apiserver's writes.
+	cost string
 }
 
 // timeCreates runs t: it returns the time from the first create until the
@@ -367,17 +369,18 @@ func (e *env) timeCreates(ctx context.Context, t timedCreates) (timed, error) {
 		meshcert = map[string][]int{"meshcert": {t.meshcertPID}}
 	}
 	cpu := e.cpuMeter(meshcert)
-	profiled := e.profileAPIServer(ctx, t.profileDir, t.profileName+"-kube-apiserver")
+	writes := e.countWrites(ctx)
+	profiled := e.profileAPIServer(ctx, t.profileDir, t.profileName+"-kube-apiserver", t.n)
 	profiledMeshcert := func() error { return nil }
 	if t.profileDir != "" && t.meshcertPprof != "" {
-		profiledMeshcert = profile(ctx, http.DefaultClient, "http://"+t.meshcertPprof, filepath.Join(t.profileDir, t.profileName+"-meshcert.pprof"))
+		profiledMeshcert = profile(ctx, http.DefaultClient, "http://"+t.meshcertPprof, filepath.Join(t.profileDir, t.profileName+"-meshcert.pprof"), t.n)
 	}
 	start := time.Now()
 	if err := parallel(t.n, t.create); err != nil {
 		return timed{}, err
 	}
 	o := <-doneCh
-	result := timed{took: time.Since(start), ready: o.ready, cpu: cpu.String()}
+	result := timed{took: time.Since(start), ready: o.ready, cost: cpu.String() + "; " + writes.perIdentity(ctx, t.n)}
 	if o.err != nil && o.ready == 0 {
 		return result, o.err
 	}

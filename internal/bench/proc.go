@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -43,6 +45,39 @@ func scrapeAll(addr, name string) (map[string]float64, error) {
 	}
 	defer resp.Body.Close()
 	return parseMetric(resp.Body, name)
+}
+
+// writeCounter counts kube-apiserver's requests that change something, from
+// when it was made.
+type writeCounter struct {
+	cfg    *rest.Config
+	before map[string]float64
+	err    error
+}
+
+func (e *env) countWrites(ctx context.Context) *writeCounter {
+	before, err := scrapeAPIServer(ctx, e.c.Config, "apiserver_request_total")
+	return &writeCounter{cfg: e.c.Config, before: before, err: err}
+}
+
+// perIdentity lists the writes made since, by resource, subresource and
+// verb, each divided by the n identities they were for.
+func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
+	after, err := scrapeAPIServer(ctx, w.cfg, "apiserver_request_total")
+	if err = errors.Join(w.err, err); err != nil {
+		return "writes not counted: " + err.Error()
+	}
+	var parts []string
+	for key, v := range growthBy(w.before, after, "resource", "subresource", "verb") {
+		switch key[strings.LastIndex(key, " ")+1:] {
+		case "POST", "PUT", "PATCH", "DELETE":
+			if per := v / float64(n); per >= 0.005 { // not the leases' renewals
+				parts = append(parts, fmt.Sprintf("%s %.2f", key, per))
+			}
+		}
+	}
+	slices.Sort(parts)
+	return "kube-apiserver's writes per identity: " + strings.Join(parts, ", ")
 }
 
 // scrapeAPIServer reads the samples of one metric family of kube-apiserver.

@@ -171,17 +171,28 @@ func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone
 }
 
 // growthBy is how much each counter grew from before to after, summed by
-// the value of one of its labels; counters that did not grow are left out.
-func growthBy(before, after map[string]float64, label string) map[string]float64 {
+// the values of some of its labels, joined by spaces (empty values left
+// out); counters that did not grow are left out.
+func growthBy(before, after map[string]float64, labels ...string) map[string]float64 {
 	out := map[string]float64{}
-	for labels, v := range after {
-		if v <= before[labels] {
+	for set, v := range after {
+		if v <= before[set] {
 			continue
 		}
-		for _, part := range strings.Split(labels, ",") {
-			if value, ok := strings.CutPrefix(part, label+`="`); ok {
-				out[strings.TrimSuffix(value, `"`)] += v - before[labels]
+		values := map[string]string{}
+		for _, part := range strings.Split(set, ",") {
+			if name, value, ok := strings.Cut(part, "="); ok {
+				values[name] = strings.Trim(value, `"`)
 			}
+		}
+		var key []string
+		for _, l := range labels {
+			if values[l] != "" {
+				key = append(key, values[l])
+			}
+		}
+		if len(key) > 0 {
+			out[strings.Join(key, " ")] += v - before[set]
 		}
 	}
 	return out

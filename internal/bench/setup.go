@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -178,9 +179,10 @@ func reviews() ([][]byte, error) {
 }
 
 // profileAPIServer, when dir is set, records a CPU profile of the cluster's
-// kube-apiserver for the next few seconds into dir/name.pprof, to see where
-// its time goes during a measure. Wait for it with the returned func.
-func (e *env) profileAPIServer(ctx context.Context, dir, name string) func() error {
+// kube-apiserver during a measure of n objects (profileWindow) into
+// dir/name.pprof, to see where its time goes. Wait for it with the returned
+// func.
+func (e *env) profileAPIServer(ctx context.Context, dir, name string, n int) func() error {
 	if dir == "" {
 		return func() error { return nil }
 	}
@@ -188,13 +190,35 @@ func (e *env) profileAPIServer(ctx context.Context, dir, name string) func() err
 	if err != nil {
 		return func() error { return err }
 	}
-	return profile(ctx, hc, strings.TrimSuffix(e.c.Config.Host, "/"), filepath.Join(dir, name+".pprof"))
+	return profile(ctx, hc, strings.TrimSuffix(e.c.Config.Host, "/"), filepath.Join(dir, name+".pprof"), n)
 }
 
-// profile records a 5-second CPU profile from the pprof endpoints at base
-// into path, in the background. Wait for it with the returned func.
-func profile(ctx context.Context, hc *http.Client, base, path string) func() error {
-	return fetchProfile(ctx, hc, base+"/debug/pprof/profile?seconds=5", path)
+// profileWindow is when a CPU profile of a measure of n objects is taken:
+// the first 5 seconds of a short one; from 40 to 70 seconds in at 10,000 and
+// more, past the opening burst, while the work runs at its steady rate.
+func profileWindow(n int) (delay, length time.Duration) {
+	if n >= 10000 {
+		return 40 * time.Second, 30 * time.Second
+	}
+	return 0, 5 * time.Second
+}
+
+// profile records a CPU profile of a measure of n objects (profileWindow)
+// from the pprof endpoints at base into path, in the background. Wait for it
+// with the returned func.
+func profile(ctx context.Context, hc *http.Client, base, path string, n int) func() error {
+	delay, length := profileWindow(n)
+	done := make(chan error, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			done <- ctx.Err()
+			return
+		case <-time.After(delay):
+		}
+		done <- fetchProfile(ctx, hc, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(length.Seconds())), path)()
+	}()
+	return func() error { return <-done }
 }
 
 // fetchProfile saves the profile at url into path, in the background. Wait

@@ -1,0 +1,46 @@
+package bench
+
+import (
+	"maps"
+	"testing"
+)
+
+func TestGrowthBy(t *testing.T) {
+	before := map[string]float64{
+		`resource="certificaterequests",subresource="",verb="POST"`:      10,
+		`resource="certificaterequests",subresource="status",verb="PUT"`: 20,
+		`resource="leases",subresource="",verb="PUT"`:                    5,
+	}
+	after := map[string]float64{
+		`resource="certificaterequests",subresource="",verb="POST"`:      110,
+		`resource="certificaterequests",subresource="status",verb="PUT"`: 220,
+		`resource="certificaterequests",subresource="",verb="DELETE"`:    100,
+		`resource="leases",subresource="",verb="PUT"`:                    5,
+	}
+	tests := map[string]struct {
+		labels []string
+		want   map[string]float64
+	}{
+		"one label": {
+			labels: []string{"verb"},
+			want:   map[string]float64{"POST": 100, "PUT": 200, "DELETE": 100},
+		},
+		"several labels, the empty ones left out": {
+			labels: []string{"resource", "subresource", "verb"},
+			want: map[string]float64{
+				"certificaterequests POST": 100, "certificaterequests status PUT": 200, "certificaterequests DELETE": 100,
+			},
+		},
+		"a label no counter has": {
+			labels: []string{"code"},
+			want:   map[string]float64{},
+		},
+	}
+	for name, test := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := growthBy(before, after, test.labels...); !maps.Equal(got, test.want) {
+				t.Errorf("growthBy(%v) = %v, want %v", test.labels, got, test.want)
+			}
+		})
+	}
+}
