@@ -380,7 +380,7 @@ func (e *env) timeCreates(ctx context.Context, t timedCreates) (timed, error) {
 		return timed{}, err
 	}
 	o := <-doneCh
-	result := timed{took: time.Since(start), ready: o.ready, cost: cpu.String() + "; " + writes.perIdentity(ctx, t.n)}
+	result := timed{took: time.Since(start), ready: o.ready, cost: cpu.String() + "; " + writes.perIdentity(ctx, max(o.ready, 1))}
 	if o.err != nil && o.ready == 0 {
 		return result, o.err
 	}

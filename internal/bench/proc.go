@@ -61,7 +61,7 @@ func (e *env) countWrites(ctx context.Context) *writeCounter {
 }
 
 // perIdentity lists the writes made since, by resource, subresource and
-// verb, each divided by the n identities they were for.
+// verb, each divided by the n identities done.
 func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
 	after, err := scrapeAPIServer(ctx, w.cfg, "apiserver_request_total")
 	if err = errors.Join(w.err, err); err != nil {
