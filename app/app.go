@@ -87,23 +87,25 @@ func cacheOptions(cfg config.Config) cache.Options {
 // the metadata and the tags, which is what meshcert reads, and drops the
 // rest of the spec and kubectl's copy of the last applied object, so that
 // the cache of a large mesh holds little more than its identities.
-func trimDataplanes(obj any) (any, error) {
-	obj, err := cache.TransformStripManagedFields()(obj)
-	if dp, ok := obj.(*model.DataplaneResource); ok {
-		dp.Spec = model.TrimDataplaneSpec(dp.Spec)
-		delete(dp.Annotations, corev1.LastAppliedConfigAnnotation)
-	}
-	return obj, err
-}
+var trimDataplanes = stripThen(func(dp *model.DataplaneResource) {
+	dp.Spec = model.TrimDataplaneSpec(dp.Spec)
+	delete(dp.Annotations, corev1.LastAppliedConfigAnnotation)
+})
 
 // compactSecrets is the Secrets' cache transform: the Secrets meshcert
 // delivered are cached compacted (reconciler.SecretCompactor), every other
 // Secret whole.
 func compactSecrets(c *reconciler.SecretCompactor) toolscache.TransformFunc {
+	return stripThen(c.Compact)
+}
+
+// stripThen is a cache transform that strips the managed fields, as from
+// every cached object, and then trims the objects of type T in place.
+func stripThen[T any](trim func(T)) toolscache.TransformFunc {
 	return func(obj any) (any, error) {
 		obj, err := cache.TransformStripManagedFields()(obj)
-		if s, ok := obj.(*corev1.Secret); ok {
-			c.Compact(s)
+		if o, ok := obj.(T); ok {
+			trim(o)
 		}
 		return obj, err
 	}

@@ -393,15 +393,7 @@ func (r *meshcertRun) writes() (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	total := 0.0
-	for labels, v := range m {
-		for _, method := range []string{`method="POST"`, `method="PUT"`, `method="PATCH"`, `method="DELETE"`} {
-			if contains(labels, method) {
-				total += v
-			}
-		}
-	}
-	return total, nil
+	return writesOf(growthBy(nil, m, "method")), nil
 }
 
 func pemCSR(der []byte) []byte {

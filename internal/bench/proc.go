@@ -47,6 +47,27 @@ func scrapeAll(addr, name string) (map[string]float64, error) {
 	return parseMetric(resp.Body, name)
 }
 
+// isWrite tells whether an HTTP method, as client-go and kube-apiserver
+// count them, changes something.
+func isWrite(method string) bool {
+	switch method {
+	case "POST", "PUT", "PATCH", "DELETE":
+		return true
+	}
+	return false
+}
+
+// writesOf sums the counts of the methods that change something.
+func writesOf(byMethod map[string]float64) float64 {
+	total := 0.0
+	for method, v := range byMethod {
+		if isWrite(method) {
+			total += v
+		}
+	}
+	return total
+}
+
 // writeCounter counts kube-apiserver's requests that change something, from
 // when it was made.
 type writeCounter struct {
@@ -69,11 +90,8 @@ func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
 	}
 	var parts []string
 	for key, v := range growthBy(w.before, after, "resource", "subresource", "verb") {
-		switch key[strings.LastIndex(key, " ")+1:] {
-		case "POST", "PUT", "PATCH", "DELETE":
-			if per := v / float64(n); per >= 0.005 { // not the leases' renewals
-				parts = append(parts, fmt.Sprintf("%s %.2f", key, per))
-			}
+		if per := v / float64(n); isWrite(key[strings.LastIndex(key, " ")+1:]) && per >= 0.005 { // not the leases' renewals
+			parts = append(parts, fmt.Sprintf("%s %.2f", key, per))
 		}
 	}
 	slices.Sort(parts)
@@ -134,8 +152,6 @@ func scrape(addr string) (map[string]float64, error) {
 	}
 	return out, nil
 }
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func pemEncode(kind string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der})

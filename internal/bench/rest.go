@@ -88,7 +88,7 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 		events += v
 	}
 	byMethod := growthBy(before, after, "method")
-	writes := byMethod["POST"] + byMethod["PUT"] + byMethod["PATCH"] + byMethod["DELETE"]
+	writes := writesOf(byMethod)
 	stop()
 	wg.Wait()
 	run.stop()
