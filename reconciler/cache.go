@@ -1,51 +1,55 @@
 package reconciler
 
 import (
-	"slices"
+	"crypto/x509"
 	"sync"
 	"unique"
 
-	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 )
 
-// writtenNotRead are annotations meshcert writes on a delivered Secret, as
-// cert-manager does, for people and tools, and never reads back.
-var writtenNotRead = []string{
-	cmapi.IssuerNameAnnotationKey, cmapi.IssuerKindAnnotationKey, cmapi.IssuerGroupAnnotationKey, cmapi.URISANAnnotationKey,
-}
+// cachedKeyAnnotation is set on the cached copy of a delivered Secret only,
+// in place of its tls.key: what checkKey found when the Secret was cached.
+// It is never written to the API server.
+const cachedKeyAnnotation = "meshcert.io/cached-key"
 
-// sharedKeys are the label and annotation keys of a delivered Secret, and
-// sharedValues those whose values many Secrets repeat: a mesh, its backend,
-// a namespace.
-var (
-	sharedKeys = selfMap(
-		model.ManagedByLabel, model.ManagedMeshLabel, model.DataplaneNamespaceLabel, model.DataplaneNameLabel,
-		model.MeshAnnotation, model.BackendAnnotation, model.DataplaneNamespaceAnnotation, model.DataplaneNameAnnotation,
-		model.IdentityHashAnnotation, model.IssuerHashAnnotation, model.NotAfterAnnotation)
-	sharedValues = selfMap(model.ManagedByLabel, model.ManagedMeshLabel, model.DataplaneNamespaceLabel,
-		model.BackendAnnotation, model.IssuerHashAnnotation)
+// The two ways a delivered key can be wrong, as checkDelivered reports them.
+const (
+	keyUnreadable = "tls.key is not a private key"
+	keyMismatch   = "tls.key does not match tls.crt"
 )
 
-func selfMap(keys ...string) map[string]string {
-	m := make(map[string]string, len(keys))
-	for _, k := range keys {
-		m[k] = k
+// readAnnotations are the annotations of a delivered Secret that meshcert
+// reads from its cache; sharedValues are those whose values many Secrets
+// repeat: a mesh, its backend, a namespace, an issuer.
+var (
+	readAnnotations = []string{
+		model.MeshAnnotation, model.BackendAnnotation, model.DataplaneNamespaceAnnotation, model.DataplaneNameAnnotation,
+		model.IdentityHashAnnotation, model.IssuerHashAnnotation, model.NotAfterAnnotation,
 	}
-	return m
-}
+	sharedValues = map[string]bool{
+		model.MeshAnnotation: true, model.BackendAnnotation: true, model.DataplaneNamespaceAnnotation: true, model.IssuerHashAnnotation: true,
+	}
+	// cachedLabels are the labels of every cached delivered Secret, one map
+	// for all of them: meshcert reads only the label that makes a Secret its
+	// own, and selects nothing else from the cache.
+	cachedLabels = map[string]string{model.ManagedByLabel: model.ManagedByValue}
+)
 
 // maxSharedBundles bounds the trust bundles a SecretCompactor shares: a mesh
 // has one at a time, two during a CA rotation.
 const maxSharedBundles = 64
 
 // SecretCompactor is the cache transform of the Secrets meshcert delivers.
-// A cached Secret keeps everything the reconciler reads, and holds what
-// every Secret of a mesh repeats, its trust bundle and its label and
-// annotation keys, once for all of them; the annotations meshcert never
-// reads are left out. That is safe because meshcert writes a delivered
+// A cached Secret keeps what the reconciler reads and no more: the
+// annotations it reads, the label that makes it meshcert's, the chain, and
+// the trust bundle, held once for all Secrets with the same one. It holds no
+// private key: the key is checked as the Secret is cached (checkKey), and
+// only the result is kept. That is safe because meshcert writes a delivered
 // Secret only by replacing its labels, annotations and data whole
 // (writeSecret) or by patching its ca.crt alone (updateBundle), never by
 // sending a cached copy back as it is.
@@ -57,13 +61,26 @@ type SecretCompactor struct {
 // Compact trims a Secret meshcert delivered, in place; any other Secret,
 // such as a mesh's CA Secret, is left whole.
 func (c *SecretCompactor) Compact(s *corev1.Secret) {
-	if s.Type != corev1.SecretTypeTLS || s.Labels[model.ManagedByLabel] != model.ManagedByValue {
+	// Only this transform may say what a cached key is.
+	delete(s.Annotations, cachedKeyAnnotation)
+	if !isDelivered(s) {
 		return
 	}
 	s.Type = corev1.SecretTypeTLS // the constant, not a decoded copy
 	s.Namespace = unique.Make(s.Namespace).Value()
-	s.Labels = compactStrings(s.Labels, nil)
-	s.Annotations = compactStrings(s.Annotations, writtenNotRead)
+	s.Labels = cachedLabels
+	annotations := make(map[string]string, len(readAnnotations)+1)
+	for _, k := range readAnnotations {
+		if v, ok := s.Annotations[k]; ok {
+			if sharedValues[k] {
+				v = unique.Make(v).Value()
+			}
+			annotations[k] = v
+		}
+	}
+	annotations[cachedKeyAnnotation] = unique.Make(checkKey(s.Data[corev1.TLSPrivateKeyKey], leafOf(s))).Value()
+	s.Annotations = annotations
+	delete(s.Data, corev1.TLSPrivateKeyKey)
 	for i := range s.OwnerReferences {
 		ref := &s.OwnerReferences[i]
 		ref.APIVersion, ref.Kind = unique.Make(ref.APIVersion).Value(), unique.Make(ref.Kind).Value()
@@ -71,6 +88,49 @@ func (c *SecretCompactor) Compact(s *corev1.Secret) {
 	if b, ok := s.Data[model.CAKey]; ok {
 		s.Data[model.CAKey] = c.shared(b)
 	}
+}
+
+// isDelivered says whether a Secret is one meshcert delivers to a dataplane.
+func isDelivered(s *corev1.Secret) bool {
+	return s.Type == corev1.SecretTypeTLS && s.Labels[model.ManagedByLabel] == model.ManagedByValue
+}
+
+// leafOf is the first certificate of a Secret's tls.crt, or nil.
+func leafOf(s *corev1.Secret) *x509.Certificate {
+	chain, err := pki.DecodeX509CertificateChainBytes(s.Data[corev1.TLSCertKey])
+	if err != nil {
+		return nil
+	}
+	return chain[0]
+}
+
+// checkKey says what a delivered private key is: its algorithm when it is
+// the key of leaf, or else keyUnreadable or keyMismatch.
+func checkKey(keyPEM []byte, leaf *x509.Certificate) string {
+	key, err := pki.DecodePrivateKeyBytes(keyPEM)
+	if err != nil {
+		return keyUnreadable
+	}
+	if leaf == nil {
+		return keyMismatch
+	}
+	if ok, err := pki.PublicKeyMatchesCertificate(key.Public(), leaf); err != nil || !ok {
+		return keyMismatch
+	}
+	return string(issuance.AlgorithmOf(key))
+}
+
+// deliveredKey is what checkKey says of a Secret's key: from its cached copy
+// when the key itself was left out of the cache, or else from the key.
+func deliveredKey(s *corev1.Secret, leaf *x509.Certificate) (algorithm issuance.KeyAlgorithm, problem string) {
+	found, cached := s.Annotations[cachedKeyAnnotation]
+	if _, hasKey := s.Data[corev1.TLSPrivateKeyKey]; hasKey || !cached {
+		found = checkKey(s.Data[corev1.TLSPrivateKeyKey], leaf)
+	}
+	if found == keyUnreadable || found == keyMismatch {
+		return "", found
+	}
+	return issuance.KeyAlgorithm(found), ""
 }
 
 // shared returns the one copy of a trust bundle that every cached Secret
@@ -87,26 +147,4 @@ func (c *SecretCompactor) shared(b []byte) []byte {
 	}
 	c.bundles[string(b)] = b
 	return b
-}
-
-// compactStrings copies m without the keys dropped, with the known keys and
-// the repeated values in one copy each.
-func compactStrings(m map[string]string, dropped []string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		if slices.Contains(dropped, k) {
-			continue
-		}
-		if known, ok := sharedKeys[k]; ok {
-			k = known
-		}
-		if _, ok := sharedValues[k]; ok {
-			v = unique.Make(v).Value()
-		}
-		out[k] = v
-	}
-	return out
 }

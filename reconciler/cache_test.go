@@ -1,15 +1,24 @@
 package reconciler
 
 import (
+	"fmt"
 	"maps"
+	"runtime"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
 	"unsafe"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/test/testpki"
 )
 
 func deliveredForTest(name string, bundle string) *corev1.Secret {
@@ -40,33 +49,41 @@ func TestSecretCompactor(t *testing.T) {
 	caSecret.Type = model.MeshSecretType
 	unmanaged := deliveredForTest("other", "roots")
 	delete(unmanaged.Labels, model.ManagedByLabel)
+	forged := deliveredForTest("forged", "roots")
+	forged.Type = corev1.SecretTypeOpaque
+	delete(forged.Data, corev1.TLSPrivateKeyKey)
+	forged.Annotations[cachedKeyAnnotation] = "ecdsa-p256"
 	tests := map[string]struct {
 		secret *corev1.Secret
-		// trimmed is whether the annotations meshcert never reads are left out.
-		trimmed bool
+		// compacted is whether the Secret is cached as a delivered one.
+		compacted bool
 	}{
-		"a delivered Secret keeps what the reconciler reads": {secret: deliveredForTest("web", "roots"), trimmed: true},
+		"a delivered Secret keeps what the reconciler reads": {secret: deliveredForTest("web", "roots"), compacted: true},
 		"a mesh's CA Secret is cached whole":                 {secret: caSecret},
 		"a Secret meshcert does not manage is cached whole":  {secret: unmanaged},
+		"a cached key's verdict set by hand is dropped":      {secret: forged},
 	}
 	for name, test := range tests {
 		t.Run(name, func(t *testing.T) {
 			before := test.secret.DeepCopy()
 			(&SecretCompactor{}).Compact(test.secret)
-			wantAnnotations := maps.Clone(before.Annotations)
-			if test.trimmed {
-				for _, k := range writtenNotRead {
-					delete(wantAnnotations, k)
-				}
+			wantAnnotations, wantLabels, wantData := maps.Clone(before.Annotations), before.Labels, maps.Clone(before.Data)
+			delete(wantAnnotations, cachedKeyAnnotation)
+			if test.compacted {
+				maps.DeleteFunc(wantAnnotations, func(k, _ string) bool { return !slices.Contains(readAnnotations, k) })
+				// The test's key is no key at all.
+				wantAnnotations[cachedKeyAnnotation] = keyUnreadable
+				wantLabels = map[string]string{model.ManagedByLabel: model.ManagedByValue}
+				delete(wantData, corev1.TLSPrivateKeyKey)
 			}
 			if !maps.Equal(test.secret.Annotations, wantAnnotations) {
 				t.Errorf("annotations: got %v, want %v", test.secret.Annotations, wantAnnotations)
 			}
-			if !maps.Equal(test.secret.Labels, before.Labels) {
-				t.Errorf("labels: got %v, want %v", test.secret.Labels, before.Labels)
+			if !maps.Equal(test.secret.Labels, wantLabels) {
+				t.Errorf("labels: got %v, want %v", test.secret.Labels, wantLabels)
 			}
-			if !maps.EqualFunc(test.secret.Data, before.Data, func(a, b []byte) bool { return string(a) == string(b) }) {
-				t.Errorf("data changed: got %q, want %q", test.secret.Data, before.Data)
+			if !maps.EqualFunc(test.secret.Data, wantData, func(a, b []byte) bool { return string(a) == string(b) }) {
+				t.Errorf("data: got %q, want %q", test.secret.Data, wantData)
 			}
 			if test.secret.Namespace != before.Namespace || test.secret.Type != before.Type || test.secret.OwnerReferences[0] != before.OwnerReferences[0] {
 				t.Errorf("metadata changed: got %+v, want %+v", test.secret.ObjectMeta, before.ObjectMeta)
@@ -93,5 +110,79 @@ func TestSecretCompactorSharesBundles(t *testing.T) {
 	}
 	if len(c.bundles) > maxSharedBundles {
 		t.Errorf("%d bundles shared, more than the bound of %d", len(c.bundles), maxSharedBundles)
+	}
+}
+
+// storedSecrets are n Secrets as meshcert delivers them, in the protobuf the
+// Secret informer decodes.
+func storedSecrets(b *testing.B, n int) [][]byte {
+	ca := testpki.NewCA(b, "mesh-ca", now)
+	out := make([][]byte, n)
+	for i := range out {
+		name := fmt.Sprintf("web-%d", i)
+		uris := testpki.URLs("spiffe://default/web", "kuma://kuma.io/service/web", "kuma://app/web-"+strconv.Itoa(i%50))
+		p := &plan{
+			dataplane: types.NamespacedName{Namespace: "payments", Name: name}, mesh: &model.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: "default"}},
+			backend: "cm", issuerRef: cmmeta.IssuerReference{Name: "mesh-ca", Kind: "Issuer", Group: "cert-manager.io"},
+			identityHash: model.Hash(pki.URLsToString(uris)...), issuerHash: "a0e547ec556822d9",
+		}
+		key := testpki.Key(b)
+		keyPEM, err := pki.EncodePrivateKey(key, cmapi.PKCS8)
+		if err != nil {
+			b.Fatal(err)
+		}
+		chain := ca.Issue(b, key, uris, now, 24*time.Hour)
+		leaf, err := pki.DecodeX509CertificateBytes(chain)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dp := &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Namespace: "payments", Name: name, UID: types.UID(fmt.Sprintf("5c0e2f9a-0000-4000-8000-%012d", i))}}
+		s := secretFor(dp, p, map[string][]byte{corev1.TLSCertKey: chain, corev1.TLSPrivateKeyKey: keyPEM, model.CAKey: ca.PEM}, leaf)
+		s.UID, s.ResourceVersion = types.UID(fmt.Sprintf("9d1b7c3e-0000-4000-8000-%012d", i)), strconv.Itoa(1000+i)
+		if out[i], err = s.Marshal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return out
+}
+
+// heapAfterGC is the live heap.
+func heapAfterGC() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// BenchmarkCachedSecret measures the heap one delivered Secret takes in the
+// Secret cache, as decoded and as SecretCompactor keeps it:
+// go test ./reconciler -run X -bench CachedSecret
+func BenchmarkCachedSecret(b *testing.B) {
+	stored := storedSecrets(b, 1000)
+	for _, form := range []struct {
+		name      string
+		transform func(*corev1.Secret)
+	}{
+		{"form=decoded", func(*corev1.Secret) {}},
+		{"form=compacted", (&SecretCompactor{}).Compact},
+	} {
+		b.Run(form.name, func(b *testing.B) {
+			var held uint64
+			for range b.N {
+				before := heapAfterGC()
+				cached := make([]*corev1.Secret, len(stored))
+				for i, raw := range stored {
+					s := &corev1.Secret{}
+					if err := s.Unmarshal(raw); err != nil {
+						b.Fatal(err)
+					}
+					form.transform(s)
+					cached[i] = s
+				}
+				held += heapAfterGC() - before
+				runtime.KeepAlive(cached)
+			}
+			b.ReportMetric(float64(held)/float64(b.N*len(stored)), "B/secret")
+		})
 	}
 }

@@ -40,12 +40,9 @@ func checkDelivered(s *corev1.Secret, p *plan, now time.Time) verdict {
 		return verdict{reissue: "tls.crt is not a certificate chain"}
 	}
 	leaf := chain[0]
-	key, err := pki.DecodePrivateKeyBytes(s.Data[corev1.TLSPrivateKeyKey])
-	if err != nil {
-		return verdict{reissue: "tls.key is not a private key"}
-	}
-	if ok, err := pki.PublicKeyMatchesCertificate(key.Public(), leaf); err != nil || !ok {
-		return verdict{reissue: "tls.key does not match tls.crt"}
+	algorithm, problem := deliveredKey(s, leaf)
+	if problem != "" {
+		return verdict{reissue: problem}
 	}
 	if _, err := issuance.VerifyChain(chain, s.Data[model.CAKey], now); err != nil {
 		return verdict{reissue: "the certificate does not verify against ca.crt: " + err.Error()}
@@ -56,7 +53,7 @@ func checkDelivered(s *corev1.Secret, p *plan, now time.Time) verdict {
 		v.reissue = "the identity changed"
 	case s.Annotations[model.IssuerHashAnnotation] != p.issuerHash:
 		v.reissue = reasonBackendChanged
-	case issuance.AlgorithmOf(key) != p.keyAlgorithm:
+	case algorithm != p.keyAlgorithm:
 		v.reissue = "the key algorithm changed"
 	case !now.Before(v.renewAt):
 		v.reissue = "renewal is due"

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -95,32 +96,41 @@ func TestCheckDelivered(t *testing.T) {
 		"renewal due at 4/5 of the lifetime": {secret: good, now: issuedAt.Add(8 * time.Hour), wantWhy: "renewal is due", usable: true},
 		"expired":                            {secret: good, now: issuedAt.Add(11 * time.Hour), wantWhy: "the certificate does not verify against ca.crt"},
 	}
+	// Each case is judged as the API server holds the Secret and as the
+	// cache holds it, compacted and without its key: the same verdict.
 	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			pl := *p
-			pl.bundle, pl.bundleComplete = ca.PEM, true
-			if tc.plan != nil {
-				tc.plan(&pl)
-			}
-			at := now
-			if !tc.now.IsZero() {
-				at = tc.now
-			}
-			v := checkDelivered(tc.secret(), &pl, at)
-			if !strings.HasPrefix(v.reissue, tc.wantWhy) || (tc.wantWhy == "") != (v.reissue == "") {
-				t.Errorf("reissue = %q, want %q", v.reissue, tc.wantWhy)
-			}
-			if v.staleBundle != tc.wantStale {
-				t.Errorf("staleBundle = %v, want %v", v.staleBundle, tc.wantStale)
-			}
-			if tc.wantWhy == "" {
-				lifetime := v.leaf.NotAfter.Sub(v.leaf.NotBefore)
-				if off := v.renewAt.Sub(v.leaf.NotBefore); off < lifetime*7/10 || off > lifetime*8/10 {
-					t.Errorf("renews at %s of a %s lifetime, want between 7/10 and 8/10", off, lifetime)
+		for _, cached := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, cached %v", name, cached), func(t *testing.T) {
+				s := tc.secret()
+				if s != nil && cached {
+					s.Type, s.Labels = corev1.SecretTypeTLS, map[string]string{model.ManagedByLabel: model.ManagedByValue}
+					(&SecretCompactor{}).Compact(s)
 				}
-			} else if v.usable != tc.usable {
-				t.Errorf("usable = %v, want %v", v.usable, tc.usable)
-			}
-		})
+				pl := *p
+				pl.bundle, pl.bundleComplete = ca.PEM, true
+				if tc.plan != nil {
+					tc.plan(&pl)
+				}
+				at := now
+				if !tc.now.IsZero() {
+					at = tc.now
+				}
+				v := checkDelivered(s, &pl, at)
+				if !strings.HasPrefix(v.reissue, tc.wantWhy) || (tc.wantWhy == "") != (v.reissue == "") {
+					t.Errorf("reissue = %q, want %q", v.reissue, tc.wantWhy)
+				}
+				if v.staleBundle != tc.wantStale {
+					t.Errorf("staleBundle = %v, want %v", v.staleBundle, tc.wantStale)
+				}
+				if tc.wantWhy == "" {
+					lifetime := v.leaf.NotAfter.Sub(v.leaf.NotBefore)
+					if off := v.renewAt.Sub(v.leaf.NotBefore); off < lifetime*7/10 || off > lifetime*8/10 {
+						t.Errorf("renews at %s of a %s lifetime, want between 7/10 and 8/10", off, lifetime)
+					}
+				} else if v.usable != tc.usable {
+					t.Errorf("usable = %v, want %v", v.usable, tc.usable)
+				}
+			})
+		}
 	}
 }

@@ -67,6 +67,20 @@ func (r *Reconciler) deliveredSecret(ctx context.Context, dp *model.DataplaneRes
 // overwrites: a Secret of that name that meshcert does not manage makes it
 // fail with AlreadyExists.
 func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResource, p *plan, existing *corev1.Secret, data map[string][]byte, leaf *x509.Certificate) error {
+	want := secretFor(dp, p, data, leaf)
+	if existing == nil {
+		return r.Client.Create(ctx, want)
+	}
+	// Labels, annotations and data are replaced whole, so nothing the
+	// compacted cached copy left out is written away.
+	s := existing.DeepCopy()
+	s.Labels, s.Annotations, s.OwnerReferences = want.Labels, want.Annotations, want.OwnerReferences
+	s.Data = data
+	return r.Client.Update(ctx, s)
+}
+
+// secretFor is the Secret meshcert delivers to a dataplane.
+func secretFor(dp *model.DataplaneResource, p *plan, data map[string][]byte, leaf *x509.Certificate) *corev1.Secret {
 	annotations := ownedAnnotations(p)
 	annotations[model.IdentityHashAnnotation] = p.identityHash
 	annotations[model.IssuerHashAnnotation] = p.issuerHash
@@ -77,28 +91,23 @@ func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResourc
 	annotations[cmapi.IssuerKindAnnotationKey] = p.issuerRef.Kind
 	annotations[cmapi.IssuerGroupAnnotationKey] = p.issuerRef.Group
 	annotations[cmapi.URISANAnnotationKey] = strings.Join(pki.URLsToString(leaf.URIs), ",")
-	meta := metav1.ObjectMeta{
-		Name:        SecretName(dp.Name),
-		Namespace:   dp.Namespace,
-		Labels:      ownedLabels(p),
-		Annotations: annotations,
-		OwnerReferences: []metav1.OwnerReference{{
-			APIVersion: model.GroupVersion.String(),
-			Kind:       "Dataplane",
-			Name:       dp.Name,
-			UID:        dp.UID,
-			Controller: ptr.To(true),
-		}},
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        SecretName(dp.Name),
+			Namespace:   dp.Namespace,
+			Labels:      ownedLabels(p),
+			Annotations: annotations,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: model.GroupVersion.String(),
+				Kind:       "Dataplane",
+				Name:       dp.Name,
+				UID:        dp.UID,
+				Controller: ptr.To(true),
+			}},
+		},
+		Type: corev1.SecretTypeTLS,
+		Data: data,
 	}
-	if existing == nil {
-		return r.Client.Create(ctx, &corev1.Secret{ObjectMeta: meta, Type: corev1.SecretTypeTLS, Data: data})
-	}
-	// Labels, annotations and data are replaced whole, so nothing the
-	// compacted cached copy left out is written away.
-	s := existing.DeepCopy()
-	s.Labels, s.Annotations, s.OwnerReferences = meta.Labels, meta.Annotations, meta.OwnerReferences
-	s.Data = data
-	return r.Client.Update(ctx, s)
 }
 
 // updateBundle rewrites only a Secret's ca.crt: a backend was added or
