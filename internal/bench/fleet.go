@@ -167,7 +167,7 @@ func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, profileDir s
 	}
 	spread := "none"
 	if len(fractions) > 0 {
-		lo, hi := percentileF(fractions, 0.05), percentileF(fractions, 0.95)
+		lo, hi := percentile(fractions, 0.05), percentile(fractions, 0.95)
 		spread = fmt.Sprintf("pushed %.0f–%.0f s after issuance (p5–p95, %.0f%%–%.0f%% of the lifetime), at most %d/s",
 			lo*renewalLifetime.Seconds(), hi*renewalLifetime.Seconds(), 100*lo, 100*hi, peak)
 	}

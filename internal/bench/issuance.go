@@ -236,7 +236,8 @@ type meshcertRun struct {
 	metrics  string
 	log      string
 	pprof    string // address
-	peakRSS  uint64 // bytes
+	// peakRSS is the resident memory when it was highest.
+	peakRSS  residentSet
 	peakHeap float64
 	// cost is the CPU each process used to issue the dataplanes, and
 	// kube-apiserver's writes.
@@ -296,7 +297,7 @@ func (r *meshcertRun) stop() {
 // sampleMemory records the process's peak resident set and Go heap.
 func (r *meshcertRun) sampleMemory(ctx context.Context) {
 	for !r.p.Exited() && ctx.Err() == nil {
-		if rss, err := residentBytes(r.p.Pid()); err == nil && rss > r.peakRSS {
+		if rss, err := readResident(r.p.Pid()); err == nil && rss.total > r.peakRSS.total {
 			r.peakRSS = rss
 		}
 		if m, err := scrape(r.metrics); err == nil && m["go_memstats_heap_inuse_bytes"] > r.peakHeap {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -119,11 +120,18 @@ func (d *driver) openLoop(ctx context.Context, rate float64, dur time.Duration) 
 	return latencies
 }
 
-func percentile(sorted []time.Duration, p float64) time.Duration {
+// percentile is the p-th (0 to 1) of sorted values, or zero for none.
+func percentile[T cmp.Ordered](sorted []T, p float64) T {
 	if len(sorted) == 0 {
-		return 0
+		var zero T
+		return zero
 	}
 	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
+
+// median is the middle of values, in any order.
+func median[T cmp.Ordered](values []T) T {
+	return percentile(slices.Sorted(slices.Values(values)), 0.5)
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }

@@ -82,7 +82,7 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 				Note: fmt.Sprintf("N=%d, from the first create, CPU seconds and kube-apiserver's writes: (a) %s; (b) %s; meshcert %s.", n, aCost, bCost, oursCost)},
 		)
 		time.Sleep(time.Second) // a last sample of the settled process
-		rss[n] = run.peakRSS
+		rss[n] = run.peakRSS.total
 		if o.ProfileDir != "" {
 			// What the memory holds, with every dataplane issued.
 			if err := fetchProfile(ctx, http.DefaultClient, "http://"+run.pprof+"/debug/pprof/heap", filepath.Join(o.ProfileDir, fmt.Sprintf("p4-meshcert-heap-%d.pprof", n)))(); err != nil {
@@ -90,9 +90,10 @@ func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]
 			}
 		}
 		row := Row{ID: "P4", Measure: fmt.Sprintf("meshcert's peak memory at N=%d", n),
-			Ours: fmt.Sprintf("RSS %s, heap %s", mib(float64(run.peakRSS)), mib(run.peakHeap))}
+			Ours: fmt.Sprintf("RSS %s (anonymous %s, the binary's pages %s), heap %s",
+				mib(float64(run.peakRSS.total)), mib(float64(run.peakRSS.anon)), mib(float64(run.peakRSS.file)), mib(run.peakHeap))}
 		if n == 10000 {
-			row.Target, row.Met = "≤ 150 MiB", met(run.peakRSS <= 150<<20)
+			row.Target, row.Met = "≤ 150 MiB", met(run.peakRSS.total <= 150<<20)
 		}
 		rows = append(rows, row)
 		if i == 0 {

@@ -19,21 +19,39 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// residentBytes reads a process's resident set size.
-func residentBytes(pid int) (uint64, error) {
+// residentSet is a process's resident memory, in bytes: all of it, its
+// anonymous pages (the Go heap, stacks and runtime) and its file-backed
+// pages (the binary's code and data that were read).
+type residentSet struct{ total, anon, file uint64 }
+
+// readResident reads a process's resident memory.
+func readResident(pid int) (residentSet, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return residentSet{}, err
 	}
 	defer f.Close()
+	var r residentSet
+	fields := map[string]*uint64{"VmRSS:": &r.total, "RssAnon:": &r.anon, "RssFile:": &r.file}
+	found := 0
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024, err
+		name, rest, _ := strings.Cut(s.Text(), "\t")
+		into, ok := fields[name]
+		if !ok {
+			continue
 		}
+		kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+		if err != nil {
+			return residentSet{}, fmt.Errorf("process %d: %s %w", pid, name, err)
+		}
+		*into = kb * 1024
+		found++
 	}
-	return 0, fmt.Errorf("no VmRSS for process %d", pid)
+	if found < len(fields) {
+		return residentSet{}, fmt.Errorf("no VmRSS, RssAnon and RssFile for process %d", pid)
+	}
+	return r, nil
 }
 
 // scrapeAll reads the samples of one metric family from a Prometheus text

@@ -51,14 +51,14 @@ func renewalStorm(ctx context.Context, o Options, progress func(string, ...any))
 	}
 	issuedOver, offsets, peak := track.summary()
 	throttled := strings.Count(localcluster.Logs(run.log), "client-side throttling")
-	spread := percentileF(offsets, 0.95) - percentileF(offsets, 0.05)
+	spread := percentile(offsets, 0.95) - percentile(offsets, 0.05)
 	progress("P6: issued over %s; renewed %.1f-%.1f s after issuance (p5-p95), peak %d/s; %d client-side throttling waits",
-		issuedOver.Round(100*time.Millisecond), percentileF(offsets, 0.05), percentileF(offsets, 0.95), peak, throttled)
+		issuedOver.Round(100*time.Millisecond), percentile(offsets, 0.05), percentile(offsets, 0.95), peak, throttled)
 	return []Row{{
 		ID:      "P6",
 		Measure: fmt.Sprintf("renewal storm: N=%d certificates of %s, issued within %s", n, lifetime, issuedOver.Round(100*time.Millisecond)),
 		Ours: fmt.Sprintf("renewed %.0f–%.0f s after issuance (p5–p95, %.0f%%–%.0f%% of the lifetime), at most %d/s; %d client-side throttling waits",
-			percentileF(offsets, 0.05), percentileF(offsets, 0.95), 100*percentileF(offsets, 0.05)/lifetime.Seconds(), 100*percentileF(offsets, 0.95)/lifetime.Seconds(), peak, throttled),
+			percentile(offsets, 0.05), percentile(offsets, 0.95), 100*percentile(offsets, 0.05)/lifetime.Seconds(), 100*percentile(offsets, 0.95)/lifetime.Seconds(), peak, throttled),
 		Target: "spread over time; no throttling", Met: met(spread >= 0.05*lifetime.Seconds() && throttled == 0),
 	}}, nil
 }
@@ -155,11 +155,4 @@ func (r *renewals) summary() (time.Duration, []float64, int) {
 		peak = max(peak, c)
 	}
 	return lastIssued.Sub(firstIssued), offsets, peak
-}
-
-func percentileF(sorted []float64, p float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
 }

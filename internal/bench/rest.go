@@ -37,7 +37,7 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 	}
 	defer run.stop()
 	pid := run.agents[0].Pid()
-	idle, _ := residentBytes(pid)
+	idle, _ := readResident(pid)
 
 	progress("P10: %d workloads on open streams to one agent", n)
 	runCtx, stop := context.WithCancel(ctx)
@@ -59,7 +59,7 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 		}
 	}
 	time.Sleep(2 * time.Second) // the last requests deleted
-	serving, err := residentBytes(pid)
+	serving, err := readResident(pid)
 	if err != nil {
 		return nil, err
 	}
@@ -100,8 +100,8 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 	}
 	cpuRatio := withAgents / alone
 	return []Row{
-		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities on %d open SDS streams", n, n), Ours: mib(float64(serving)),
-			Baseline: mib(float64(idle)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity and stream", (float64(serving)-float64(idle))/float64(n)/1024)},
+		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities on %d open SDS streams", n, n), Ours: mib(float64(serving.total)),
+			Baseline: mib(float64(idle.total)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity and stream", (float64(serving.total)-float64(idle.total))/float64(n)/1024)},
 		{ID: "P10", Measure: fmt.Sprintf("the agent's API requests at rest, %s, %d identities on open streams", window, n), Ours: fmt.Sprintf("%.0f writes; all calls: %s", writes, countsText(byMethod)),
 			Target: "0 writes", Met: met(writes == 0),
 			Note: "counted by the agent's client-go metrics (rest_client_requests_total)."},

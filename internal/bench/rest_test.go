@@ -3,6 +3,7 @@ package bench
 import (
 	"maps"
 	"testing"
+	"time"
 )
 
 func TestGrowthBy(t *testing.T) {
@@ -40,6 +41,25 @@ func TestGrowthBy(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if got := growthBy(before, after, test.labels...); !maps.Equal(got, test.want) {
 				t.Errorf("growthBy(%v) = %v, want %v", test.labels, got, test.want)
+			}
+		})
+	}
+}
+
+func TestMedian(t *testing.T) {
+	tests := map[string]struct {
+		values []time.Duration
+		want   time.Duration
+	}{
+		"none":                      {want: 0},
+		"one":                       {values: []time.Duration{7}, want: 7},
+		"odd count, in any order":   {values: []time.Duration{9, 1, 30, 2, 8}, want: 8},
+		"one slow round is ignored": {values: []time.Duration{5, 6, 500}, want: 6},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := median(tc.values); got != tc.want {
+				t.Errorf("median(%v) = %v, want %v", tc.values, got, tc.want)
 			}
 		})
 	}
