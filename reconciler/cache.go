@@ -47,10 +47,11 @@ const maxSharedBundles = 64
 // SecretCompactor is the cache transform of the Secrets meshcert delivers.
 // A cached Secret keeps what the reconciler reads and no more: the
 // annotations it reads, the label that makes it meshcert's, the chain, and
-// the trust bundle, held once for all Secrets with the same one. It holds no
+// the trust bundle, held once for all Secrets with the same one; not its
+// owner reference. It holds no
 // private key: the key is checked as the Secret is cached (checkKey), and
 // only the result is kept. That is safe because meshcert writes a delivered
-// Secret only by replacing its labels, annotations and data whole
+// Secret only by replacing its labels, annotations, owner reference and data whole
 // (writeSecret) or by patching its ca.crt alone (updateBundle), never by
 // sending a cached copy back as it is.
 type SecretCompactor struct {
@@ -81,10 +82,9 @@ func (c *SecretCompactor) Compact(s *corev1.Secret) {
 	annotations[cachedKeyAnnotation] = unique.Make(checkKey(s.Data[corev1.TLSPrivateKeyKey], leafOf(s))).Value()
 	s.Annotations = annotations
 	delete(s.Data, corev1.TLSPrivateKeyKey)
-	for i := range s.OwnerReferences {
-		ref := &s.OwnerReferences[i]
-		ref.APIVersion, ref.Kind = unique.Make(ref.APIVersion).Value(), unique.Make(ref.Kind).Value()
-	}
+	// Secrets are mapped to their dataplanes by annotation, and the owner
+	// reference is written whole with every Secret.
+	s.OwnerReferences = nil
 	if b, ok := s.Data[model.CAKey]; ok {
 		s.Data[model.CAKey] = c.shared(b)
 	}

@@ -85,7 +85,14 @@ func TestSecretCompactor(t *testing.T) {
 			if !maps.EqualFunc(test.secret.Data, wantData, func(a, b []byte) bool { return string(a) == string(b) }) {
 				t.Errorf("data: got %q, want %q", test.secret.Data, wantData)
 			}
-			if test.secret.Namespace != before.Namespace || test.secret.Type != before.Type || test.secret.OwnerReferences[0] != before.OwnerReferences[0] {
+			wantOwners := before.OwnerReferences
+			if test.compacted {
+				wantOwners = nil
+			}
+			if !slices.Equal(test.secret.OwnerReferences, wantOwners) {
+				t.Errorf("owner references: got %v, want %v", test.secret.OwnerReferences, wantOwners)
+			}
+			if test.secret.Namespace != before.Namespace || test.secret.Type != before.Type {
 				t.Errorf("metadata changed: got %+v, want %+v", test.secret.ObjectMeta, before.ObjectMeta)
 			}
 		})

@@ -71,8 +71,8 @@ func (r *Reconciler) writeSecret(ctx context.Context, dp *model.DataplaneResourc
 	if existing == nil {
 		return r.Client.Create(ctx, want)
 	}
-	// Labels, annotations and data are replaced whole, so nothing the
-	// compacted cached copy left out is written away.
+	// Labels, annotations, owner references and data are replaced whole, so
+	// nothing the compacted cached copy left out is written away.
 	s := existing.DeepCopy()
 	s.Labels, s.Annotations, s.OwnerReferences = want.Labels, want.Annotations, want.OwnerReferences
 	s.Data = data

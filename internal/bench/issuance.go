@@ -231,11 +231,11 @@ func certificates(ctx context.Context, n int, limit time.Duration, profileDir st
 
 // meshcertRun is meshcert, as a process of its own, serving a mesh.
 type meshcertRun struct {
-	e        *env
-	p        *localcluster.Process
-	metrics  string
-	log      string
-	pprof    string // address
+	e       *env
+	p       *localcluster.Process
+	metrics string
+	log     string
+	pprof   string // address
 	// peakRSS is the resident memory when it was highest.
 	peakRSS  residentSet
 	peakHeap float64
