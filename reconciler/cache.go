@@ -47,13 +47,13 @@ const maxSharedBundles = 64
 // SecretCompactor is the cache transform of the Secrets meshcert delivers.
 // A cached Secret keeps what the reconciler reads and no more: the
 // annotations it reads, the label that makes it meshcert's, the chain, and
-// the trust bundle, held once for all Secrets with the same one; not its
-// owner reference. It holds no
-// private key: the key is checked as the Secret is cached (checkKey), and
-// only the result is kept. That is safe because meshcert writes a delivered
-// Secret only by replacing its labels, annotations, owner reference and data whole
-// (writeSecret) or by patching its ca.crt alone (updateBundle), never by
-// sending a cached copy back as it is.
+// the trust bundle, held once for all Secrets with the same one. It holds
+// neither the owner reference nor the private key: the key is checked as
+// the Secret is cached (checkKey), and only the result is kept. That is safe
+// because meshcert writes a delivered Secret only by replacing its labels,
+// annotations, owner reference and data whole (writeSecret) or by patching
+// its ca.crt alone (updateBundle), never by sending a cached copy back as it
+// is.
 type SecretCompactor struct {
 	mu      sync.Mutex
 	bundles map[string][]byte

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"maps"
+	"os"
 	"testing"
 	"time"
 )
@@ -62,5 +63,19 @@ func TestMedian(t *testing.T) {
 				t.Errorf("median(%v) = %v, want %v", tc.values, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestReadResident(t *testing.T) {
+	r, err := readResident(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// VmRSS is RssAnon, RssFile and RssShmem, which a test process hardly has.
+	if r.anon == 0 || r.file == 0 || r.anon+r.file > r.total || r.anon+r.file < r.total*9/10 {
+		t.Errorf("resident %d bytes: anonymous %d and file-backed %d do not add up", r.total, r.anon, r.file)
+	}
+	if _, err := readResident(-1); err == nil {
+		t.Error("no error for a process that does not exist")
 	}
 }
