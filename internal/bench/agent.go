@@ -34,8 +34,7 @@ const firstUID = 20000
 // certificate, at a steady arrival rate, next to bare CertificateRequests
 // at the same rate; and P10, the agent's memory with many identities.
 func agentIdentities(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
-	// 300 samples, so that the p99 is not one workload's.
-	latencyN, memoryN := 300, 1000
+	latencyN, memoryN := 100, 1000
 	if o.Quick {
 		latencyN, memoryN = 100, 300
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -104,7 +105,7 @@ func (w *Workload) stream(ctx context.Context, client secretv3.SecretDiscoverySe
 	accepted := ""
 	req := w.firstRequest()
 	for {
-		if err := s.Send(req); err != nil {
+		if err := send(s, req); err != nil {
 			return received, err
 		}
 		resp, err := s.Recv()
@@ -129,6 +130,19 @@ func (w *Workload) stream(ctx context.Context, client secretv3.SecretDiscoverySe
 	}
 }
 
+// send sends a request on a stream. A stream the server already ended
+// makes Send return io.EOF, and only Recv gives the status it ended with, as
+// grpc-go documents.
+func send(s secretv3.SecretDiscoveryService_StreamSecretsClient, req *discoveryv3.DiscoveryRequest) error {
+	err := s.Send(req)
+	if errors.Is(err, io.EOF) {
+		if _, ended := s.Recv(); ended != nil {
+			return ended
+		}
+	}
+	return err
+}
+
 // firstRequest is a stream's first: Envoy's node, and the names.
 func (w *Workload) firstRequest() *discoveryv3.DiscoveryRequest {
 	node := &corev3.Node{Id: "sidecar~" + strconv.FormatUint(uint64(w.UID), 10), UserAgentName: "envoy"}
@@ -144,7 +158,7 @@ func (w *Workload) Once(ctx context.Context, client secretv3.SecretDiscoveryServ
 	if err != nil {
 		return nil, err
 	}
-	if err := s.Send(w.firstRequest()); err != nil {
+	if err := send(s, w.firstRequest()); err != nil {
 		return nil, err
 	}
 	resp, err := s.Recv()
