@@ -34,7 +34,8 @@ const firstUID = 20000
 // certificate, at a steady arrival rate, next to bare CertificateRequests
 // at the same rate; and P10, the agent's memory with many identities.
 func agentIdentities(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
-	latencyN, memoryN := 100, 1000
+	// 300 workloads, so that the p99 is the third slowest, not the slowest.
+	latencyN, memoryN := 300, 1000
 	if o.Quick {
 		latencyN, memoryN = 100, 300
 	}
