@@ -126,9 +126,8 @@ func serialOf(s *corev1.Secret) string {
 	if s == nil {
 		return ""
 	}
-	chain, err := pki.DecodeX509CertificateChainBytes(s.Data[corev1.TLSCertKey])
-	if err != nil {
-		return ""
+	if leaf := leafOf(s); leaf != nil {
+		return leaf.SerialNumber.String()
 	}
-	return chain[0].SerialNumber.String()
+	return ""
 }
