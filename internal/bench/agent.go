@@ -11,7 +11,6 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -20,6 +19,7 @@ import (
 	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/sdsclient"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -51,7 +51,7 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	}
 	defer run.stop()
 	idle, _ := readResident(run.agents[0].Pid())
-	csrs, err := bareCSRs(latencyN)
+	csrs, err := bareCSRs(latencyN, func(i int) []string { return []string{fmt.Sprintf("spiffe://bench.example.com/bare/b-%d", i)} }, svidUsages)
 	if err != nil {
 		return nil, err
 	}
@@ -85,28 +85,9 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	}, nil
 }
 
-// bareCSRs makes the CSRs of n bare CertificateRequests, before any is timed.
-func bareCSRs(n int) ([][]byte, error) {
-	csrs := make([][]byte, n)
-	err := parallel(n, func(i int) error {
-		key, err := pki.GenerateECPrivateKey(pki.ECCurve256)
-		if err != nil {
-			return err
-		}
-		tmpl, err := pki.GenerateCSR(&cmapi.Certificate{Spec: cmapi.CertificateSpec{URIs: []string{fmt.Sprintf("spiffe://bench.example.com/bare/b-%d", i)},
-			Usages:     workloadUsages,
-			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}}})
-		if err != nil {
-			return err
-		}
-		der, err := pki.EncodeCSR(tmpl, key)
-		csrs[i] = pemCSR(der)
-		return err
-	})
-	return csrs, err
-}
-
-var workloadUsages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
+// svidUsages are the key usages of the agent's ECDSA P-256 SVIDs, which the
+// bare requests of P8 carry too.
+var svidUsages = issuance.SVIDUsages(issuance.ECDSAP256)
 
 // p8Rounds is how many turns each side of P8 takes.
 const p8Rounds = 10
@@ -199,7 +180,7 @@ func (b *bareRequests) roundTrips(ctx context.Context, csrs [][]byte, from int) 
 			cr := &cmapi.CertificateRequest{
 				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("b-%d", from+i), Namespace: bareNamespace},
 				Spec: cmapi.CertificateRequestSpec{Request: csr, IssuerRef: clusterIssuer, Duration: &metav1.Duration{Duration: 24 * time.Hour},
-					Usages: workloadUsages},
+					Usages: svidUsages},
 			}
 			mu.Lock()
 			started[cr.Name] = time.Now()

@@ -41,7 +41,7 @@ type measure struct {
 var measures = []measure{
 	{[]string{"P1"}, admissionRate},
 	{[]string{"P2"}, apiCreate},
-	{[]string{"P3", "P4", "P5"}, issuance},
+	{[]string{"P3", "P4", "P5"}, secretIssuance},
 	{[]string{"P6"}, renewalStorm},
 	{[]string{"P7", "P9"}, agentFleet},
 	{[]string{"P8", "P10"}, agentIdentities},

@@ -28,6 +28,7 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
 
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -47,7 +48,26 @@ func identity(i int) []string {
 	return pki.URLsToString(uris)
 }
 
-var benchUsages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment, cmapi.UsageServerAuth, cmapi.UsageClientAuth}
+// bareCSRs makes the CSRs of n bare CertificateRequests, request i for
+// uris(i), before any is timed.
+func bareCSRs(n int, uris func(int) []string, usages []cmapi.KeyUsage) ([][]byte, error) {
+	csrs := make([][]byte, n)
+	err := parallel(n, func(i int) error {
+		key, err := pki.GenerateECPrivateKey(pki.ECCurve256)
+		if err != nil {
+			return err
+		}
+		tmpl, err := pki.GenerateCSR(&cmapi.Certificate{Spec: cmapi.CertificateSpec{URIs: uris(i), Usages: usages,
+			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}}})
+		if err != nil {
+			return err
+		}
+		der, err := pki.EncodeCSR(tmpl, key)
+		csrs[i] = pemCSR(der)
+		return err
+	})
+	return csrs, err
+}
 
 var clusterIssuer = cmmeta.IssuerReference{Name: "mesh-ca", Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"}
 
@@ -149,24 +169,8 @@ func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, 
 	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
 		return 0, "", err
 	}
-	csrs := make([][]byte, n)
-	if err := parallel(n, func(i int) error {
-		key, err := pki.GenerateECPrivateKey(pki.ECCurve256)
-		if err != nil {
-			return err
-		}
-		tmpl, err := pki.GenerateCSR(&cmapi.Certificate{Spec: cmapi.CertificateSpec{URIs: identity(i), Usages: benchUsages,
-			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}}})
-		if err != nil {
-			return err
-		}
-		der, err := pki.EncodeCSR(tmpl, key)
-		if err != nil {
-			return err
-		}
-		csrs[i] = pemCSR(der)
-		return nil
-	}); err != nil {
+	csrs, err := bareCSRs(n, identity, issuance.WorkloadUsages)
+	if err != nil {
 		return 0, "", err
 	}
 	t, err := e.timeCreates(ctx, timedCreates{
@@ -176,7 +180,7 @@ func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, 
 			return e.c.Client.Create(ctx, &cmapi.CertificateRequest{
 				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
 				Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer,
-					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages},
+					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: issuance.WorkloadUsages},
 			})
 		},
 		profileDir: profileDir, profileName: fmt.Sprintf("p3-a-%d", n),
@@ -216,7 +220,7 @@ func certificates(ctx context.Context, n int, limit time.Duration, profileDir st
 				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
 				Spec: cmapi.CertificateSpec{
 					SecretName: fmt.Sprintf("web-%d-mtls", i), URIs: identity(i), IssuerRef: clusterIssuer,
-					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: benchUsages,
+					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: issuance.WorkloadUsages,
 					PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
 				},
 			})

@@ -9,10 +9,10 @@ import (
 	"time"
 )
 
-// issuance is P3, P4 and P5: issuance for N dataplanes against cert-manager's
+// secretIssuance is P3, P4 and P5: issuance for N dataplanes against cert-manager's
 // signer alone (a) and against cert-manager's own Certificates (b); the
 // memory meshcert took to do it; and its API writes at rest afterwards.
-func issuance(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
+func secretIssuance(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
 	sizes := []int{1000, 10000}
 	// (b) is slow enough at 10,000 to take the whole budget of the run.
 	steady, certificatesLimit := 10*time.Minute, 5*time.Minute
