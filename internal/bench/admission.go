@@ -135,7 +135,7 @@ type webhookEnv struct {
 }
 
 func startWebhookEnv(ctx context.Context) (*webhookEnv, error) {
-	e, err := newEnv(ctx, true, "issuers", "clusterissuers")
+	e, err := newEnv(ctx, localcluster.Options{Webhooks: true}, "issuers", "clusterissuers")
 	if err != nil {
 		return nil, err
 	}

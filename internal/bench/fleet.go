@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/sdsclient"
 	"github.com/meshcert/meshcert/model"
 )
@@ -51,7 +52,7 @@ func agentFleet(ctx context.Context, o Options, progress func(string, ...any)) (
 		if i == 0 {
 			duration = renewalLifetime.String()
 		}
-		run, err := startAgentRun(ctx, n, fleetAgents, duration)
+		run, err := startAgentRun(ctx, localcluster.Options{}, n, fleetAgents, duration)
 		if err != nil {
 			return nil, err
 		}

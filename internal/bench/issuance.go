@@ -160,7 +160,7 @@ func ready(conds []cmapi.CertificateRequestCondition) bool {
 // signerAlone is baseline (a): cert-manager's CA signer signing n bare
 // CertificateRequests, their CSRs made beforehand: the ceiling of issuance.
 func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, string, error) {
-	e, err := newEnv(ctx, false, signerControllers...)
+	e, err := newEnv(ctx, localcluster.Options{}, signerControllers...)
 	if err != nil {
 		return 0, "", err
 	}
@@ -196,7 +196,7 @@ func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, 
 // user would do without meshcert. It is slow: after limit, it stops, and
 // says how many were ready by then.
 func certificates(ctx context.Context, n int, limit time.Duration, profileDir string) (time.Duration, int, string, error) {
-	e, err := newEnv(ctx, false, certificateControllers...)
+	e, err := newEnv(ctx, localcluster.Options{}, certificateControllers...)
 	if err != nil {
 		return 0, 0, "", err
 	}
@@ -253,7 +253,7 @@ const benchNamespace = "bench"
 // startMeshcert starts a cluster and a meshcert process serving mesh bench,
 // whose certificates expire after expiration.
 func startMeshcert(ctx context.Context, dir, expiration string, extra ...string) (*meshcertRun, error) {
-	e, err := newEnv(ctx, false, signerControllers...)
+	e, err := newEnv(ctx, localcluster.Options{}, signerControllers...)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,7 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 		return nil, err
 	}
 	metrics := fmt.Sprintf("127.0.0.1:%d", port)
-	run, err := startAgentRun(ctx, n, 1, "", "--metrics-bind-address", metrics)
+	run, err := startAgentRun(ctx, localcluster.Options{}, n, 1, "", "--metrics-bind-address", metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ func agentsAtRest(ctx context.Context, o Options, progress func(string, ...any))
 // cluster, then again once agents idle agents run, each for a node of its
 // own with no pods.
 func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone, withAgents float64, err error) {
-	e, err := newEnv(ctx, false, signerControllers...)
+	e, err := newEnv(ctx, localcluster.Options{}, signerControllers...)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -34,8 +34,8 @@ type env struct {
 }
 
 // newEnv starts a cluster with the given cert-manager controllers.
-func newEnv(ctx context.Context, webhooks bool, controllers ...string) (*env, error) {
-	c, err := localcluster.Start(localcluster.Options{Webhooks: webhooks})
+func newEnv(ctx context.Context, cluster localcluster.Options, controllers ...string) (*env, error) {
+	c, err := localcluster.Start(cluster)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -47,6 +48,10 @@ type Options struct {
 	// the API server's certificates. Stop removes them. Default: a new
 	// temporary folder.
 	Dir string
+	// APIServerGCTrace, if set, receives kube-apiserver's standard error with
+	// its garbage collector's trace turned on (GODEBUG=gctrace=1): its log,
+	// and a line at the end of every collection.
+	APIServerGCTrace io.Writer
 }
 
 // Cluster is a running test cluster.
@@ -66,10 +71,10 @@ type Cluster struct {
 	env     *envtest.Environment
 	dir     string
 	tempDir bool
+	gcTrace bool
 }
 
-// Start starts kube-apiserver and etcd and installs the CRDs.
-// Start starts kube-apiserver and etcd, and registers the webhooks if asked.
+// Start starts kube-apiserver and etcd, and registers the webhooks if asked;
 // InstallCRDs installs the CRDs.
 func Start(opts Options) (*Cluster, error) {
 	assets := os.Getenv(AssetsEnv)
@@ -77,7 +82,7 @@ func Start(opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("%s is not set: run `make test`, or export %s=$(hack/cluster-bins.sh assets)", AssetsEnv, AssetsEnv)
 	}
 	var err error
-	c := &Cluster{dir: opts.Dir}
+	c := &Cluster{dir: opts.Dir, gcTrace: opts.APIServerGCTrace != nil}
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "meshcert-cluster-"); err != nil {
 			return nil, err
@@ -101,7 +106,7 @@ func Start(opts Options) (*Cluster, error) {
 		Scheme:                app.Scheme(),
 		ControlPlane: envtest.ControlPlane{
 			Etcd:      &envtest.Etcd{DataDir: c.etcdDir()},
-			APIServer: &envtest.APIServer{CertDir: c.apiServerDir()},
+			APIServer: &envtest.APIServer{CertDir: c.apiServerDir(), Err: opts.APIServerGCTrace},
 		},
 		ControlPlaneStartTimeout: time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
@@ -111,7 +116,7 @@ func Start(opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if c.Config, err = c.env.Start(); err != nil {
+	if err := c.withGCTrace(func() error { c.Config, err = c.env.Start(); return err }); err != nil {
 		c.cleanup()
 		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
 	}
@@ -238,10 +243,38 @@ func (c *Cluster) RestartControlPlane(down time.Duration) error {
 	if err := cp.Etcd.Start(); err != nil {
 		return fmt.Errorf("starting etcd: %w", err)
 	}
-	if err := cp.APIServer.Start(); err != nil {
+	if err := c.withGCTrace(cp.APIServer.Start); err != nil {
 		return fmt.Errorf("starting kube-apiserver: %w", err)
 	}
 	return nil
+}
+
+// withGCTrace runs start, which starts kube-apiserver, with the garbage
+// collector's trace in the environment when the cluster was asked for it:
+// envtest's processes inherit this one's. Etcd, started with it, traces too,
+// to a standard error envtest discards. A running Go program reads gctrace
+// only as it starts, so this one does not trace, nor does any process
+// started after. The caller must not start other processes meanwhile.
+func (c *Cluster) withGCTrace(start func() error) error {
+	if !c.gcTrace {
+		return start()
+	}
+	old, had := os.LookupEnv("GODEBUG")
+	trace := "gctrace=1"
+	if had && old != "" {
+		trace = old + "," + trace
+	}
+	if err := os.Setenv("GODEBUG", trace); err != nil {
+		return err
+	}
+	defer func() {
+		if had {
+			_ = os.Setenv("GODEBUG", old)
+		} else {
+			_ = os.Unsetenv("GODEBUG")
+		}
+	}()
+	return start()
 }
 
 // Stop stops the API server and etcd and removes the cluster's files.
