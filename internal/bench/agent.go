@@ -304,22 +304,20 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 			return err
 		}
 		socket := filepath.Join(dir, "socket")
-		port, err := localcluster.FreePort()
-		if err != nil {
-			return err
-		}
-		probe := fmt.Sprintf("127.0.0.1:%d", port)
-		args := []string{"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k),
-			"--socket", socket, "--attestor", "unix", "--health-probe-bind-address", probe}
-		if k == 0 {
-			pprofPort, err := localcluster.FreePort()
-			if err != nil {
-				return err
+		p, err := localcluster.OnFreePort(func(port int) (*localcluster.Process, error) {
+			probe := fmt.Sprintf("127.0.0.1:%d", port)
+			args := []string{"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k),
+				"--socket", socket, "--attestor", "unix", "--health-probe-bind-address", probe}
+			if k == 0 {
+				pprofPort, err := localcluster.FreePort()
+				if err != nil {
+					return nil, err
+				}
+				r.pprof = fmt.Sprintf("127.0.0.1:%d", pprofPort)
+				args = append(args, "--pprof-bind-address", r.pprof)
 			}
-			r.pprof = fmt.Sprintf("127.0.0.1:%d", pprofPort)
-			args = append(args, "--pprof-bind-address", r.pprof)
-		}
-		p, err := localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", append(args, flags...)...)
+			return localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", append(args, flags...)...)
+		})
 		if err != nil {
 			return err
 		}

@@ -154,14 +154,13 @@ func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone
 		}
 	}()
 	if err := parallel(agents, func(k int) error {
-		port, err := localcluster.FreePort()
-		if err != nil {
-			return err
-		}
-		probe := fmt.Sprintf("127.0.0.1:%d", port)
-		procs[k], err = localcluster.StartBinary(bin, filepath.Join(dir, fmt.Sprintf("agent-%d.log", k)), "http://"+probe+"/readyz",
-			"agent", "--kubeconfig", e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("idle-%d", k),
-			"--socket", filepath.Join(dir, fmt.Sprintf("agent-%d.sock", k)), "--health-probe-bind-address", probe)
+		var err error
+		procs[k], err = localcluster.OnFreePort(func(port int) (*localcluster.Process, error) {
+			probe := fmt.Sprintf("127.0.0.1:%d", port)
+			return localcluster.StartBinary(bin, filepath.Join(dir, fmt.Sprintf("agent-%d.log", k)), "http://"+probe+"/readyz",
+				"agent", "--kubeconfig", e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("idle-%d", k),
+				"--socket", filepath.Join(dir, fmt.Sprintf("agent-%d.sock", k)), "--health-probe-bind-address", probe)
+		})
 		return err
 	}); err != nil {
 		return 0, 0, err

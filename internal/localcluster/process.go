@@ -56,13 +56,28 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 	if err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	return OnFreePort(func(port int) (*Process, error) {
+		probe := fmt.Sprintf("127.0.0.1:%d", port)
+		return StartBinary(bin, logPath, "http://"+probe+"/readyz",
+			append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", probe}, args...)...)
+	})
+}
+
+// OnFreePort starts a process on a free loopback port, and again on another
+// when that one was taken between being found and being bound: processes
+// starting at once, and every outgoing connection, race for ports.
+func OnFreePort(start func(port int) (*Process, error)) (*Process, error) {
+	for attempt := 1; ; attempt++ {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		p, err := start(port)
+		// StartBinary's error quotes the process's last lines.
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return p, err
+		}
 	}
-	probe := fmt.Sprintf("127.0.0.1:%d", port)
-	return StartBinary(bin, logPath, "http://"+probe+"/readyz",
-		append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", probe}, args...)...)
 }
 
 // StartBinary runs bin with args, its output appended to logPath, and waits
