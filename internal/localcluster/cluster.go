@@ -116,7 +116,7 @@ func Start(opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if err := c.withGCTrace(func() error { c.Config, err = c.env.Start(); return err }); err != nil {
+	if err = c.withGCTrace(func() (startErr error) { c.Config, startErr = c.env.Start(); return startErr }); err != nil {
 		c.cleanup()
 		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
 	}
