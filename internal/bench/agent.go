@@ -106,8 +106,7 @@ const p8Rounds = 10
 // alternateFirstCertificates times first certificates through the agent and
 // bare round trips in the one cluster, in alternating rounds at agentRate,
 // each side first in every other round. Both sides so meet the same API
-// server, whose garbage collections make the slowest round trips of either,
-// and neither adds to the other's load.
+// server and its garbage collections, and neither adds to the other's load.
 func alternateFirstCertificates(ctx context.Context, run *agentRun, csrs [][]byte) (first, bare []span, err error) {
 	b, err := watchBareRequests(ctx, run.e.c)
 	if err != nil {

@@ -16,6 +16,13 @@ type span struct{ start, end time.Time }
 
 func (s span) overlaps(o span) bool { return s.start.Before(o.end) && o.start.Before(s.end) }
 
+func (s span) took() time.Duration { return s.end.Sub(s.start) }
+
+// overlapsAny tells whether s overlaps any of spans.
+func (s span) overlapsAny(spans []span) bool {
+	return slices.ContainsFunc(spans, s.overlaps)
+}
+
 // gcTrace is kube-apiserver's standard error as P8 reads it: the mark
 // phases of its garbage collector, timed as the trace's lines arrive. Go
 // prints a cycle's line as its mark termination ends, with the wall-clock
@@ -102,13 +109,6 @@ func parseGCTraceLine(line []byte) (time.Duration, bool) {
 		total += time.Duration(v * float64(time.Millisecond))
 	}
 	return total, true
-}
-
-func (s span) took() time.Duration { return s.end.Sub(s.start) }
-
-// overlapsAny tells whether s overlaps any of spans.
-func (s span) overlapsAny(spans []span) bool {
-	return slices.ContainsFunc(spans, s.overlaps)
 }
 
 // sortedTimes are the lengths of the round trips that overlap none of
