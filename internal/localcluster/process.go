@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"os"
@@ -20,24 +21,53 @@ var (
 	buildErr  error
 )
 
-// MeshcertBinary builds cmd/meshcert once per test process, as its image
-// does, and returns its path.
+// MeshcertBinary builds cmd/meshcert once per test process, with the flags
+// of its image (static, stripped), and returns its path. The binary is kept
+// in the cache outside the checkout, one per checkout, so that test
+// processes leave nothing behind.
 func MeshcertBinary() (string, error) {
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "meshcert-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "meshcert")
-		_, file, _, _ := runtime.Caller(0)
-		cmd := exec.Command("go", "build", "-o", binary, "./cmd/meshcert")
-		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("building meshcert: %w\n%s", err, out)
-		}
-	})
+	buildOnce.Do(func() { binary, buildErr = buildMeshcert() })
 	return binary, buildErr
+}
+
+func buildMeshcert() (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	dir, err := binaryCache()
+	if err != nil {
+		return "", err
+	}
+	checkout := sha256.Sum256([]byte(root))
+	dest := filepath.Join(dir, fmt.Sprintf("meshcert-%x", checkout[:8]))
+	// Built beside its destination and renamed over it: another test
+	// process of the same checkout may be running the previous build.
+	tmp, err := os.CreateTemp(dir, ".meshcert-*")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", tmp.Name(), "./cmd/meshcert")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building meshcert: %w\n%s", err, out)
+	}
+	return dest, os.Rename(tmp.Name(), dest)
+}
+
+// binaryCache is where hack/cluster-bins.sh caches the cluster's binaries.
+func binaryCache() (string, error) {
+	dir := os.Getenv("MESHCERT_CACHE")
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(base, "meshcert")
+	}
+	dir = filepath.Join(dir, "bin")
+	return dir, os.MkdirAll(dir, 0o755)
 }
 
 // Process is a binary running against the cluster as a process of its own,
