@@ -14,7 +14,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -91,20 +93,27 @@ func writesOf(byMethod map[string]float64) float64 {
 type writeCounter struct {
 	cfg    *rest.Config
 	before map[string]float64
+	since  time.Time
 	err    error
 }
 
 func (e *env) countWrites(ctx context.Context) *writeCounter {
 	before, err := scrapeAPIServer(ctx, e.c.Config, "apiserver_request_total")
-	return &writeCounter{cfg: e.c.Config, before: before, err: err}
+	// Events carry their times in whole seconds.
+	return &writeCounter{cfg: e.c.Config, before: before, since: time.Now().Truncate(time.Second), err: err}
 }
 
 // perIdentity lists the writes made since, by resource, subresource and
-// verb, each divided by the n identities done.
+// verb, and the Events created since, by who reported them and why, each
+// divided by the n identities done.
 func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
 	after, err := scrapeAPIServer(ctx, w.cfg, "apiserver_request_total")
 	if err = errors.Join(w.err, err); err != nil {
 		return "writes not counted: " + err.Error()
+	}
+	events, err := w.eventsSince(ctx)
+	if err != nil {
+		return "events not counted: " + err.Error()
 	}
 	var parts []string
 	for key, v := range growthBy(w.before, after, "resource", "subresource", "verb") {
@@ -113,7 +122,46 @@ func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
 		}
 	}
 	slices.Sort(parts)
-	return "kube-apiserver's writes per identity: " + strings.Join(parts, ", ")
+	text := "kube-apiserver's writes per identity: " + strings.Join(parts, ", ")
+	if len(events) > 0 {
+		var reasons []string
+		for key, count := range events {
+			reasons = append(reasons, fmt.Sprintf("%s %.2f", key, float64(count)/float64(n)))
+		}
+		slices.Sort(reasons)
+		text += "; Events per identity, by reporter and reason: " + strings.Join(reasons, ", ")
+	}
+	return text
+}
+
+// eventsSince counts the Events created since the counter was made, in
+// every namespace, by their reporter and reason.
+func (w *writeCounter) eventsSince(ctx context.Context) (map[string]int, error) {
+	c, err := kubernetes.NewForConfig(w.cfg)
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int{}
+	opts := metav1.ListOptions{Limit: 500}
+	for {
+		list, err := c.CoreV1().Events("").List(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range list.Items {
+			if ev.CreationTimestamp.Time.Before(w.since) {
+				continue
+			}
+			reporter := ev.ReportingController
+			if reporter == "" {
+				reporter = ev.Source.Component
+			}
+			counts[reporter+" "+ev.Reason]++
+		}
+		if opts.Continue = list.Continue; opts.Continue == "" {
+			return counts, nil
+		}
+	}
 }
 
 // scrapeAPIServer reads the samples of one metric family of kube-apiserver.
