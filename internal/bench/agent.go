@@ -57,8 +57,12 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	if err != nil {
 		return nil, err
 	}
+	// The machine's CPU pressure, to tell which round trips waited for a CPU.
+	turnsCtx, endTurns := context.WithCancel(ctx)
+	pressure, pressureErr := watchCPUPressure(turnsCtx)
 	turns := span{start: time.Now()}
 	first, bare, err := alternateFirstCertificates(ctx, run, csrs)
+	endTurns()
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +93,7 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 			Ours:     fmt.Sprintf("%s (%d of %d)", ms(c99), len(agentClear), len(all)),
 			Baseline: fmt.Sprintf("%s (%d of %d)", ms(bc99), len(bareClear), len(bareAll)),
 			Ratio:    fmt.Sprintf("%.2f×", float64(c99)/float64(bc99)),
-			Note:     gcNote(marks, turns, first, bare, p99, b99)},
+			Note:     gcNote(marks, turns, first, bare, p99, b99) + " " + pressureNote(pressure, pressureErr, first, bare, p99, b99)},
 		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities held", memoryN), Ours: mib(float64(held.total)),
 			Baseline: mib(float64(idle.total)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity", perIdentity/1024),
 			Note: "each identity's certificate and key are held for a minute after its last connection ends, so the identities of workloads that fetched and exited are still held when this is read; their streams are closed."},
