@@ -111,10 +111,6 @@ func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
 	if err = errors.Join(w.err, err); err != nil {
 		return "writes not counted: " + err.Error()
 	}
-	events, err := w.eventsSince(ctx)
-	if err != nil {
-		return "events not counted: " + err.Error()
-	}
 	var parts []string
 	for key, v := range growthBy(w.before, after, "resource", "subresource", "verb") {
 		if per := v / float64(n); isWrite(key[strings.LastIndex(key, " ")+1:]) && per >= 0.005 { // not the leases' renewals
@@ -123,7 +119,11 @@ func (w *writeCounter) perIdentity(ctx context.Context, n int) string {
 	}
 	slices.Sort(parts)
 	text := "kube-apiserver's writes per identity: " + strings.Join(parts, ", ")
-	if len(events) > 0 {
+	events, err := w.eventsSince(ctx)
+	switch {
+	case err != nil:
+		text += "; Events not counted: " + err.Error()
+	case len(events) > 0:
 		var reasons []string
 		for key, count := range events {
 			reasons = append(reasons, fmt.Sprintf("%s %.2f", key, float64(count)/float64(n)))
