@@ -294,10 +294,6 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 		return err
 	}
 
-	bin, err := localcluster.MeshcertBinary()
-	if err != nil {
-		return err
-	}
 	for k := range agents {
 		dir, err := os.MkdirTemp("", "bench-agent")
 		if err != nil {
@@ -307,20 +303,16 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 			return err
 		}
 		socket := filepath.Join(dir, "socket")
-		p, err := localcluster.OnFreePort(func(port int) (*localcluster.Process, error) {
-			probe := fmt.Sprintf("127.0.0.1:%d", port)
-			args := []string{"agent", "--kubeconfig", r.e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k),
-				"--socket", socket, "--attestor", "unix", "--health-probe-bind-address", probe}
-			if k == 0 {
-				pprofPort, err := localcluster.FreePort()
-				if err != nil {
-					return nil, err
-				}
-				r.pprof = fmt.Sprintf("127.0.0.1:%d", pprofPort)
-				args = append(args, "--pprof-bind-address", r.pprof)
+		args := []string{"--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k), "--socket", socket, "--attestor", "unix"}
+		if k == 0 {
+			pprofPort, err := localcluster.FreePort()
+			if err != nil {
+				return err
 			}
-			return localcluster.StartBinary(bin, filepath.Join(dir, "agent.log"), "http://"+probe+"/readyz", append(args, flags...)...)
-		})
+			r.pprof = fmt.Sprintf("127.0.0.1:%d", pprofPort)
+			args = append(args, "--pprof-bind-address", r.pprof)
+		}
+		p, err := r.e.c.StartAgentProcess(filepath.Join(dir, "agent.log"), "", append(args, flags...)...)
 		if err != nil {
 			return err
 		}

@@ -136,10 +136,6 @@ func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone
 	if alone, err = apiserverCPU(); err != nil {
 		return 0, 0, err
 	}
-	bin, err := localcluster.MeshcertBinary()
-	if err != nil {
-		return 0, 0, err
-	}
 	dir, err := os.MkdirTemp("", "bench-idle")
 	if err != nil {
 		return 0, 0, err
@@ -155,12 +151,8 @@ func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone
 	}()
 	if err := parallel(agents, func(k int) error {
 		var err error
-		procs[k], err = localcluster.OnFreePort(func(port int) (*localcluster.Process, error) {
-			probe := fmt.Sprintf("127.0.0.1:%d", port)
-			return localcluster.StartBinary(bin, filepath.Join(dir, fmt.Sprintf("agent-%d.log", k)), "http://"+probe+"/readyz",
-				"agent", "--kubeconfig", e.c.Kubeconfig, "--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("idle-%d", k),
-				"--socket", filepath.Join(dir, fmt.Sprintf("agent-%d.sock", k)), "--health-probe-bind-address", probe)
-		})
+		procs[k], err = e.c.StartAgentProcess(filepath.Join(dir, fmt.Sprintf("agent-%d.log", k)), "",
+			"--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("idle-%d", k), "--socket", filepath.Join(dir, fmt.Sprintf("agent-%d.sock", k)))
 		return err
 	}); err != nil {
 		return 0, 0, err

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,6 +83,20 @@ type Process struct {
 // StartProcess runs the meshcert binary against the cluster with args; the
 // kubeconfig and a health probe address are added. It waits until ready.
 func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error) {
+	return startMeshcert(logPath, nil, c.Kubeconfig, args)
+}
+
+// StartAgentProcess runs `meshcert agent` with args, as the user of
+// kubeconfig, or as the cluster's admin when it is empty; a health probe
+// address is added. It waits until ready.
+func (c *Cluster) StartAgentProcess(logPath, kubeconfig string, args ...string) (*Process, error) {
+	if kubeconfig == "" {
+		kubeconfig = c.Kubeconfig
+	}
+	return startMeshcert(logPath, []string{"agent"}, kubeconfig, args)
+}
+
+func startMeshcert(logPath string, command []string, kubeconfig string, args []string) (*Process, error) {
 	bin, err := MeshcertBinary()
 	if err != nil {
 		return nil, err
@@ -89,7 +104,7 @@ func (c *Cluster) StartProcess(logPath string, args ...string) (*Process, error)
 	return OnFreePort(func(port int) (*Process, error) {
 		probe := fmt.Sprintf("127.0.0.1:%d", port)
 		return StartBinary(bin, logPath, "http://"+probe+"/readyz",
-			append([]string{"--kubeconfig", c.Kubeconfig, "--health-probe-bind-address", probe}, args...)...)
+			slices.Concat(command, []string{"--kubeconfig", kubeconfig, "--health-probe-bind-address", probe}, args)...)
 	})
 }
 

@@ -98,7 +98,6 @@ func (f *fleet) holding(since time.Time) int {
 // agent ServiceAccount, with the unix attestor.
 type agentProcess struct {
 	t          *testing.T
-	bin        string
 	dir        string
 	socket     string
 	kubeconfig string
@@ -108,10 +107,6 @@ type agentProcess struct {
 func newAgentProcess(t *testing.T, args ...string) *agentProcess {
 	t.Helper()
 	user := applyAgentRBAC(t, config.AttestorUnix)
-	bin, err := localcluster.MeshcertBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir, err := os.MkdirTemp("", "agent") // Short: a socket path has at most 108 bytes.
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +116,7 @@ func newAgentProcess(t *testing.T, args ...string) *agentProcess {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	a := &agentProcess{t: t, bin: bin, dir: dir, socket: filepath.Join(dir, "socket"), kubeconfig: filepath.Join(dir, "kubeconfig"), args: args}
+	a := &agentProcess{t: t, dir: dir, socket: filepath.Join(dir, "socket"), kubeconfig: filepath.Join(dir, "kubeconfig"), args: args}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the agents' log:\n%s", localcluster.Logs(filepath.Join(dir, "agent.log")))
@@ -136,14 +131,9 @@ func newAgentProcess(t *testing.T, args ...string) *agentProcess {
 // start starts the agent and waits until it is ready.
 func (a *agentProcess) start() *localcluster.Process {
 	a.t.Helper()
-	port, err := localcluster.FreePort()
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	probe := "127.0.0.1:" + strconv.Itoa(port)
-	p, err := localcluster.StartBinary(a.bin, filepath.Join(a.dir, "agent.log"), "http://"+probe+"/readyz", append([]string{"agent",
-		"--kubeconfig", a.kubeconfig, "--system-namespace", systemNamespace, "--node-name", agentNode, "--socket", a.socket,
-		"--attestor", config.AttestorUnix, "--health-probe-bind-address", probe, "--backoff-initial", "500ms", "--backoff-max", "4s"}, a.args...)...)
+	p, err := testEnv.cluster.StartAgentProcess(filepath.Join(a.dir, "agent.log"), a.kubeconfig, append([]string{
+		"--system-namespace", systemNamespace, "--node-name", agentNode, "--socket", a.socket,
+		"--attestor", config.AttestorUnix, "--backoff-initial", "500ms", "--backoff-max", "4s"}, a.args...)...)
 	if err != nil {
 		a.t.Fatal(err)
 	}
