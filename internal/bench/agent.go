@@ -47,11 +47,21 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	progress("P8: %d workloads at %.0f/s, each fetching its SVID from the agent, in turns with %d bare CertificateRequests at the same rate", latencyN, agentRate, latencyN)
 	// kube-apiserver's collections, to tell which round trips they overlap.
 	gc := &gcTrace{}
-	run, err := startAgentRun(ctx, localcluster.Options{APIServerGCTrace: gc}, memoryN, 1, "", "--max-requests-in-flight", "500", "--workers", "50")
+	// Where each round trip's time goes, by kube-apiserver's own clock.
+	auditDir, err := os.MkdirTemp("", "bench-audit")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(auditDir)
+	auditLog := filepath.Join(auditDir, "audit.log")
+	run, err := startAgentRun(ctx, localcluster.Options{APIServerGCTrace: gc, APIServerAuditLog: auditLog}, memoryN, 1, "", "--max-requests-in-flight", "500", "--workers", "50")
 	if err != nil {
 		return nil, err
 	}
 	defer run.stop()
+	requestsCtx, stopRequests := context.WithCancel(ctx)
+	defer stopRequests()
+	requests := run.watchAgentRequests(requestsCtx)
 	idle, _ := readResident(run.agents[0].Pid())
 	csrs, err := bareCSRs(latencyN, func(i int) []string { return []string{fmt.Sprintf("spiffe://bench.example.com/bare/b-%d", i)} }, svidUsages)
 	if err != nil {
@@ -83,6 +93,16 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	agentClear, bareClear := sortedTimes(first, marks), sortedTimes(bare, marks)
 	c99, bc99 := percentile(agentClear, 0.99), percentile(bareClear, 0.99)
 	perIdentity := (float64(held.total) - float64(idle.total)) / float64(memoryN)
+	split := "kube-apiserver's audit log was not read: "
+	if events, err := readAuditLog(auditLog); err != nil {
+		split += err.Error() + "."
+	} else {
+		byRequest := timelines(events)
+		split = phaseNote(
+			splitTrips(first, func(i int) string { return systemNamespace + "/" + requests.nameOf(spiffeID(i)) }, byRequest),
+			splitTrips(bare, func(i int) string { return bareNamespace + "/" + bareName(i) }, byRequest),
+			marks)
+	}
 	return []Row{
 		{ID: "P8", Measure: fmt.Sprintf("first certificate through the agent, %d workloads at %.0f/s: p50", latencyN, agentRate),
 			Ours: ms(p50), Baseline: ms(b50) + " (bare CertificateRequest)", Ratio: fmt.Sprintf("%.2f×", float64(p50)/float64(b50))},
@@ -93,7 +113,7 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 			Ours:     fmt.Sprintf("%s (%d of %d)", ms(c99), len(agentClear), len(all)),
 			Baseline: fmt.Sprintf("%s (%d of %d)", ms(bc99), len(bareClear), len(bareAll)),
 			Ratio:    fmt.Sprintf("%.2f×", float64(c99)/float64(bc99)),
-			Note:     gcNote(marks, turns, first, bare, p99, b99) + " " + pressureNote(pressure, pressureErr, first, bare, p99, b99)},
+			Note:     gcNote(marks, turns, p8Rounds, first, bare, p99, b99) + " " + pressureNote(pressure, pressureErr, first, bare, p99, b99) + " " + split},
 		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities held", memoryN), Ours: mib(float64(held.total)),
 			Baseline: mib(float64(idle.total)) + " (idle)", Ratio: fmt.Sprintf("%.1f KiB per identity", perIdentity/1024),
 			Note: "each identity's certificate and key are held for a minute after its last connection ends, so the identities of workloads that fetched and exited are still held when this is read; their streams are closed."},
@@ -154,16 +174,15 @@ type bareRequests struct {
 
 const bareNamespace = "bench-bare"
 
+// bareName names P8's bare request i.
+func bareName(i int) string { return fmt.Sprintf("b-%d", i) }
+
 func watchBareRequests(ctx context.Context, cluster *localcluster.Cluster) (*bareRequests, error) {
-	c, err := client.NewWithWatch(cluster.Config, client.Options{Scheme: cluster.Client.Scheme()})
-	if err != nil {
-		return nil, err
-	}
-	if err := localcluster.EnsureNamespace(ctx, c, bareNamespace); err != nil {
+	if err := localcluster.EnsureNamespace(ctx, cluster.Client, bareNamespace); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	w, err := c.Watch(ctx, &cmapi.CertificateRequestList{}, client.InNamespace(bareNamespace))
+	c, w, err := watchRequests(ctx, cluster, client.InNamespace(bareNamespace))
 	if err != nil {
 		cancel()
 		return nil, err
@@ -178,13 +197,14 @@ func (b *bareRequests) stop() {
 
 // roundTrips creates a CertificateRequest for each CSR at agentRate, named
 // from the index given, and returns each one's time from its creation to its
-// Ready condition.
+// Ready condition, in the order of the CSRs.
 func (b *bareRequests) roundTrips(ctx context.Context, csrs [][]byte, from int) ([]span, error) {
 	n := len(csrs)
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(float64(n)/agentRate*float64(time.Second))+time.Minute)
 	defer cancel()
 	var mu sync.Mutex
-	started := make(map[string]time.Time, n)
+	out := make([]span, n)
+	pending := make(map[string]int, n)
 	created := make(chan error, 1)
 	go func() {
 		tick := time.NewTicker(time.Duration(float64(time.Second) / agentRate))
@@ -192,12 +212,13 @@ func (b *bareRequests) roundTrips(ctx context.Context, csrs [][]byte, from int) 
 		for i, csr := range csrs {
 			<-tick.C
 			cr := &cmapi.CertificateRequest{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("b-%d", from+i), Namespace: bareNamespace},
+				ObjectMeta: metav1.ObjectMeta{Name: bareName(from + i), Namespace: bareNamespace},
 				Spec: cmapi.CertificateRequestSpec{Request: csr, IssuerRef: clusterIssuer, Duration: &metav1.Duration{Duration: 24 * time.Hour},
 					Usages: svidUsages},
 			}
 			mu.Lock()
-			started[cr.Name] = time.Now()
+			pending[cr.Name] = i
+			out[i].start = time.Now()
 			mu.Unlock()
 			if err := b.c.Create(ctx, cr); err != nil {
 				created <- err
@@ -206,8 +227,7 @@ func (b *bareRequests) roundTrips(ctx context.Context, csrs [][]byte, from int) 
 		}
 		created <- nil
 	}()
-	out := make([]span, 0, n)
-	for len(out) < n {
+	for done := 0; done < n; {
 		select {
 		case err := <-created:
 			if err != nil {
@@ -215,19 +235,20 @@ func (b *bareRequests) roundTrips(ctx context.Context, csrs [][]byte, from int) 
 			}
 			created = nil
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%d of %d bare CertificateRequests ready: %w", len(out), n, ctx.Err())
+			return nil, fmt.Errorf("%d of %d bare CertificateRequests ready: %w", done, n, ctx.Err())
 		case ev, ok := <-b.w.ResultChan():
 			if !ok {
-				return nil, fmt.Errorf("the watch of bare CertificateRequests ended with %d of %d ready", len(out), n)
+				return nil, fmt.Errorf("the watch of bare CertificateRequests ended with %d of %d ready", done, n)
 			}
 			cr, isRequest := ev.Object.(*cmapi.CertificateRequest)
 			if !isRequest || !ready(cr.Status.Conditions) {
 				continue
 			}
 			mu.Lock()
-			if t, ok := started[cr.Name]; ok {
-				out = append(out, span{t, time.Now()})
-				delete(started, cr.Name)
+			if i, ok := pending[cr.Name]; ok {
+				out[i].end = time.Now()
+				delete(pending, cr.Name)
+				done++
 			}
 			mu.Unlock()
 		}

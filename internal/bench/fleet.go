@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/sdsclient"
+	"github.com/meshcert/meshcert/issuance"
 	"github.com/meshcert/meshcert/model"
 )
 
@@ -93,7 +94,7 @@ func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, profileDir s
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { stop(); wg.Wait() }()
-	open := r.watchOpenRequests(runCtx)
+	open := r.watchAgentRequests(runCtx)
 
 	progress("P7: N=%d: %d workloads over %d agents", n, n, len(r.agents))
 	cpu := r.e.cpuMeter(r.agentPIDs())
@@ -190,41 +191,53 @@ func latestTime(a, b time.Time) time.Time {
 	return a
 }
 
-// openRequests follows the bench mesh's CertificateRequests through a
-// watch, and keeps the largest number open at once.
-type openRequests struct {
+// agentRequests follows the bench mesh's CertificateRequests through a
+// watch: the largest number open at once, and the name of each identity's
+// latest request, to find it in kube-apiserver's audit log.
+type agentRequests struct {
 	mu         sync.Mutex
 	open, peak int
+	names      map[string]string
 }
 
-func (o *openRequests) reset() {
+func (o *agentRequests) reset() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.peak = o.open
 }
 
-func (o *openRequests) most() int {
+func (o *agentRequests) most() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.peak
 }
 
-func (r *agentRun) watchOpenRequests(ctx context.Context) *openRequests {
-	o := &openRequests{}
-	wc, err := client.NewWithWatch(r.e.c.Config, client.Options{Scheme: r.e.c.Client.Scheme()})
-	if err != nil {
-		return o
-	}
-	w, err := wc.Watch(ctx, &cmapi.CertificateRequestList{}, client.InNamespace(systemNamespace), client.MatchingLabels{model.ManagedMeshLabel: "bench"})
+// nameOf is the name of the latest request for the SPIFFE ID.
+func (o *agentRequests) nameOf(spiffeID string) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.names[spiffeID]
+}
+
+// watchAgentRequests follows the agents' requests until ctx is done; if the
+// watch cannot start, it counts nothing.
+func (r *agentRun) watchAgentRequests(ctx context.Context) *agentRequests {
+	o := &agentRequests{names: map[string]string{}}
+	_, w, err := watchRequests(ctx, r.e.c, client.InNamespace(systemNamespace), client.MatchingLabels{model.ManagedMeshLabel: "bench"})
 	if err != nil {
 		return o
 	}
 	go func() {
 		for ev := range w.ResultChan() {
+			cr, ok := ev.Object.(*cmapi.CertificateRequest)
+			if !ok {
+				continue
+			}
 			o.mu.Lock()
 			switch ev.Type {
 			case watch.Added:
 				o.open++
+				o.names[cr.Annotations[issuance.IdentitiesAnnotation]] = cr.Name
 			case watch.Deleted:
 				o.open--
 			}
@@ -233,6 +246,17 @@ func (r *agentRun) watchOpenRequests(ctx context.Context) *openRequests {
 		}
 	}()
 	return o
+}
+
+// watchRequests watches CertificateRequests with its own client, so that
+// its events wait on no other watch.
+func watchRequests(ctx context.Context, cluster *localcluster.Cluster, opts ...client.ListOption) (client.WithWatch, watch.Interface, error) {
+	c, err := client.NewWithWatch(cluster.Config, client.Options{Scheme: cluster.Client.Scheme()})
+	if err != nil {
+		return nil, nil, err
+	}
+	w, err := c.Watch(ctx, &cmapi.CertificateRequestList{}, opts...)
+	return c, w, err
 }
 
 // holding is how many of the workloads hold an SVID.

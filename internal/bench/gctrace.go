@@ -125,9 +125,10 @@ func sortedTimes(trips, excluded []span) []time.Duration {
 }
 
 // gcNote says how often kube-apiserver's collector marked over P8's turns,
-// and how many round trips of each side it overlapped: of all, and of those
-// slower than the side's p99.
-func gcNote(marks []span, turns span, agent, bare []span, agentP99, bareP99 time.Duration) string {
+// in whose turns its marks began, and how many round trips of each side it
+// overlapped: of all, and of those slower than the side's p99. Each side's
+// round trips are in the order of its rounds turns.
+func gcNote(marks []span, turns span, rounds int, agent, bare []span, agentP99, bareP99 time.Duration) string {
 	if len(marks) == 0 {
 		return fmt.Sprintf("kube-apiserver's garbage collector (GODEBUG=gctrace=1) completed no cycle over P8's turns (%s).", turns.took().Round(time.Second))
 	}
@@ -155,8 +156,46 @@ func gcNote(marks []span, turns span, agent, bare []span, agentP99, bareP99 time
 	}
 	aAll, aSlow, aSlowest := overlapped(agent, agentP99)
 	bAll, bSlow, bSlowest := overlapped(bare, bareP99)
-	return fmt.Sprintf("kube-apiserver's garbage collector (GODEBUG=gctrace=1, each mark phase timed by the trace's wall-clock figures) completed %d cycles over P8's turns (%s), one every %.1f s, marking %.0f%% of the time, %s at the median (%s–%s). A mark overlapped %d of the agent's %d round trips and %d of the %d bare ones; of those slower than each side's p99, %d of %d and %d of %d.",
+	began := func(trips []span) (marksBegun int, of time.Duration) {
+		for _, turn := range turnsOf(trips, rounds) {
+			of += turn.took()
+			for _, m := range marks {
+				if !m.start.Before(turn.start) && m.start.Before(turn.end) {
+					marksBegun++
+				}
+			}
+		}
+		return marksBegun, of
+	}
+	aBegun, aTurns := began(agent)
+	bBegun, bTurns := began(bare)
+	return fmt.Sprintf("kube-apiserver's garbage collector (GODEBUG=gctrace=1, each mark phase timed by the trace's wall-clock figures) completed %d cycles over P8's turns (%s), one every %.1f s, marking %.0f%% of the time, %s at the median (%s–%s). %d marks began in the agent's turns (%s in all) and %d in the bare ones' (%s). A mark overlapped %d of the agent's %d round trips and %d of the %d bare ones; of those slower than each side's p99, %d of %d and %d of %d.",
 		len(marks), turns.took().Round(time.Second), turns.took().Seconds()/float64(len(marks)), 100*marking.Seconds()/turns.took().Seconds(),
 		ms(percentile(lengths, 0.5)), ms(lengths[0]), ms(lengths[len(lengths)-1]),
+		aBegun, aTurns.Round(100*time.Millisecond), bBegun, bTurns.Round(100*time.Millisecond),
 		aAll, len(agent), bAll, len(bare), aSlow, aSlowest, bSlow, bSlowest)
+}
+
+// turnsOf are the stretches of a side's rounds turns, from the first start
+// to the last end of the round trips of each, which are in the order of
+// their turns.
+func turnsOf(trips []span, rounds int) []span {
+	var out []span
+	for r := range rounds {
+		turn := trips[r*len(trips)/rounds : (r+1)*len(trips)/rounds]
+		if len(turn) == 0 {
+			continue
+		}
+		s := turn[0]
+		for _, t := range turn[1:] {
+			if t.start.Before(s.start) {
+				s.start = t.start
+			}
+			if t.end.After(s.end) {
+				s.end = t.end
+			}
+		}
+		out = append(out, s)
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -94,4 +95,26 @@ func FuzzParseGCTraceLine(f *testing.F) {
 			t.Errorf("parseGCTraceLine(%q) = %v, ok", line, d)
 		}
 	})
+}
+
+func TestGCNoteTurns(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	// Two rounds of two round trips each: the agent's turns at 0–100 and
+	// 200–300 ms, the bare ones' at 100–200 and 300–400, as alternating turns.
+	agent := []span{{at(0), at(60)}, {at(40), at(100)}, {at(200), at(250)}, {at(230), at(300)}}
+	bare := []span{{at(100), at(150)}, {at(140), at(200)}, {at(300), at(330)}, {at(320), at(400)}}
+	if got, want := fmt.Sprint(turnsOf(agent, 2)), fmt.Sprint([]span{{at(0), at(100)}, {at(200), at(300)}}); got != want {
+		t.Errorf("turnsOf() = %s, want %s", got, want)
+	}
+	// Two marks begin in the agent's turns, one in the bare ones', and one
+	// that began before the turns is in neither.
+	marks := []span{{at(-50), at(10)}, {at(50), at(120)}, {at(250), at(260)}, {at(310), at(320)}}
+	got := gcNote(marks, span{at(0), at(400)}, 2, agent, bare, 70*time.Millisecond, 70*time.Millisecond)
+	if want := "2 marks began in the agent's turns (200ms in all) and 1 in the bare ones' (200ms)."; !strings.Contains(got, want) {
+		t.Errorf("gcNote() = %q; want it to contain %q", got, want)
+	}
+	if want := "A mark overlapped 3 of the agent's 4 round trips and 2 of the 4 bare ones"; !strings.Contains(got, want) {
+		t.Errorf("gcNote() = %q; want it to contain %q", got, want)
+	}
 }

@@ -52,6 +52,11 @@ type Options struct {
 	// its garbage collector's trace turned on (GODEBUG=gctrace=1): its log,
 	// and a line at the end of every collection.
 	APIServerGCTrace io.Writer
+	// APIServerAuditLog, if set, is a file to which kube-apiserver writes an
+	// audit event, in JSON at the Metadata level, for each request on
+	// CertificateRequests once it is answered: who asked, for which object,
+	// when it arrived and when it was answered.
+	APIServerAuditLog string
 }
 
 // Cluster is a running test cluster.
@@ -111,8 +116,15 @@ func Start(opts Options) (*Cluster, error) {
 		ControlPlaneStartTimeout: time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}
+	if opts.APIServerAuditLog != "" {
+		if err := c.auditRequests(opts.APIServerAuditLog); err != nil {
+			c.cleanup()
+			return nil, err
+		}
+	}
 	if opts.Webhooks {
 		if err := c.prepareWebhooks(); err != nil {
+			c.cleanup()
 			return nil, err
 		}
 	}
@@ -144,6 +156,32 @@ func (c *Cluster) InstallCRDs() error {
 	}
 	_, err = envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{CRDs: crds, MaxTime: time.Minute})
 	return err
+}
+
+// requestsAuditPolicy audits CertificateRequests only, so that the log
+// holds the requests of issuance and little else.
+const requestsAuditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  resources:
+  - group: cert-manager.io
+    resources: ["certificaterequests", "certificaterequests/status"]
+- level: None
+`
+
+// auditRequests has kube-apiserver write requestsAuditPolicy's events to path.
+func (c *Cluster) auditRequests(path string) error {
+	policy := filepath.Join(c.dir, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(requestsAuditPolicy), 0o600); err != nil {
+		return err
+	}
+	c.env.ControlPlane.APIServer.Configure().
+		Set("audit-policy-file", policy).
+		Set("audit-log-path", path).
+		Set("audit-log-format", "json")
+	return nil
 }
 
 func (c *Cluster) etcdDir() string      { return filepath.Join(c.dir, "etcd") }
