@@ -11,7 +11,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 // The attestors of the node agent.
@@ -53,7 +53,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.StringVar(&c.Socket, "socket", DefaultAgentSocket, "Unix socket of Envoy's SDS and the SPIFFE Workload API.")
 	fs.StringVar(&c.Attestor, "attestor", AttestorKubernetes, "How a caller is known: kubernetes (its pod, from its cgroup) or unix (its user, matched to the Dataplane annotated meshcert.io/unix-uid; for VMs and a local run).")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "The proc filesystem of the node's processes (the agent runs with hostPID).")
-	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+".")
+	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+".")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
 	fs.IntVar(&c.Workers, "workers", 10, "Identities issued in parallel.")
 	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 20, "CertificateRequests this agent keeps open at once; more identities wait their turn. Every node's agent adds its own to the signer's queue, which must drain within --request-timeout. 0 is no limit.")

@@ -16,7 +16,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 // EnvPrefix prefixes the environment variable of every flag: --webhook-port is
@@ -111,7 +111,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "0", "Address of Go's pprof endpoints, for profiling; 0 (the default) turns them off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
 	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
-	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(model.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
+	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
 	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
 	fs.BoolVar(&c.PublishTrustBundles, "publish-trust-bundles", false, "Keep each mesh's roots, exactly what its dataplanes trust, in the ConfigMap meshcert-trust-<mesh> of the system namespace (key ca.crt), labelled meshcert.io/trust-bundle=true for a trust-manager Bundle to take as a source.")
@@ -280,8 +280,8 @@ func (c Config) validateIssuance(bad func(flagName string, value any, why string
 	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
 		bad("system-namespace", c.SystemNamespace, msg)
 	}
-	if !slices.Contains(model.KeyAlgorithms, c.KeyAlgorithm) {
-		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(model.KeyAlgorithms, ", "))
+	if !slices.Contains(kuma.KeyAlgorithms, c.KeyAlgorithm) {
+		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(kuma.KeyAlgorithms, ", "))
 	}
 	for _, d := range []struct {
 		flag  string

@@ -11,7 +11,7 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 // Defaults for a certmanager backend's issuerRef, as Kong Mesh documents them.
@@ -57,7 +57,7 @@ func IssuerRef(ref cmmeta.IssuerReference) cmmeta.IssuerReference {
 // and group of every certmanager backend's issuerRef. A backend without an
 // issuerRef object gets none, since the missing name is the error to report.
 // An empty result means the spec is already defaulted.
-func Mesh(spec model.MeshSpec) []Change {
+func Mesh(spec kuma.MeshSpec) []Change {
 	if spec.MTLS == nil {
 		return nil
 	}
@@ -89,7 +89,7 @@ func issuerRefChange(backend int, key, value string) Change {
 // missing: the kind and group of the issuer in Kong Mesh's certmanager
 // extension config, or in meshcert's issuer annotations. Any other identity,
 // and one whose config does not parse, gets none.
-func MeshIdentity(mid *model.MeshIdentityResource) []Change {
+func MeshIdentity(mid *kuma.MeshIdentityResource) []Change {
 	conf, errs := mid.CertManagerConf()
 	if len(errs) > 0 || !conf.HasIssuerRef {
 		return nil
@@ -97,12 +97,12 @@ func MeshIdentity(mid *model.MeshIdentityResource) []Change {
 	ref, defaulted := conf.IssuerRef, IssuerRef(conf.IssuerRef)
 	var at func(key string) []string
 	switch mid.ServedBy() {
-	case model.ServedByExtension:
+	case kuma.ServedByExtension:
 		at = func(key string) []string {
 			return []string{"spec", "provider", "extension", "config", "issuerRef", key}
 		}
-	case model.ServedByAgent:
-		annotation := map[string]string{"kind": model.IssuerKindAnnotation, "group": model.IssuerGroupAnnotation}
+	case kuma.ServedByAgent:
+		annotation := map[string]string{"kind": kuma.IssuerKindAnnotation, "group": kuma.IssuerGroupAnnotation}
 		at = func(key string) []string { return []string{"metadata", "annotations", annotation[key]} }
 	default:
 		return nil

@@ -6,43 +6,43 @@ import (
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
-func certManager(ref cmmeta.IssuerReference) model.Backend {
-	return model.Backend{Name: "cm", Type: model.BackendTypeCertManager, CertManager: &model.CertManagerConf{IssuerRef: ref, HasIssuerRef: true}}
+func certManager(ref cmmeta.IssuerReference) kuma.Backend {
+	return kuma.Backend{Name: "cm", Type: kuma.BackendTypeCertManager, CertManager: &kuma.CertManagerConf{IssuerRef: ref, HasIssuerRef: true}}
 }
 
 func TestMesh(t *testing.T) {
 	tests := map[string]struct {
-		spec model.MeshSpec
+		spec kuma.MeshSpec
 		want []string // pointer=value
 	}{
-		"no mtls": {spec: model.MeshSpec{}},
+		"no mtls": {spec: kuma.MeshSpec{}},
 		"kind and group missing": {
-			spec: model.MeshSpec{MTLS: &model.MTLS{Backends: []model.Backend{certManager(cmmeta.IssuerReference{Name: "ca"})}}},
+			spec: kuma.MeshSpec{MTLS: &kuma.MTLS{Backends: []kuma.Backend{certManager(cmmeta.IssuerReference{Name: "ca"})}}},
 			want: []string{"/spec/mtls/backends/0/conf/issuerRef/kind=Issuer", "/spec/mtls/backends/0/conf/issuerRef/group=cert-manager.io"},
 		},
 		"only group missing": {
-			spec: model.MeshSpec{MTLS: &model.MTLS{Backends: []model.Backend{certManager(cmmeta.IssuerReference{Name: "ca", Kind: "ClusterIssuer"})}}},
+			spec: kuma.MeshSpec{MTLS: &kuma.MTLS{Backends: []kuma.Backend{certManager(cmmeta.IssuerReference{Name: "ca", Kind: "ClusterIssuer"})}}},
 			want: []string{"/spec/mtls/backends/0/conf/issuerRef/group=cert-manager.io"},
 		},
 		"already defaulted": {
-			spec: model.MeshSpec{MTLS: &model.MTLS{Backends: []model.Backend{certManager(cmmeta.IssuerReference{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"})}}},
+			spec: kuma.MeshSpec{MTLS: &kuma.MTLS{Backends: []kuma.Backend{certManager(cmmeta.IssuerReference{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"})}}},
 		},
 		"external issuer keeps its kind and group": {
-			spec: model.MeshSpec{MTLS: &model.MTLS{Backends: []model.Backend{certManager(cmmeta.IssuerReference{Name: "ca", Kind: "AWSPCAIssuer", Group: "awspca.cert-manager.io"})}}},
+			spec: kuma.MeshSpec{MTLS: &kuma.MTLS{Backends: []kuma.Backend{certManager(cmmeta.IssuerReference{Name: "ca", Kind: "AWSPCAIssuer", Group: "awspca.cert-manager.io"})}}},
 		},
 		"only certmanager backends, at their own index": {
-			spec: model.MeshSpec{MTLS: &model.MTLS{Backends: []model.Backend{
-				{Name: "builtin", Type: model.BackendTypeBuiltin},
+			spec: kuma.MeshSpec{MTLS: &kuma.MTLS{Backends: []kuma.Backend{
+				{Name: "builtin", Type: kuma.BackendTypeBuiltin},
 				certManager(cmmeta.IssuerReference{Name: "ca", Group: "cert-manager.io"}),
 			}}},
 			want: []string{"/spec/mtls/backends/1/conf/issuerRef/kind=Issuer"},
 		},
 		"no issuerRef object is left for validation": {
-			spec: model.MeshSpec{MTLS: &model.MTLS{Backends: []model.Backend{
-				{Name: "cm", Type: model.BackendTypeCertManager, CertManager: &model.CertManagerConf{}},
+			spec: kuma.MeshSpec{MTLS: &kuma.MTLS{Backends: []kuma.Backend{
+				{Name: "cm", Type: kuma.BackendTypeCertManager, CertManager: &kuma.CertManagerConf{}},
 			}}},
 		},
 	}
@@ -63,18 +63,18 @@ func TestChangePointerEscapes(t *testing.T) {
 }
 
 func TestMeshIdentity(t *testing.T) {
-	extension := func(config string) *model.MeshIdentityResource {
-		return &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{
-			Type: model.ProviderTypeExtension, Extension: &model.ProviderExtension{Name: model.CertManagerExtension, Config: []byte(config)},
+	extension := func(config string) *kuma.MeshIdentityResource {
+		return &kuma.MeshIdentityResource{Spec: kuma.MeshIdentitySpec{Provider: &kuma.Provider{
+			Type: kuma.ProviderTypeExtension, Extension: &kuma.ProviderExtension{Name: kuma.CertManagerExtension, Config: []byte(config)},
 		}}}
 	}
-	spire := func(annotations map[string]string) *model.MeshIdentityResource {
-		mid := &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{Type: model.ProviderTypeSpire}}}
+	spire := func(annotations map[string]string) *kuma.MeshIdentityResource {
+		mid := &kuma.MeshIdentityResource{Spec: kuma.MeshIdentitySpec{Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire}}}
 		mid.Annotations = annotations
 		return mid
 	}
 	tests := map[string]struct {
-		mid  *model.MeshIdentityResource
+		mid  *kuma.MeshIdentityResource
 		want []string // pointer=value
 	}{
 		"Kong Mesh's extension: kind and group": {
@@ -85,19 +85,19 @@ func TestMeshIdentity(t *testing.T) {
 		"Kong Mesh's extension without issuerRef is left for validation": {mid: extension(`{"caCert":{"secret":"ca"}}`)},
 		"Kong Mesh's extension of the wrong type is left for validation": {mid: extension(`{"issuerRef":"ca"}`)},
 		"meshcert's annotations: kind and group": {
-			mid:  spire(map[string]string{model.IssuerNameAnnotation: "ca"}),
+			mid:  spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}),
 			want: []string{"/metadata/annotations/meshcert.io~1issuer-kind=Issuer", "/metadata/annotations/meshcert.io~1issuer-group=cert-manager.io"},
 		},
 		"meshcert's annotations with an external issuer": {
-			mid: spire(map[string]string{model.IssuerNameAnnotation: "ca", model.IssuerKindAnnotation: "AWSPCAIssuer", model.IssuerGroupAnnotation: "awspca.cert-manager.io"}),
+			mid: spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.IssuerKindAnnotation: "AWSPCAIssuer", kuma.IssuerGroupAnnotation: "awspca.cert-manager.io"}),
 		},
 		"Spire without meshcert's annotations is not meshcert's": {mid: spire(map[string]string{"team": "a"})},
 		"another extension is not meshcert's": {
-			mid: &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{
-				Type: model.ProviderTypeExtension, Extension: &model.ProviderExtension{Name: "vault", Config: []byte(`{"issuerRef":{"name":"ca"}}`)},
+			mid: &kuma.MeshIdentityResource{Spec: kuma.MeshIdentitySpec{Provider: &kuma.Provider{
+				Type: kuma.ProviderTypeExtension, Extension: &kuma.ProviderExtension{Name: "vault", Config: []byte(`{"issuerRef":{"name":"ca"}}`)},
 			}}},
 		},
-		"Bundled is not meshcert's": {mid: &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{Type: model.ProviderTypeBundled}}}},
+		"Bundled is not meshcert's": {mid: &kuma.MeshIdentityResource{Spec: kuma.MeshIdentitySpec{Provider: &kuma.Provider{Type: kuma.ProviderTypeBundled}}}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

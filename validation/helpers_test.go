@@ -7,7 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/lookup"
 )
 
 // now is the fixed clock of these tests.
@@ -16,7 +16,7 @@ var now = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
 // fakeLookup serves Secrets and issuers from maps.
 type fakeLookup struct {
 	secrets map[string]*corev1.Secret
-	issuers map[cmmeta.IssuerReference]references.IssuerState
+	issuers map[cmmeta.IssuerReference]lookup.IssuerState
 	// issued counts certificates by "mesh/backend".
 	issued map[string]int
 	err    error
@@ -30,7 +30,7 @@ func (f fakeLookup) SystemSecret(name string) (*corev1.Secret, error) {
 	return f.secrets[name], f.err
 }
 
-func (f fakeLookup) Issuer(ref cmmeta.IssuerReference) (*references.IssuerState, error) {
+func (f fakeLookup) Issuer(ref cmmeta.IssuerReference) (*lookup.IssuerState, error) {
 	if s, ok := f.issuers[ref]; ok {
 		return &s, f.err
 	}

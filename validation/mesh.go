@@ -1,6 +1,6 @@
 // Package validation holds the rules over a Mesh and its backends: Kuma's own,
 // in Kuma's words, and meshcert's for certmanager backends. It is pure: it
-// reads plain model types and what package references resolves, and returns
+// reads plain model types and what package lookup resolves, and returns
 // every independent problem at once as field errors with full paths, plus
 // warnings, in the style of cert-manager's ValidateCertificateSpec.
 package validation
@@ -17,13 +17,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/meshcert/meshcert/defaults"
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/lookup"
 )
 
 // Env is everything validation reads besides the Mesh itself.
 type Env struct {
-	references.Env
+	lookup.Env
 	// LocalZone is the zone of a MeshIdentity's trust domain when it has no
 	// kuma.io/zone label.
 	LocalZone string
@@ -48,7 +48,7 @@ var supportedModes = []string{"STRICT", "PERMISSIVE"}
 // ValidateMesh validates a parsed Mesh: Kuma's own rules for every mTLS
 // backend, and meshcert's rules for certmanager backends. A backend whose
 // values did not parse is left to its type errors.
-func ValidateMesh(mesh model.Mesh, env Env) Result {
+func ValidateMesh(mesh kuma.Mesh, env Env) Result {
 	var res Result
 	if alg := mesh.KeyAlgorithm; alg != nil {
 		res.Errors = append(res.Errors, validateKeyAlgorithm(*alg)...)
@@ -57,7 +57,7 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 	if mtls == nil {
 		return res
 	}
-	res.Errors = append(res.Errors, validateSharedMTLS(mtls, model.MTLSPath)...)
+	res.Errors = append(res.Errors, validateSharedMTLS(mtls, kuma.MTLSPath)...)
 
 	// skipValidation skips, as in Kuma, the checks that look at other objects.
 	if mtls.SkipValidation {
@@ -69,10 +69,10 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 			continue
 		}
 		hasCertManager = true
-		res.add(validateCertManagerConf(mesh.Name, *b.CertManager, model.BackendsPath.Index(i).Child("conf"), env))
+		res.add(validateCertManagerConf(mesh.Name, *b.CertManager, kuma.BackendsPath.Index(i).Child("conf"), env))
 	}
 	if mtls.SkipValidation && hasCertManager {
-		res.warn(model.MTLSPath.Child("skipValidation"), "is true, so the issuer and caCert checks that look at other objects were skipped")
+		res.warn(kuma.MTLSPath.Child("skipValidation"), "is true, so the issuer and caCert checks that look at other objects were skipped")
 	}
 	return res
 }
@@ -82,7 +82,7 @@ func ValidateMesh(mesh model.Mesh, env Env) Result {
 // backend's root before any certificate comes from it, so the update that
 // adds a backend may not also enable it; and removing a backend that still
 // issued current certificates draws a warning.
-func ValidateMeshUpdate(old, mesh model.Mesh, env Env) Result {
+func ValidateMeshUpdate(old, mesh kuma.Mesh, env Env) Result {
 	res := ValidateMesh(mesh, env)
 	oldMTLS, newMTLS := old.Spec.MTLS, mesh.Spec.MTLS
 	if !oldMTLS.Enabled() || newMTLS == nil {
@@ -90,7 +90,7 @@ func ValidateMeshUpdate(old, mesh model.Mesh, env Env) Result {
 	}
 	enabled := newMTLS.EnabledBackend
 	if newMTLS.Backend(enabled) != nil && oldMTLS.Backend(enabled) == nil && enabled != oldMTLS.EnabledBackend && !env.AllowUnsafeCASwitch {
-		res.Errors = append(res.Errors, field.Forbidden(model.MTLSPath.Child("enabledBackend"), fmt.Sprintf(
+		res.Errors = append(res.Errors, field.Forbidden(kuma.MTLSPath.Child("enabledBackend"), fmt.Sprintf(
 			"backend %q is added by this same update, so no dataplane trusts its CA yet and every certificate it issues would be "+
 				"rejected by peers still on %q. Rotate in two steps: add %q with enabledBackend still %q; once every dataplane's "+
 				"ca.crt holds both roots, set enabledBackend to %q (meshcert's --allow-unsafe-ca-switch allows this in an emergency)",
@@ -106,9 +106,9 @@ func ValidateMeshUpdate(old, mesh model.Mesh, env Env) Result {
 		n, err := env.Lookup.IssuedBy(mesh.Name, b.Name)
 		switch {
 		case err != nil:
-			res.warn(model.BackendsPath, "could not count the certificates of backend %q: %v", b.Name, err)
+			res.warn(kuma.BackendsPath, "could not count the certificates of backend %q: %v", b.Name, err)
 		case n > 0:
-			res.warn(model.BackendsPath, "backend %s still issued the certificates of %d dataplanes: removing it now makes their peers reject them until they are reissued", b.Name, n)
+			res.warn(kuma.BackendsPath, "backend %s still issued the certificates of %d dataplanes: removing it now makes their peers reject them until they are reissued", b.Name, n)
 		}
 	}
 	return res
@@ -117,7 +117,7 @@ func ValidateMeshUpdate(old, mesh model.Mesh, env Env) Result {
 // validateCertManagerConf checks a cert-manager configuration at p: its
 // issuerRef, and its caCert. Each lookup depends only on its own reference
 // being well formed.
-func validateCertManagerConf(mesh string, conf model.CertManagerConf, p *field.Path, env Env) Result {
+func validateCertManagerConf(mesh string, conf kuma.CertManagerConf, p *field.Path, env Env) Result {
 	var res Result
 	refPath := p.Child("issuerRef")
 	res.Errors = ValidateIssuerRef(conf.IssuerRef, refPath)
@@ -132,7 +132,7 @@ func validateCertManagerConf(mesh string, conf model.CertManagerConf, p *field.P
 
 // validateCACertSource checks a caCert data source, and the material it
 // names when env has a Lookup: it is read only from one well-formed source.
-func validateCACertSource(mesh string, ds model.DataSource, p *field.Path, env Env) Result {
+func validateCACertSource(mesh string, ds kuma.DataSource, p *field.Path, env Env) Result {
 	var res Result
 	switch dsErrs := validateDataSource(ds, p); {
 	case len(dsErrs) > 0:
@@ -147,15 +147,15 @@ func validateCACertSource(mesh string, ds model.DataSource, p *field.Path, env E
 
 // validateKeyAlgorithm checks a meshcert.io/key-algorithm annotation.
 func validateKeyAlgorithm(alg string) field.ErrorList {
-	if slices.Contains(model.KeyAlgorithms, alg) {
+	if slices.Contains(kuma.KeyAlgorithms, alg) {
 		return nil
 	}
-	return field.ErrorList{field.NotSupported(model.AnnotationsPath.Key(model.KeyAlgorithmAnnotation), alg, model.KeyAlgorithms)}
+	return field.ErrorList{field.NotSupported(kuma.AnnotationsPath.Key(kuma.KeyAlgorithmAnnotation), alg, kuma.KeyAlgorithms)}
 }
 
 // validateSharedMTLS applies the rules Kuma applies to every backend type, in
 // Kuma's words.
-func validateSharedMTLS(mtls *model.MTLS, p *field.Path) field.ErrorList {
+func validateSharedMTLS(mtls *kuma.MTLS, p *field.Path) field.ErrorList {
 	var errs field.ErrorList
 	names := sets.New[string]()
 	allParsed := true
@@ -173,12 +173,12 @@ func validateSharedMTLS(mtls *model.MTLS, p *field.Path) field.ErrorList {
 			errs = append(errs, field.NotSupported(bp.Child("mode"), b.Mode, supportedModes))
 		}
 		if exp := b.DpCert.Expiration; exp != "" {
-			if _, err := model.ParseKumaDuration(exp); err != nil {
+			if _, err := kuma.ParseKumaDuration(exp); err != nil {
 				errs = append(errs, field.Invalid(bp.Child("dpCert", "rotation", "expiration"), exp, "has to be a valid format"))
 			}
 		}
 		if timeout := b.DpCert.RequestTimeout; timeout != "" {
-			if _, err := model.ParseKumaDuration(timeout); err != nil {
+			if _, err := kuma.ParseKumaDuration(timeout); err != nil {
 				errs = append(errs, field.Invalid(bp.Child("dpCert", "requestTimeout"), timeout, "has to be a valid format"))
 			}
 		}
@@ -222,7 +222,7 @@ func validateIssuerRef(ref cmmeta.IssuerReference, name, kind, group *field.Path
 
 var dataSourceFields = "secret, inline, inlineString or file"
 
-func validateDataSource(ds model.DataSource, p *field.Path) field.ErrorList {
+func validateDataSource(ds kuma.DataSource, p *field.Path) field.ErrorList {
 	var errs field.ErrorList
 	switch set := ds.Sources(); len(set) {
 	case 0:
@@ -252,12 +252,12 @@ func validateSecretName(name string, p *field.Path) field.ErrorList {
 // checkIssuer warns when a cert-manager issuer is missing or not Ready. It
 // never rejects: users commonly apply the Mesh and the Issuer together.
 func checkIssuer(ref cmmeta.IssuerReference, p *field.Path, env Env, res *Result) {
-	_, problem := references.IssuerProblem(defaults.IssuerRef(ref), env.Env)
+	_, problem := lookup.IssuerProblem(defaults.IssuerRef(ref), env.Env)
 	switch {
 	case problem == nil:
-	case problem.Type == references.NotFound:
+	case problem.Type == lookup.NotFound:
 		res.warn(p, "%s; no dataplane certificate can be issued until it exists", problem.Message)
-	case problem.Type == references.Invalid:
+	case problem.Type == lookup.Invalid:
 		res.warn(p, "%s: no dataplane certificate can be issued until it is", problem.Message)
 	default:
 		res.warn(p, "%s", problem.Message)
@@ -266,7 +266,7 @@ func checkIssuer(ref cmmeta.IssuerReference, p *field.Path, env Env, res *Result
 
 // ValidateCACert resolves a well-formed caCert data source and reports, at
 // the path of the field it read, why the material it names cannot be used.
-func ValidateCACert(mesh string, ds model.DataSource, p *field.Path, env Env) Result {
+func ValidateCACert(mesh string, ds kuma.DataSource, p *field.Path, env Env) Result {
 	if set := ds.Sources(); len(set) == 1 {
 		p = p.Child(set[0])
 	}
@@ -275,9 +275,9 @@ func ValidateCACert(mesh string, ds model.DataSource, p *field.Path, env Env) Re
 
 // validateCAMaterial reports at p why the CA material that ds names cannot
 // be used.
-func validateCAMaterial(mesh string, ds model.DataSource, p *field.Path, env Env) Result {
+func validateCAMaterial(mesh string, ds kuma.DataSource, p *field.Path, env Env) Result {
 	var res Result
-	ca := references.ResolveCACert(mesh, ds, env.Env)
+	ca := lookup.ResolveCACert(mesh, ds, env.Env)
 	if ca.Source == "" {
 		return res
 	}
@@ -299,11 +299,11 @@ func validateCAMaterial(mesh string, ds model.DataSource, p *field.Path, env Env
 }
 
 // problemError places a reference's problem at p.
-func problemError(p *field.Path, problem *references.Problem) *field.Error {
+func problemError(p *field.Path, problem *lookup.Problem) *field.Error {
 	switch problem.Type {
-	case references.NotFound:
+	case lookup.NotFound:
 		return &field.Error{Type: field.ErrorTypeNotFound, Field: p.String(), BadValue: problem.Value, Detail: problem.Message}
-	case references.LookupFailed:
+	case lookup.LookupFailed:
 		return field.InternalError(p, problem)
 	default:
 		return field.Invalid(p, problem.Value, problem.Message)

@@ -6,22 +6,22 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 // ValidateMeshIdentity validates a MeshIdentity that meshcert serves or
 // guards, with the rules of a Mesh's certmanager backend at the identity's
 // own paths, and Kuma's rules for where an identity lives and how its SPIFFE
 // ID is made. Any other MeshIdentity is not meshcert's to judge.
-func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
+func ValidateMeshIdentity(mid *kuma.MeshIdentityResource, env Env) Result {
 	var res Result
 	served := mid.ServedBy()
-	if served == model.NotServed {
+	if served == kuma.NotServed {
 		return res
 	}
 	if mid.Namespace != env.SystemNamespace {
 		// Kuma's words (v2.14.3, its admission webhook).
-		res.Errors = append(res.Errors, field.Invalid(model.MetadataPath.Child("namespace"), mid.Namespace,
+		res.Errors = append(res.Errors, field.Invalid(kuma.MetadataPath.Child("namespace"), mid.Namespace,
 			fmt.Sprintf("resource type MeshIdentity can be created only in the system namespace:%s", env.SystemNamespace)))
 	}
 	mesh := mid.MeshName()
@@ -30,23 +30,23 @@ func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
 	conf, errs := mid.CertManagerConf()
 	res.Errors = append(res.Errors, errs...)
 	switch served {
-	case model.ServedByExtension:
+	case kuma.ServedByExtension:
 		if len(errs) > 0 {
 			return res // The config did not parse: its type errors say what to fix.
 		}
-		res.add(validateCertManagerConf(mesh, conf, model.ExtensionConfigPath, env))
-	case model.ServedByAgent:
-		at := func(key string) *field.Path { return model.AnnotationsPath.Key(key) }
-		refErrs := validateIssuerRef(conf.IssuerRef, at(model.IssuerNameAnnotation), at(model.IssuerKindAnnotation), at(model.IssuerGroupAnnotation))
-		if _, named := mid.Annotations[model.IssuerNameAnnotation]; !named && len(refErrs) > 0 {
+		res.add(validateCertManagerConf(mesh, conf, kuma.ExtensionConfigPath, env))
+	case kuma.ServedByAgent:
+		at := func(key string) *field.Path { return kuma.AnnotationsPath.Key(key) }
+		refErrs := validateIssuerRef(conf.IssuerRef, at(kuma.IssuerNameAnnotation), at(kuma.IssuerKindAnnotation), at(kuma.IssuerGroupAnnotation))
+		if _, named := mid.Annotations[kuma.IssuerNameAnnotation]; !named && len(refErrs) > 0 {
 			refErrs[0].Detail = fmt.Sprintf("once any meshcert.io/issuer-* annotation is set: %s", refErrs[0].Detail)
 		}
 		res.Errors = append(res.Errors, refErrs...)
 		if env.Lookup != nil && len(refErrs) == 0 {
-			checkIssuer(conf.IssuerRef, at(model.IssuerNameAnnotation), env, &res)
+			checkIssuer(conf.IssuerRef, at(kuma.IssuerNameAnnotation), env, &res)
 		}
 		if ds := conf.CACert; ds != nil {
-			p := at(model.CACertSecretAnnotation)
+			p := at(kuma.CACertSecretAnnotation)
 			if dsErrs := validateSecretName(*ds.Secret, p); len(dsErrs) > 0 {
 				res.Errors = append(res.Errors, dsErrs...)
 			} else if env.Lookup != nil {
@@ -54,16 +54,16 @@ func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
 			}
 		}
 	}
-	if alg, ok := mid.Annotations[model.KeyAlgorithmAnnotation]; ok {
+	if alg, ok := mid.Annotations[kuma.KeyAlgorithmAnnotation]; ok {
 		res.Errors = append(res.Errors, validateKeyAlgorithm(alg)...)
 	}
-	if v, ok := mid.Annotations[model.DurationAnnotation]; ok {
+	if v, ok := mid.Annotations[kuma.DurationAnnotation]; ok {
 		if d, err := time.ParseDuration(v); err != nil || d <= 0 {
-			res.Errors = append(res.Errors, field.Invalid(model.AnnotationsPath.Key(model.DurationAnnotation), v, "must be a positive duration such as 24h or 90m"))
+			res.Errors = append(res.Errors, field.Invalid(kuma.AnnotationsPath.Key(kuma.DurationAnnotation), v, "must be a positive duration such as 24h or 90m"))
 		}
 	}
-	if v, ok := mid.Annotations[model.MeshTrustAnnotation]; ok && v != "Enabled" && v != "Disabled" {
-		res.Errors = append(res.Errors, field.NotSupported(model.AnnotationsPath.Key(model.MeshTrustAnnotation), v, []string{"Enabled", "Disabled"}))
+	if v, ok := mid.Annotations[kuma.MeshTrustAnnotation]; ok && v != "Enabled" && v != "Disabled" {
+		res.Errors = append(res.Errors, field.NotSupported(kuma.AnnotationsPath.Key(kuma.MeshTrustAnnotation), v, []string{"Enabled", "Disabled"}))
 	}
 	return res
 }
@@ -72,23 +72,23 @@ func ValidateMeshIdentity(mid *model.MeshIdentityResource, env Env) Result {
 // validator does, and render a valid SPIFFE ID with Kuma's variables: the
 // trust domain for this identity, and the path for a sample workload. Each
 // template is checked on its own.
-func validateSpiffeID(mid *model.MeshIdentityResource, mesh string, env Env) Result {
+func validateSpiffeID(mid *kuma.MeshIdentityResource, mesh string, env Env) Result {
 	var res Result
-	tdPath, pathPath := model.SpiffeIDPath.Child("trustDomain"), model.SpiffeIDPath.Child("path")
+	tdPath, pathPath := kuma.SpiffeIDPath.Child("trustDomain"), kuma.SpiffeIDPath.Child("path")
 	tdTmpl, pathTmpl := mid.Spec.SpiffeID.TrustDomainTemplate(), mid.Spec.SpiffeID.PathTemplate()
 
 	// A sample trust domain stands in for one that does not render.
 	td := "example.org"
-	if err := model.ParseTemplate(tdTmpl); err != nil {
+	if err := kuma.ParseTemplate(tdTmpl); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(tdPath, tdTmpl, "couldn't parse template: "+err.Error()))
-	} else if rendered, err := model.RenderTrustDomain(tdTmpl, mesh, env.LocalZone, mid.Labels); err != nil {
+	} else if rendered, err := kuma.RenderTrustDomain(tdTmpl, mesh, env.LocalZone, mid.Labels); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(tdPath, tdTmpl, fmt.Sprintf("does not give a valid trust domain for mesh %q: %v", mesh, err)))
 	} else {
 		td = rendered
 	}
-	if err := model.ParseTemplate(pathTmpl); err != nil {
+	if err := kuma.ParseTemplate(pathTmpl); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(pathPath, pathTmpl, "couldn't parse template: "+err.Error()))
-	} else if _, err := model.SampleSpiffeID(td, pathTmpl); err != nil {
+	} else if _, err := kuma.SampleSpiffeID(td, pathTmpl); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(pathPath, pathTmpl, fmt.Sprintf("does not give a valid SPIFFE ID for a workload: %v", err)))
 	}
 	return res

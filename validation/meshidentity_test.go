@@ -10,55 +10,55 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/lookup"
 	"github.com/meshcert/meshcert/test/testpki"
 )
 
 func TestValidateMeshIdentity(t *testing.T) {
 	caPEM := testpki.CertPEM(t, now, testpki.Opts{CA: true, Usage: x509.KeyUsageCertSign})
-	lookup := fakeLookup{
+	cluster := fakeLookup{
 		secrets: map[string]*corev1.Secret{
-			"payments-ca": {ObjectMeta: metav1.ObjectMeta{Name: "payments-ca", Labels: map[string]string{model.MeshLabel: "payments"}},
-				Type: model.MeshSecretType, Data: map[string][]byte{"value": []byte(caPEM)}},
-			"other-ca": {ObjectMeta: metav1.ObjectMeta{Name: "other-ca", Labels: map[string]string{model.MeshLabel: "other"}},
-				Type: model.MeshSecretType, Data: map[string][]byte{"value": []byte(caPEM)}},
+			"payments-ca": {ObjectMeta: metav1.ObjectMeta{Name: "payments-ca", Labels: map[string]string{kuma.MeshLabel: "payments"}},
+				Type: kuma.MeshSecretType, Data: map[string][]byte{"value": []byte(caPEM)}},
+			"other-ca": {ObjectMeta: metav1.ObjectMeta{Name: "other-ca", Labels: map[string]string{kuma.MeshLabel: "other"}},
+				Type: kuma.MeshSecretType, Data: map[string][]byte{"value": []byte(caPEM)}},
 		},
-		issuers: map[cmmeta.IssuerReference]references.IssuerState{
+		issuers: map[cmmeta.IssuerReference]lookup.IssuerState{
 			{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"}: {Ready: true},
 		},
 	}
 	str := func(s string) *string { return &s }
-	extension := func(config string) *model.MeshIdentityResource {
-		mid := &model.MeshIdentityResource{Spec: model.MeshIdentitySpec{Provider: &model.Provider{
-			Type: model.ProviderTypeExtension, Extension: &model.ProviderExtension{Name: model.CertManagerExtension, Config: []byte(config)},
+	extension := func(config string) *kuma.MeshIdentityResource {
+		mid := &kuma.MeshIdentityResource{Spec: kuma.MeshIdentitySpec{Provider: &kuma.Provider{
+			Type: kuma.ProviderTypeExtension, Extension: &kuma.ProviderExtension{Name: kuma.CertManagerExtension, Config: []byte(config)},
 		}}}
-		mid.Name, mid.Namespace, mid.Labels = "payments-id", "kong-mesh-system", map[string]string{model.MeshLabel: "payments"}
+		mid.Name, mid.Namespace, mid.Labels = "payments-id", "kong-mesh-system", map[string]string{kuma.MeshLabel: "payments"}
 		return mid
 	}
-	spire := func(annotations map[string]string) *model.MeshIdentityResource {
+	spire := func(annotations map[string]string) *kuma.MeshIdentityResource {
 		mid := extension("")
-		mid.Spec.Provider = &model.Provider{Type: model.ProviderTypeSpire}
+		mid.Spec.Provider = &kuma.Provider{Type: kuma.ProviderTypeSpire}
 		mid.Annotations = annotations
 		return mid
 	}
-	with := func(mid *model.MeshIdentityResource, f func(*model.MeshIdentityResource)) *model.MeshIdentityResource {
+	with := func(mid *kuma.MeshIdentityResource, f func(*kuma.MeshIdentityResource)) *kuma.MeshIdentityResource {
 		f(mid)
 		return mid
 	}
 	tests := map[string]struct {
-		mid          *model.MeshIdentityResource
+		mid          *kuma.MeshIdentityResource
 		wantErrs     []string
 		wantWarnings []string
 	}{
 		"Kong Mesh's shape, valid":      {mid: extension(`{"issuerRef":{"name":"ca"},"caCert":{"secret":"payments-ca"}}`)},
 		"Kong Mesh's shape, inline CA":  {mid: extension(`{"issuerRef":{"name":"ca"},"caCert":{"inlineString":` + quote(caPEM) + `}}`)},
-		"meshcert's annotations, valid": {mid: spire(map[string]string{model.IssuerNameAnnotation: "ca", model.CACertSecretAnnotation: "payments-ca"})},
-		"not meshcert's: Bundled": {mid: with(extension(""), func(m *model.MeshIdentityResource) {
-			m.Spec.Provider.Type = model.ProviderTypeBundled
+		"meshcert's annotations, valid": {mid: spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.CACertSecretAnnotation: "payments-ca"})},
+		"not meshcert's: Bundled": {mid: with(extension(""), func(m *kuma.MeshIdentityResource) {
+			m.Spec.Provider.Type = kuma.ProviderTypeBundled
 			m.Namespace = "elsewhere"
 		})},
-		"not meshcert's: Spire, no marks": {mid: with(spire(map[string]string{"team": "a"}), func(m *model.MeshIdentityResource) { m.Namespace = "elsewhere" })},
+		"not meshcert's: Spire, no marks": {mid: with(spire(map[string]string{"team": "a"}), func(m *kuma.MeshIdentityResource) { m.Namespace = "elsewhere" })},
 		"issuer name missing, caCert Secret of another mesh: both": {
 			mid: extension(`{"issuerRef":{"kind":"Issuer"},"caCert":{"secret":"other-ca"}}`),
 			wantErrs: []string{
@@ -71,32 +71,32 @@ func TestValidateMeshIdentity(t *testing.T) {
 			wantErrs: []string{"spec.provider.extension.config.issuerRef: Invalid value: must be an object, not a string"},
 		},
 		"an annotation names a missing issuer name": {
-			mid: spire(map[string]string{model.IssuerKindAnnotation: "ClusterIssuer"}),
+			mid: spire(map[string]string{kuma.IssuerKindAnnotation: "ClusterIssuer"}),
 			wantErrs: []string{"metadata.annotations[meshcert.io/issuer-name]: Required value: once any meshcert.io/issuer-* annotation is set: " +
 				"the name of the cert-manager Issuer or ClusterIssuer that signs this mesh's dataplane certificates"},
 		},
 		"annotations with a wrong kind and a missing caCert Secret": {
-			mid: spire(map[string]string{model.IssuerNameAnnotation: "ca", model.IssuerKindAnnotation: "Certificate", model.CACertSecretAnnotation: "nope"}),
+			mid: spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.IssuerKindAnnotation: "Certificate", kuma.CACertSecretAnnotation: "nope"}),
 			wantErrs: []string{
 				`metadata.annotations[meshcert.io/issuer-kind]: Unsupported value: "Certificate": supported values: "Issuer", "ClusterIssuer"`,
 				`metadata.annotations[meshcert.io/ca-cert-secret]: Not found: "nope": no Secret "nope" in the system namespace "kong-mesh-system", where mesh Secrets must be`,
 			},
 		},
 		"a missing issuer warns": {
-			mid:          spire(map[string]string{model.IssuerNameAnnotation: "later"}),
+			mid:          spire(map[string]string{kuma.IssuerNameAnnotation: "later"}),
 			wantWarnings: []string{`metadata.annotations[meshcert.io/issuer-name]: Issuer kong-mesh-system/later not found: an Issuer must be in the system namespace "kong-mesh-system" (or use a ClusterIssuer); no dataplane certificate can be issued until it exists`},
 		},
 		"outside the system namespace, as Kuma rejects it": {
-			mid:      with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *model.MeshIdentityResource) { m.Namespace = "payments" }),
+			mid:      with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *kuma.MeshIdentityResource) { m.Namespace = "payments" }),
 			wantErrs: []string{`metadata.namespace: Invalid value: "payments": resource type MeshIdentity can be created only in the system namespace:kong-mesh-system`},
 		},
 		"without a mesh label, the mesh is default, as Kuma reads it": {
-			mid:      with(extension(`{"issuerRef":{"name":"ca"},"caCert":{"secret":"payments-ca"}}`), func(m *model.MeshIdentityResource) { m.Labels = nil }),
+			mid:      with(extension(`{"issuerRef":{"name":"ca"},"caCert":{"secret":"payments-ca"}}`), func(m *kuma.MeshIdentityResource) { m.Labels = nil }),
 			wantErrs: []string{`spec.provider.extension.config.caCert.secret: Invalid value: "payments-ca": Secret kong-mesh-system/payments-ca belongs to mesh "payments" (label kuma.io/mesh=payments), not to mesh "default"`},
 		},
 		"templates that do not parse": {
-			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *model.MeshIdentityResource) {
-				m.Spec.SpiffeID = &model.SpiffeID{TrustDomain: str("{{ .Mesh "), Path: str("/ns/{{ .Namespace|invalid }}")}
+			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *kuma.MeshIdentityResource) {
+				m.Spec.SpiffeID = &kuma.SpiffeID{TrustDomain: str("{{ .Mesh "), Path: str("/ns/{{ .Namespace|invalid }}")}
 			}),
 			wantErrs: []string{
 				`spec.spiffeID.trustDomain: Invalid value: "{{ .Mesh ": couldn't parse template: template: :1: unclosed action`,
@@ -104,37 +104,37 @@ func TestValidateMeshIdentity(t *testing.T) {
 			},
 		},
 		"a trust domain that is not one": {
-			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *model.MeshIdentityResource) {
-				m.Spec.SpiffeID = &model.SpiffeID{TrustDomain: str("{{ .Mesh }}.Example.COM")}
+			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *kuma.MeshIdentityResource) {
+				m.Spec.SpiffeID = &kuma.SpiffeID{TrustDomain: str("{{ .Mesh }}.Example.COM")}
 			}),
 			wantErrs: []string{`spec.spiffeID.trustDomain: Invalid value: "{{ .Mesh }}.Example.COM": does not give a valid trust domain for mesh "payments": trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores`},
 		},
 		"a path variable of the trust domain's": {
-			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *model.MeshIdentityResource) {
-				m.Spec.SpiffeID = &model.SpiffeID{Path: str("/mesh/{{ .Mesh }}")}
+			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *kuma.MeshIdentityResource) {
+				m.Spec.SpiffeID = &kuma.SpiffeID{Path: str("/mesh/{{ .Mesh }}")}
 			}),
 			wantErrs: []string{`spec.spiffeID.path: Invalid value: "/mesh/{{ .Mesh }}": does not give a valid SPIFFE ID for a workload: parsing the template: {{.Mesh}} is not one of its variables .TrustDomain, .Namespace, .ServiceAccount, .Workload`},
 		},
 		"labels and Kuma's variables render": {
-			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *model.MeshIdentityResource) {
-				m.Spec.SpiffeID = &model.SpiffeID{TrustDomain: str("{{ .Mesh }}.{{ .Zone }}.example.com"), Path: str(`/team/{{ label "team" }}/{{ .Workload }}`)}
+			mid: with(extension(`{"issuerRef":{"name":"ca"}}`), func(m *kuma.MeshIdentityResource) {
+				m.Spec.SpiffeID = &kuma.SpiffeID{TrustDomain: str("{{ .Mesh }}.{{ .Zone }}.example.com"), Path: str(`/team/{{ label "team" }}/{{ .Workload }}`)}
 			}),
 		},
 		"an unknown key algorithm": {
-			mid: spire(map[string]string{model.IssuerNameAnnotation: "ca", model.KeyAlgorithmAnnotation: "rsa-1024", model.DurationAnnotation: "a day"}),
+			mid: spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.KeyAlgorithmAnnotation: "rsa-1024", kuma.DurationAnnotation: "a day"}),
 			wantErrs: []string{
 				`metadata.annotations[meshcert.io/key-algorithm]: Unsupported value: "rsa-1024": supported values: "ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"`,
 				`metadata.annotations[meshcert.io/duration]: Invalid value: "a day": must be a positive duration such as 24h or 90m`,
 			},
 		},
 		"a mesh-trust annotation must be Enabled or Disabled": {
-			mid:      spire(map[string]string{model.IssuerNameAnnotation: "ca", model.MeshTrustAnnotation: "off"}),
+			mid:      spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.MeshTrustAnnotation: "off"}),
 			wantErrs: []string{`metadata.annotations[meshcert.io/mesh-trust]: Unsupported value: "off": supported values: "Enabled", "Disabled"`},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			env := Env{Env: references.Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: lookup}, LocalZone: "zone-1"}
+			env := Env{Env: lookup.Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: cluster}, LocalZone: "zone-1"}
 			res := ValidateMeshIdentity(tc.mid, env)
 			if diff := cmp.Diff(tc.wantErrs, errorStrings(res.Errors)); diff != "" {
 				t.Errorf("errors (-want +got):\n%s", diff)

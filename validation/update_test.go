@@ -8,32 +8,32 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/lookup"
 )
 
 func TestValidateMeshUpdate(t *testing.T) {
-	backend := func(name string) model.Backend {
-		return model.Backend{Name: name, Type: model.BackendTypeCertManager, CertManager: &model.CertManagerConf{
+	backend := func(name string) kuma.Backend {
+		return kuma.Backend{Name: name, Type: kuma.BackendTypeCertManager, CertManager: &kuma.CertManagerConf{
 			HasIssuerRef: true, IssuerRef: cmmeta.IssuerReference{Name: "ca", Kind: "ClusterIssuer"},
 		}}
 	}
-	mesh := func(enabled string, names ...string) model.Mesh {
-		m := model.Mesh{Name: "demo", Spec: model.MeshSpec{MTLS: &model.MTLS{EnabledBackend: enabled}}}
+	mesh := func(enabled string, names ...string) kuma.Mesh {
+		m := kuma.Mesh{Name: "demo", Spec: kuma.MeshSpec{MTLS: &kuma.MTLS{EnabledBackend: enabled}}}
 		for _, n := range names {
 			m.Spec.MTLS.Backends = append(m.Spec.MTLS.Backends, backend(n))
 		}
 		return m
 	}
-	lookup := fakeLookup{
-		issuers: map[cmmeta.IssuerReference]references.IssuerState{{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}: {Ready: true}},
+	cluster := fakeLookup{
+		issuers: map[cmmeta.IssuerReference]lookup.IssuerState{{Name: "ca", Kind: "ClusterIssuer", Group: "cert-manager.io"}: {Ready: true}},
 		issued:  map[string]int{"demo/ca-1": 37},
 	}
 	const forbidden = `spec.mtls.enabledBackend: Forbidden: backend "ca-2" is added by this same update`
 	tests := map[string]struct {
-		old, new     model.Mesh
+		old, new     kuma.Mesh
 		unsafe       bool
-		lookup       references.Lookup
+		lookup       lookup.Lookup
 		wantErr      string
 		wantWarnings []string
 	}{
@@ -41,12 +41,12 @@ func TestValidateMeshUpdate(t *testing.T) {
 		"step 2: switch to a backend added before":    {old: mesh("ca-1", "ca-1", "ca-2"), new: mesh("ca-2", "ca-1", "ca-2")},
 		"step 3: remove the old backend, all reissued": {
 			old: mesh("ca-2", "ca-1", "ca-2"), new: mesh("ca-2", "ca-2"),
-			lookup: fakeLookup{issuers: lookup.issuers},
+			lookup: fakeLookup{issuers: cluster.issuers},
 		},
 		"one-step switch is rejected":                     {old: mesh("ca-1", "ca-1"), new: mesh("ca-2", "ca-1", "ca-2"), wantErr: forbidden},
 		"one-step switch allowed in an emergency":         {old: mesh("ca-1", "ca-1"), new: mesh("ca-2", "ca-1", "ca-2"), unsafe: true},
 		"turning mTLS on with a new backend is no switch": {old: mesh("", "ca-1"), new: mesh("ca-2", "ca-1", "ca-2")},
-		"a mesh that had no mtls":                         {old: model.Mesh{Name: "demo"}, new: mesh("ca-1", "ca-1")},
+		"a mesh that had no mtls":                         {old: kuma.Mesh{Name: "demo"}, new: mesh("ca-1", "ca-1")},
 		"enabling a backend that is nowhere is another error": {
 			old: mesh("ca-1", "ca-1"), new: mesh("ca-9", "ca-1"),
 			wantErr: `spec.mtls.enabledBackend: Invalid value: "ca-9": has to be set to one of the backends in the mesh`,
@@ -57,14 +57,14 @@ func TestValidateMeshUpdate(t *testing.T) {
 		},
 		"a count that fails warns so": {
 			old: mesh("ca-1", "ca-1", "ca-2"), new: mesh("ca-2", "ca-2"),
-			lookup:       fakeLookup{issuers: lookup.issuers, err: errors.New("cache down")},
+			lookup:       fakeLookup{issuers: cluster.issuers, err: errors.New("cache down")},
 			wantErr:      "",
 			wantWarnings: []string{`spec.mtls.backends[0].conf.issuerRef: could not look up ClusterIssuer ca: cache down`, `spec.mtls.backends: could not count the certificates of backend "ca-1": cache down`},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			env := Env{Env: references.Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: lookup}, AllowUnsafeCASwitch: tc.unsafe}
+			env := Env{Env: lookup.Env{SystemNamespace: "kong-mesh-system", Now: now, Lookup: cluster}, AllowUnsafeCASwitch: tc.unsafe}
 			if tc.lookup != nil {
 				env.Lookup = tc.lookup
 			}

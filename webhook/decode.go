@@ -9,7 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 var errNoObject = errors.New("the AdmissionReview request has no object")
@@ -28,7 +28,7 @@ func checkOperation(req admission.Request) (bool, admission.Response) {
 }
 
 // decodeOldMesh reads the Mesh as it was before an update.
-func decodeOldMesh(req admission.Request) (model.Mesh, error) {
+func decodeOldMesh(req admission.Request) (kuma.Mesh, error) {
 	old := req
 	old.Object = req.OldObject
 	mesh, errs, err := decodeMesh(old)
@@ -41,13 +41,13 @@ func decodeOldMesh(req admission.Request) (model.Mesh, error) {
 // decodeMesh reads the Mesh under admission. An error means the request itself
 // is broken (and deserves a 400); field errors mean the spec is, and are the
 // user's to fix.
-func decodeMesh(req admission.Request) (model.Mesh, field.ErrorList, error) {
+func decodeMesh(req admission.Request) (kuma.Mesh, field.ErrorList, error) {
 	if len(req.Object.Raw) == 0 {
-		return model.Mesh{}, nil, errNoObject
+		return kuma.Mesh{}, nil, errNoObject
 	}
-	mesh, errs, err := model.DecodeMesh(req.Object.Raw, req.Name)
+	mesh, errs, err := kuma.DecodeMesh(req.Object.Raw, req.Name)
 	if err != nil {
-		return model.Mesh{}, nil, err
+		return kuma.Mesh{}, nil, err
 	}
 	return mesh, errs, nil
 }

@@ -12,8 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/meshcert/meshcert/defaults"
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/lookup"
 	"github.com/meshcert/meshcert/validation"
 )
 
@@ -23,11 +23,11 @@ var MeshIdentityGroupKind = schema.GroupKind{Group: "kuma.io", Kind: "MeshIdenti
 // decodeMeshIdentity reads the MeshIdentity under admission. Its schema is
 // structural, so the API server has checked the types of every field but
 // the extension's config; an error means the request itself is broken.
-func decodeMeshIdentity(req admission.Request) (*model.MeshIdentityResource, error) {
+func decodeMeshIdentity(req admission.Request) (*kuma.MeshIdentityResource, error) {
 	if len(req.Object.Raw) == 0 {
 		return nil, errNoObject
 	}
-	var mid model.MeshIdentityResource
+	var mid kuma.MeshIdentityResource
 	if err := json.Unmarshal(req.Object.Raw, &mid); err != nil {
 		return nil, fmt.Errorf("the object is not a MeshIdentity: %w", err)
 	}
@@ -66,7 +66,7 @@ type MeshIdentityValidator struct {
 	SystemNamespace string
 	// LocalZone is the zone of a trust domain without a kuma.io/zone label.
 	LocalZone string
-	Lookup    references.Lookup
+	Lookup    lookup.Lookup
 	Now       func() time.Time
 }
 
@@ -82,7 +82,7 @@ func (v *MeshIdentityValidator) Handle(ctx context.Context, req admission.Reques
 		return admission.Errored(http.StatusBadRequest, err)
 	}
 	res := validation.ValidateMeshIdentity(mid, validation.Env{
-		Env:       references.Env{SystemNamespace: v.SystemNamespace, Now: v.Now(), Lookup: v.Lookup},
+		Env:       lookup.Env{SystemNamespace: v.SystemNamespace, Now: v.Now(), Lookup: v.Lookup},
 		LocalZone: v.LocalZone,
 	})
 	log := logf.FromContext(ctx).V(1)

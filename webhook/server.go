@@ -20,7 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/meshcert/meshcert/lookup"
+	"github.com/meshcert/meshcert/internal/lookup"
 )
 
 // ServerOptions configures the webhook HTTPS server.

@@ -13,8 +13,8 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/lookup"
 	"github.com/meshcert/meshcert/validation"
 )
 
@@ -27,7 +27,7 @@ type Validator struct {
 	SystemNamespace string
 	// Lookup reads referenced objects from the informers' index; it must
 	// never call the API server.
-	Lookup references.Lookup
+	Lookup lookup.Lookup
 	// Now is the clock for certificate validity checks.
 	Now func() time.Time
 	// AllowUnsafeCASwitch lets an update enable the backend it adds.
@@ -48,7 +48,7 @@ func (v *Validator) Handle(ctx context.Context, req admission.Request) admission
 	// A value of the wrong type is reported with every rule that does not
 	// depend on it: validation skips only the backends that did not parse.
 	env := validation.Env{
-		Env:                 references.Env{SystemNamespace: v.SystemNamespace, Now: v.Now(), Lookup: v.Lookup},
+		Env:                 lookup.Env{SystemNamespace: v.SystemNamespace, Now: v.Now(), Lookup: v.Lookup},
 		AllowUnsafeCASwitch: v.AllowUnsafeCASwitch,
 	}
 	res := validate(req, mesh, env)
@@ -75,7 +75,7 @@ func invalid(gk schema.GroupKind, name string, errs field.ErrorList, warnings []
 
 // validate runs the rules once: those of an update when there is an old Mesh
 // to guard, else those of any Mesh.
-func validate(req admission.Request, mesh model.Mesh, env validation.Env) validation.Result {
+func validate(req admission.Request, mesh kuma.Mesh, env validation.Env) validation.Result {
 	if req.Operation == admissionv1.Update {
 		// An old object that no longer parses cannot guard anything.
 		if old, err := decodeOldMesh(req); err == nil {
@@ -94,7 +94,7 @@ func limitErrors(errs field.ErrorList) field.ErrorList {
 	if len(errs) <= maxErrors {
 		return errs
 	}
-	more := &field.Error{Type: field.ErrorTypeInvalid, Field: model.SpecPath.String(), BadValue: field.OmitValueType{},
+	more := &field.Error{Type: field.ErrorTypeInvalid, Field: kuma.SpecPath.String(), BadValue: field.OmitValueType{},
 		Detail: fmt.Sprintf("and %d more errors", len(errs)-maxErrors)}
 	return append(errs[:maxErrors:maxErrors], more)
 }

@@ -15,14 +15,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/meshcert/meshcert/references"
+	"github.com/meshcert/meshcert/internal/lookup"
 )
 
 // emptyCluster answers every lookup with "not found".
 type emptyCluster struct{}
 
 func (emptyCluster) SystemSecret(string) (*corev1.Secret, error) { return nil, nil }
-func (emptyCluster) Issuer(cmmeta.IssuerReference) (*references.IssuerState, error) {
+func (emptyCluster) Issuer(cmmeta.IssuerReference) (*lookup.IssuerState, error) {
 	return nil, nil
 }
 func (emptyCluster) IssuedBy(string, string) (int, error) { return 0, nil }

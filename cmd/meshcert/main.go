@@ -18,8 +18,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/app"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

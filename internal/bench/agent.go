@@ -16,11 +16,11 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/agent"
+	"github.com/meshcert/meshcert/internal/agent"
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/sdsclient"
-	"github.com/meshcert/meshcert/issuance"
-	"github.com/meshcert/meshcert/model"
 )
 
 // agentRate is how fast new workloads arrive in P8.
@@ -288,25 +288,25 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 		return err
 	}
 	path, td := "/workload/{{ .Workload }}", "bench.example.com"
-	mid := &model.MeshIdentityResource{
+	mid := &kuma.MeshIdentityResource{
 		ObjectMeta: metav1.ObjectMeta{Name: "bench", Namespace: systemNamespace, Labels: map[string]string{"kuma.io/mesh": "bench"},
-			Annotations: map[string]string{model.IssuerNameAnnotation: "mesh-ca", model.IssuerKindAnnotation: cmapi.ClusterIssuerKind}},
-		Spec: model.MeshIdentitySpec{
-			Selector: &model.IdentitySelector{Dataplane: &model.LabelSelector{MatchLabels: map[string]string{"app": "bench"}}},
-			SpiffeID: &model.SpiffeID{TrustDomain: &td, Path: &path},
-			Provider: &model.Provider{Type: model.ProviderTypeSpire},
+			Annotations: map[string]string{kuma.IssuerNameAnnotation: "mesh-ca", kuma.IssuerKindAnnotation: cmapi.ClusterIssuerKind}},
+		Spec: kuma.MeshIdentitySpec{
+			Selector: &kuma.IdentitySelector{Dataplane: &kuma.LabelSelector{MatchLabels: map[string]string{"app": "bench"}}},
+			SpiffeID: &kuma.SpiffeID{TrustDomain: &td, Path: &path},
+			Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire},
 		},
 	}
 	if duration != "" {
-		mid.Annotations[model.DurationAnnotation] = duration
+		mid.Annotations[kuma.DurationAnnotation] = duration
 	}
 	if err := c.Create(ctx, mid); err != nil {
 		return err
 	}
 	if err := parallel(n, func(i int) error {
-		return c.Create(ctx, &model.DataplaneResource{
+		return c.Create(ctx, &kuma.DataplaneResource{
 			ObjectMeta: metav1.ObjectMeta{Name: workloadName(i), Namespace: benchNamespace,
-				Labels:      map[string]string{"app": "bench", model.WorkloadLabel: workloadName(i)},
+				Labels:      map[string]string{"app": "bench", kuma.WorkloadLabel: workloadName(i)},
 				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i)}},
 			Mesh: "bench",
 			Spec: kumaDataplaneSpec(benchNamespace, workloadName(i), i),

@@ -15,10 +15,10 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/sdsclient"
-	"github.com/meshcert/meshcert/issuance"
-	"github.com/meshcert/meshcert/model"
 )
 
 // fleetAgents is how many agents P7 spreads its workloads over, as on as
@@ -223,7 +223,7 @@ func (o *agentRequests) nameOf(spiffeID string) string {
 // watch cannot start, it counts nothing.
 func (r *agentRun) watchAgentRequests(ctx context.Context) *agentRequests {
 	o := &agentRequests{names: map[string]string{}}
-	_, w, err := watchRequests(ctx, r.e.c, client.InNamespace(systemNamespace), client.MatchingLabels{model.ManagedMeshLabel: "bench"})
+	_, w, err := watchRequests(ctx, r.e.c, client.InNamespace(systemNamespace), client.MatchingLabels{kuma.ManagedMeshLabel: "bench"})
 	if err != nil {
 		return o
 	}

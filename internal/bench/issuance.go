@@ -27,9 +27,9 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/revisionmanager"
 	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
 
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
-	"github.com/meshcert/meshcert/issuance"
-	"github.com/meshcert/meshcert/model"
 )
 
 // signerControllers are cert-manager's controllers of CertificateRequests
@@ -43,8 +43,8 @@ var (
 
 // identity is dataplane i's: the URI SANs meshcert gives it.
 func identity(i int) []string {
-	tags, _ := model.ParseDataplaneTags(kumaDataplaneSpec(benchNamespace, fmt.Sprintf("web-%d", i), i))
-	uris, _ := model.IdentityURIs("bench", fmt.Sprintf("web-%d", i), tags, nil)
+	tags, _ := kuma.ParseDataplaneTags(kumaDataplaneSpec(benchNamespace, fmt.Sprintf("web-%d", i), i))
+	uris, _ := kuma.IdentityURIs("bench", fmt.Sprintf("web-%d", i), tags, nil)
 	return pki.URLsToString(uris)
 }
 
@@ -266,7 +266,7 @@ func startMeshcert(ctx context.Context, dir, expiration string, extra ...string)
 		"name": "cm", "type": "certmanager", "dpCert": map[string]any{"rotation": map[string]any{"expiration": expiration}},
 		"conf": map[string]any{"issuerRef": map[string]any{"name": "mesh-ca", "kind": "ClusterIssuer"}},
 	}}}})
-	if err := e.c.Client.Create(ctx, &model.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: "bench"}, Spec: spec}); err != nil {
+	if err := e.c.Client.Create(ctx, &kuma.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: "bench"}, Spec: spec}); err != nil {
 		r.stop()
 		return nil, err
 	}
@@ -318,7 +318,7 @@ func (r *meshcertRun) createDataplanes(ctx context.Context, n int, profileDir st
 		watch: &corev1.Secret{}, ns: benchNamespace, n: n, limit: 60 * time.Minute,
 		done: func(o client.Object) bool { return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0 },
 		create: func(i int) error {
-			return r.e.c.Client.Create(ctx, &model.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace},
+			return r.e.c.Client.Create(ctx, &kuma.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace},
 				Mesh: "bench", Spec: kumaDataplaneSpec(benchNamespace, fmt.Sprintf("web-%d", i), i)})
 		},
 		meshcertPID: r.p.Pid(), meshcertPprof: r.pprof,

@@ -18,8 +18,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
-	"github.com/meshcert/meshcert/model"
 )
 
 const systemNamespace = "kong-mesh-system"
@@ -69,9 +69,9 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 	}
 	// The mesh Secret the documented example names as caCert.
 	return e.c.Client.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "demo-ca", Namespace: systemNamespace, Labels: map[string]string{model.MeshLabel: "demo"}},
-		Type:       model.MeshSecretType,
-		Data:       map[string][]byte{model.SecretValueKey: e.ca.CertPEM},
+		ObjectMeta: metav1.ObjectMeta{Name: "demo-ca", Namespace: systemNamespace, Labels: map[string]string{kuma.MeshLabel: "demo"}},
+		Type:       kuma.MeshSecretType,
+		Data:       map[string][]byte{kuma.SecretValueKey: e.ca.CertPEM},
 	})
 }
 

@@ -29,9 +29,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshcert/meshcert/app"
 	chart "github.com/meshcert/meshcert/charts/meshcert"
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/app"
 	"github.com/meshcert/meshcert/webhook"
 )
 

@@ -14,8 +14,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/app"
 )
 
 // Meshcert is meshcert itself, started through the same app.Run as the binary.

@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/meshcert/meshcert/agent"
+	"github.com/meshcert/meshcert/internal/agent"
 )
 
 // Conn is a gRPC client of the agent's socket whose every connection is

@@ -28,11 +28,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/agent"
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/agent"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/sdsclient"
-	"github.com/meshcert/meshcert/model"
 )
 
 // fleetUID is the Unix user of the fleet's workload 0.
@@ -50,13 +50,13 @@ func newFleet(t *testing.T, ns, app string, n, streamsEach int) *fleet {
 	t.Helper()
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
 	t.Cleanup(func() {
-		_ = testEnv.cluster.Client.DeleteAllOf(context.Background(), &model.DataplaneResource{}, client.InNamespace(ns))
+		_ = testEnv.cluster.Client.DeleteAllOf(context.Background(), &kuma.DataplaneResource{}, client.InNamespace(ns))
 	})
 	f := &fleet{ns: ns}
 	createInParallel(t, n, func(i int) client.Object {
 		name := fmt.Sprintf("w-%d", i)
 		dp := newDataplane(ns, name, "fleet", map[string]string{"kuma.io/service": name})
-		dp.Labels = map[string]string{"app": app, model.NamespaceLabel: ns, model.ServiceAccountLabel: name}
+		dp.Labels = map[string]string{"app": app, kuma.NamespaceLabel: ns, kuma.ServiceAccountLabel: name}
 		dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i)}
 		return dp
 	})
@@ -159,7 +159,7 @@ func TestAgentSurvivesKills(t *testing.T) {
 	f := newFleet(t, ns, "agent-fleet", identities, streamsEach)
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns+"-spiffe")})
 	agentWorkload(t, ns+"-spiffe", "watched", agentNode, "agent-web", map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(os.Getuid())})
-	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"}
+	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, kuma.ManagedMeshLabel: "fleet"}
 	created := watchRequests(t, fleetRequests)
 
 	a := newAgentProcess(t, "--max-requests-in-flight", strconv.Itoa(inFlightCap))
@@ -272,7 +272,7 @@ func TestAgentRefusesHostileCallers(t *testing.T) {
 	const ns, identities, connections = "agent-hostile", 50, 1000
 	applyAgentIdentities(t)
 	newFleet(t, ns, "agent-fleet", identities, 0)
-	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"}
+	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, kuma.ManagedMeshLabel: "fleet"}
 	created := watchRequests(t, fleetRequests)
 	a := newAgentProcess(t)
 	p := a.start()
@@ -444,7 +444,7 @@ func TestAgentWarnsBeforeIdentitiesExpire(t *testing.T) {
 		expiries[w.SpiffeID] = h.Leaf.NotAfter
 		last = latest(last, h.Leaf.NotAfter)
 	}
-	requests := watchRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "fleet"})
+	requests := watchRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, kuma.ManagedMeshLabel: "fleet"})
 
 	restartSigner := stopSigner(t)
 	stopped := time.Now()

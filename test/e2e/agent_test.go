@@ -31,10 +31,10 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/agent"
-	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/agent"
+	"github.com/meshcert/meshcert/internal/app"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/test/chart"
 )
 
@@ -161,7 +161,7 @@ func agentWorkload(t *testing.T, ns, name, node, app string, annotations map[str
 	}
 	createObject(t, pod)
 	dp := newDataplane(ns, name, "agents", map[string]string{"kuma.io/service": name})
-	dp.Labels = map[string]string{"app": app, model.NamespaceLabel: ns, model.ServiceAccountLabel: name, "kuma.io/mesh": "agents"}
+	dp.Labels = map[string]string{"app": app, kuma.NamespaceLabel: ns, kuma.ServiceAccountLabel: name, "kuma.io/mesh": "agents"}
 	dp.Annotations = annotations
 	createObject(t, dp)
 	return pod
@@ -226,7 +226,7 @@ func TestAgentServesPodsOverSDSAndTheWorkloadAPI(t *testing.T) {
 
 	t.Run("the requests are this node's, and deleted once used", func(t *testing.T) {
 		waitFor(t, 10*time.Second, "no request left", func() bool {
-			return len(listRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, model.ManagedMeshLabel: "agents"})) == 0
+			return len(listRequests(t, client.MatchingLabels{agent.NodeLabel: agentNode, kuma.ManagedMeshLabel: "agents"})) == 0
 		})
 	})
 

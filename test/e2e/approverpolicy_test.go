@@ -17,8 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
-	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/test/chart"
 	"github.com/meshcert/meshcert/test/harness"
 )
@@ -119,7 +119,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 		if err := m.Stop(); err != nil {
 			t.Error(err)
 		}
-		for _, crs := range [][]cmapi.CertificateRequest{listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: team})} {
+		for _, crs := range [][]cmapi.CertificateRequest{listRequests(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: team})} {
 			for i := range crs {
 				_ = testEnv.cluster.Client.Delete(context.Background(), &crs[i])
 			}
@@ -128,7 +128,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 
 	rsaMesh := strings.Replace(certManagerMesh("rsa", "Issuer", policyIssuer, "", ""),
 		"  name: rsa\n", "  name: rsa\n  annotations:\n    meshcert.io/key-algorithm: rsa-2048\n", 1)
-	intruderRequests := requestTimes(t, client.MatchingLabels{model.DataplaneNamespaceLabel: team, model.DataplaneNameLabel: "intruders"})
+	intruderRequests := requestTimes(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: team, kuma.DataplaneNameLabel: "intruders"})
 	for mesh, manifest := range map[string]string{
 		"approved":  certManagerMesh("approved", "Issuer", policyIssuer, "", ""),
 		"intruders": certManagerMesh("intruders", "Issuer", policyIssuer, "", ""),
@@ -142,7 +142,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 	t.Run("a mesh the policy names is issued under it", func(t *testing.T) {
 		s := waitSecret(t, team, "approved", 30*time.Second, nil)
 		assertValidSecret(t, s, []string{"spiffe://approved/web", "kuma://kuma.io/service/web"}, testEnv.ca.Cert)
-		crs := listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: team, model.DataplaneNameLabel: "approved"})
+		crs := listRequests(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: team, kuma.DataplaneNameLabel: "approved"})
 		if len(crs) == 0 {
 			t.Fatal("no request kept")
 		}
@@ -196,13 +196,13 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 		for _, mid := range []struct{ name, trustDomain string }{
 			{"policy-agents", "agents.approved.example.com"}, {"policy-agents-elsewhere", "agents.elsewhere.example.com"},
 		} {
-			createObject(t, &model.MeshIdentityResource{
+			createObject(t, &kuma.MeshIdentityResource{
 				ObjectMeta: metav1.ObjectMeta{Name: mid.name, Namespace: systemNamespace, Labels: map[string]string{"kuma.io/mesh": "agents"},
-					Annotations: map[string]string{model.IssuerNameAnnotation: policyIssuer}},
-				Spec: model.MeshIdentitySpec{
-					Selector: &model.IdentitySelector{Dataplane: &model.LabelSelector{MatchLabels: map[string]string{"app": mid.name}}},
-					SpiffeID: &model.SpiffeID{TrustDomain: ptr.To(mid.trustDomain)},
-					Provider: &model.Provider{Type: model.ProviderTypeSpire},
+					Annotations: map[string]string{kuma.IssuerNameAnnotation: policyIssuer}},
+				Spec: kuma.MeshIdentitySpec{
+					Selector: &kuma.IdentitySelector{Dataplane: &kuma.LabelSelector{MatchLabels: map[string]string{"app": mid.name}}},
+					SpiffeID: &kuma.SpiffeID{TrustDomain: ptr.To(mid.trustDomain)},
+					Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire},
 				},
 			})
 		}

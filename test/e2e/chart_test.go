@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/app"
+	"github.com/meshcert/meshcert/internal/app"
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/test/chart"
 )

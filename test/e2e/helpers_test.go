@@ -27,11 +27,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/meshcert/meshcert/app"
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/app"
+	"github.com/meshcert/meshcert/internal/controller/dataplane"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/reconciler"
 )
 
 // apiCalls counts the requests meshcert sends to the API server that change
@@ -119,12 +119,12 @@ func startReconciler(t *testing.T, mutate func(*config.Config)) *apiCalls {
 }
 
 // newDataplane returns a Dataplane with one inbound carrying tags.
-func newDataplane(ns, name, mesh string, tags map[string]string) *model.DataplaneResource {
+func newDataplane(ns, name, mesh string, tags map[string]string) *kuma.DataplaneResource {
 	spec, _ := json.Marshal(map[string]any{"networking": map[string]any{
 		"address": "10.0.0.1",
 		"inbound": []any{map[string]any{"port": 8080, "tags": tags}},
 	}})
-	return &model.DataplaneResource{
+	return &kuma.DataplaneResource{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Mesh:       mesh,
 		Spec:       spec,
@@ -199,7 +199,7 @@ func deleteMeshAtEnd(t *testing.T, name string) {
 func secretOf(t *testing.T, ns, dp string) *corev1.Secret {
 	t.Helper()
 	var s corev1.Secret
-	err := testEnv.cluster.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: reconciler.SecretName(dp)}, &s)
+	err := testEnv.cluster.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: dataplane.SecretName(dp)}, &s)
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -316,7 +316,7 @@ func eventsFor(t *testing.T, kind, name string) map[string][]string {
 // now on, through a watch.
 func countRequests(t *testing.T, ns, dp string) func() int {
 	t.Helper()
-	return watchRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns, model.DataplaneNameLabel: dp})
+	return watchRequests(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: ns, kuma.DataplaneNameLabel: dp})
 }
 
 // watchRequests counts the CertificateRequests with these labels created from
@@ -339,7 +339,7 @@ func requestsPerDataplane(t *testing.T, labels client.MatchingLabels) func() map
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		counts[cr.Annotations[model.DataplaneNameAnnotation]]++
+		counts[cr.Annotations[kuma.DataplaneNameAnnotation]]++
 	})
 	return func() map[string]int {
 		mu.Lock()
@@ -395,7 +395,7 @@ func watchRequestEvents(t *testing.T, labels client.MatchingLabels, seen func(wa
 // requestsOf lists the CertificateRequests of a dataplane.
 func requestsOf(t *testing.T, ns, dp string) []cmapi.CertificateRequest {
 	t.Helper()
-	return listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns, model.DataplaneNameLabel: dp})
+	return listRequests(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: ns, kuma.DataplaneNameLabel: dp})
 }
 
 func listRequests(t *testing.T, labels client.MatchingLabels) []cmapi.CertificateRequest {

@@ -11,13 +11,13 @@ import (
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/model"
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 // meshTrustOf returns a MeshTrust of the system namespace, or nil.
-func meshTrustOf(t *testing.T, name string) *model.MeshTrustResource {
+func meshTrustOf(t *testing.T, name string) *kuma.MeshTrustResource {
 	t.Helper()
-	var mt model.MeshTrustResource
+	var mt kuma.MeshTrustResource
 	err := testEnv.cluster.Client.Get(context.Background(), client.ObjectKey{Namespace: systemNamespace, Name: name}, &mt)
 	if client.IgnoreNotFound(err) != nil {
 		t.Fatal(err)
@@ -28,7 +28,7 @@ func meshTrustOf(t *testing.T, name string) *model.MeshTrustResource {
 	return &mt
 }
 
-func trustedRoots(t *testing.T, mt *model.MeshTrustResource) []*x509.Certificate {
+func trustedRoots(t *testing.T, mt *kuma.MeshTrustResource) []*x509.Certificate {
 	t.Helper()
 	if len(mt.Spec.CABundles) != 1 || mt.Spec.CABundles[0].PEM == nil {
 		t.Fatalf("caBundles %+v, want one PEM bundle", mt.Spec.CABundles)
@@ -64,12 +64,12 @@ func TestMeshTrustFollowsTheIssuersRoot(t *testing.T) {
 	}
 	t.Cleanup(func() { runKubectl(t, "delete", "--ignore-not-found", "-f", file) })
 
-	var mt *model.MeshTrustResource
+	var mt *kuma.MeshTrustResource
 	waitFor(t, 20*time.Second, "the MeshTrust with mesh-ca's root", func() bool {
 		mt = meshTrustOf(t, "agent-trust")
 		return mt != nil && holds(trustedRoots(t, mt), testEnv.ca.Cert)
 	})
-	if mt.Spec.TrustDomain != "demo.default.mesh.local" || mt.Labels[model.MeshLabel] != "demo" || mt.Labels[model.ManagedByLabel] != "meshcert" {
+	if mt.Spec.TrustDomain != "demo.default.mesh.local" || mt.Labels[kuma.MeshLabel] != "demo" || mt.Labels[kuma.ManagedByLabel] != "meshcert" {
 		t.Errorf("MeshTrust %s, labels %v: want trust domain demo.default.mesh.local, mesh demo, managed by meshcert", mt.Spec.TrustDomain, mt.Labels)
 	}
 	if mt.Status == nil || mt.Status.Origin == nil || *mt.Status.Origin.KRI != "kri_mid_demo_default_kong-mesh-system_agent-trust_" {
@@ -83,7 +83,7 @@ func TestMeshTrustFollowsTheIssuersRoot(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "a MeshTrustCreated Event on the identity", event("MeshTrustCreated", "mesh-ca"))
 	waitFor(t, 10*time.Second, "the probe's cleanup", func() bool {
-		return len(listRequests(t, client.MatchingLabels{model.ManagedByLabel: "meshcert"})) == 0
+		return len(listRequests(t, client.MatchingLabels{kuma.ManagedByLabel: "meshcert"})) == 0
 	})
 
 	// Rotate: the identity moves to another CA.
@@ -133,7 +133,7 @@ func TestMeshTrustOfKongMeshIdentities(t *testing.T) {
 		t.Error("meshcert made a MeshTrust that Kong Mesh makes")
 	}
 	foreign := meshTrustOf(t, "taken")
-	if foreign.Spec.TrustDomain != "someone-else.example.com" || foreign.Labels[model.ManagedByLabel] != "" || foreign.Annotations[model.MeshIdentityAnnotation] != "" {
+	if foreign.Spec.TrustDomain != "someone-else.example.com" || foreign.Labels[kuma.ManagedByLabel] != "" || foreign.Annotations[kuma.MeshIdentityAnnotation] != "" {
 		t.Errorf("the foreign MeshTrust was touched: %+v", foreign)
 	}
 }

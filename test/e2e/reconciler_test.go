@@ -21,9 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/controller/dataplane"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/reconciler"
 	"github.com/meshcert/meshcert/test/harness"
 )
 
@@ -57,7 +57,7 @@ func TestIssuesKumaIdentities(t *testing.T) {
 		if len(s.OwnerReferences) != 1 || s.OwnerReferences[0].Kind != "Dataplane" || s.OwnerReferences[0].Name != dp {
 			t.Errorf("%s: owner references %+v, want the Dataplane", dp, s.OwnerReferences)
 		}
-		for _, a := range []string{model.MeshAnnotation, model.BackendAnnotation, model.IdentityHashAnnotation, model.NotAfterAnnotation} {
+		for _, a := range []string{kuma.MeshAnnotation, kuma.BackendAnnotation, kuma.IdentityHashAnnotation, kuma.NotAfterAnnotation} {
 			if s.Annotations[a] == "" {
 				t.Errorf("%s: annotation %s missing", dp, a)
 			}
@@ -144,7 +144,7 @@ func TestRequestsInFlightAreCapped(t *testing.T) {
 	ns := "capped"
 	var mu sync.Mutex
 	open, most := 0, 0
-	watchRequestEvents(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns}, func(ev watch.EventType, _ *cmapi.CertificateRequest) {
+	watchRequestEvents(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: ns}, func(ev watch.EventType, _ *cmapi.CertificateRequest) {
 		mu.Lock()
 		defer mu.Unlock()
 		if ev == watch.Added {
@@ -253,7 +253,7 @@ spec:
 		applyMesh(t, twoBackends("ca-b"))
 		s = waitSecret(t, ns, "web", 20*time.Second, newSerial(s))
 		assertValidSecret(t, s, []string{"spiffe://reissue/web", "kuma://kuma.io/service/web", "kuma://version/v2"}, testEnv.other.Cert)
-		if got := s.Annotations[model.BackendAnnotation]; got != "ca-b" {
+		if got := s.Annotations[kuma.BackendAnnotation]; got != "ca-b" {
 			t.Errorf("backend annotation %q, want ca-b", got)
 		}
 	})
@@ -307,7 +307,7 @@ func TestDeniedRequestBacksOff(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "denied"
 	meshInNamespace(t, ns, "denied", certManagerMesh("denied", "Issuer", "denied-ca", "", ""))
-	requests := requestTimes(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns, model.DataplaneNameLabel: "web"})
+	requests := requestTimes(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: ns, kuma.DataplaneNameLabel: "web"})
 	createObject(t, newDataplane(ns, "web", "denied", map[string]string{"kuma.io/service": "web"}))
 
 	waitFor(t, 10*time.Second, "the Denied event", func() bool { return len(eventsFor(t, "Dataplane", "web")["Denied"]) > 0 })
@@ -362,10 +362,10 @@ func TestCACertFromMeshSecret(t *testing.T) {
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns)})
 	secret := &corev1.Secret{
 		ObjectMeta: objectMeta(systemNamespace, "external-ca"),
-		Type:       model.MeshSecretType,
+		Type:       kuma.MeshSecretType,
 		Data:       map[string][]byte{"value": testEnv.other.CertPEM},
 	}
-	secret.Labels = map[string]string{model.MeshLabel: "external"}
+	secret.Labels = map[string]string{kuma.MeshLabel: "external"}
 	createObject(t, secret)
 	applyMesh(t, certManagerMesh("external", "ExternalIssuer", "vault", externalGroup, "")+"          caCert:\n            secret: external-ca\n")
 	deleteMeshAtEnd(t, "external")
@@ -491,7 +491,7 @@ func TestForeignSecretIsNeverOverwritten(t *testing.T) {
 	startReconciler(t, nil)
 	ns := "foreign"
 	meshInNamespace(t, ns, "foreign", certManagerMesh("foreign", "Issuer", "mesh-ca", "", ""))
-	mine := &corev1.Secret{ObjectMeta: objectMeta(ns, reconciler.SecretName("web")), Data: map[string][]byte{"app": []byte("mine")}}
+	mine := &corev1.Secret{ObjectMeta: objectMeta(ns, dataplane.SecretName("web")), Data: map[string][]byte{"app": []byte("mine")}}
 	createObject(t, mine)
 	requests := countRequests(t, ns, "web")
 	createObject(t, newDataplane(ns, "web", "foreign", map[string]string{"kuma.io/service": "web"}))
@@ -578,7 +578,7 @@ func TestDeliveredSecretAndRequestMetadata(t *testing.T) {
 	createObject(t, newDataplane(ns, "web", "described", map[string]string{"kuma.io/service": "web"}))
 	waitSecret(t, ns, "web", 20*time.Second, nil)
 
-	crs := listRequests(t, client.MatchingLabels{model.DataplaneNamespaceLabel: ns})
+	crs := listRequests(t, client.MatchingLabels{kuma.DataplaneNamespaceLabel: ns})
 	if len(crs) != 1 {
 		t.Fatalf("%d requests kept, want 1", len(crs))
 	}

@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
-	"github.com/meshcert/meshcert/model"
 	"github.com/meshcert/meshcert/test/harness"
 	"github.com/meshcert/meshcert/webhook"
 )
@@ -80,7 +80,7 @@ func createInParallel(t *testing.T, n int, object func(i int) client.Object) {
 func cleanupNamespace(t *testing.T, ns string) {
 	t.Cleanup(func() {
 		ctx := context.Background()
-		_ = testEnv.cluster.Client.DeleteAllOf(ctx, &model.DataplaneResource{}, client.InNamespace(ns))
+		_ = testEnv.cluster.Client.DeleteAllOf(ctx, &kuma.DataplaneResource{}, client.InNamespace(ns))
 		_ = testEnv.cluster.Client.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(ns))
 	})
 }
@@ -112,7 +112,7 @@ func validSecrets(t *testing.T, ns string, ca *x509.Certificate) (valid int, pro
 			problems = append(problems, s.Name+": not from the mesh's CA")
 			continue
 		}
-		if s.Name != s.Annotations[model.DataplaneNameAnnotation]+"-mtls" {
+		if s.Name != s.Annotations[kuma.DataplaneNameAnnotation]+"-mtls" {
 			problems = append(problems, s.Name+": not named for its dataplane")
 			continue
 		}
@@ -160,7 +160,7 @@ func TestCrashDuringIssuance(t *testing.T) {
 	t.Logf("%d kills survived; after the last restart, %d dataplanes settled in %s (%s in all)",
 		kills, n, time.Since(settle).Round(time.Second), time.Since(start).Round(time.Second))
 	waitFor(t, 30*time.Second, "no CertificateRequest left", func() bool {
-		return len(listRequests(t, client.MatchingLabels{model.ManagedMeshLabel: mesh})) == 0
+		return len(listRequests(t, client.MatchingLabels{kuma.ManagedMeshLabel: mesh})) == 0
 	})
 	var list corev1.SecretList
 	if err := testEnv.cluster.Client.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
@@ -186,7 +186,7 @@ func TestSignerOutage(t *testing.T) {
 	startReconciler(t, nil)
 	meshInNamespace(t, ns, mesh, certManagerMesh(mesh, "Issuer", "mesh-ca", "", ""))
 	cleanupNamespace(t, ns)
-	requests := watchRequests(t, client.MatchingLabels{model.ManagedMeshLabel: mesh})
+	requests := watchRequests(t, client.MatchingLabels{kuma.ManagedMeshLabel: mesh})
 
 	restartSigner := stopSigner(t)
 	stopped := time.Now()
@@ -240,7 +240,7 @@ func TestLeaderFailover(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Kill() })
 
-	requests := requestsPerDataplane(t, client.MatchingLabels{model.ManagedMeshLabel: mesh})
+	requests := requestsPerDataplane(t, client.MatchingLabels{kuma.ManagedMeshLabel: mesh})
 	createDataplanes(t, ns, mesh, 0, 10)
 	waitFor(t, 30*time.Second, "10 certificates", func() bool { v, _ := validSecrets(t, ns, testEnv.ca.Cert); return v == 10 })
 

@@ -19,8 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
-	"github.com/meshcert/meshcert/model"
-	"github.com/meshcert/meshcert/reconciler"
+	"github.com/meshcert/meshcert/internal/controller/dataplane"
+	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/test/harness"
 )
 
@@ -104,7 +104,7 @@ func TestCARotation(t *testing.T) {
 	// the clients' namespace.
 	published := func(want ...*x509.Certificate) func() bool {
 		return func() bool {
-			return holds(client.ObjectKey{Namespace: systemNamespace, Name: reconciler.TrustBundleName(mesh)}, reconciler.TrustBundleLabel, want...)
+			return holds(client.ObjectKey{Namespace: systemNamespace, Name: dataplane.TrustBundleName(mesh)}, dataplane.TrustBundleLabel, want...)
 		}
 	}
 	distributed := func(want ...*x509.Certificate) func() bool {
@@ -162,7 +162,7 @@ func TestCARotation(t *testing.T) {
 		applyMesh(t, rotationMesh(mesh, "ca-2", "ca-1", "ca-2"))
 		waitFor(t, 30*time.Second, "every leaf from ca-2", func() bool {
 			for _, s := range secrets() {
-				if s.Annotations[model.BackendAnnotation] != "ca-2" || !issuedBy(leafOf(t, s), testEnv.other.Cert) {
+				if s.Annotations[kuma.BackendAnnotation] != "ca-2" || !issuedBy(leafOf(t, s), testEnv.other.Cert) {
 					return false
 				}
 			}
@@ -306,7 +306,7 @@ func verifiesAgainst(a, b *corev1.Secret) error {
 		return err
 	}
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(b.Data[model.CAKey])
+	roots.AppendCertsFromPEM(b.Data[kuma.CAKey])
 	_, err = chain[0].Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err
 }
@@ -315,7 +315,7 @@ func verifiesAgainst(a, b *corev1.Secret) error {
 func probeRequests(t *testing.T, mesh string) []string {
 	t.Helper()
 	var names []string
-	for _, cr := range listRequests(t, client.MatchingLabels{reconciler.ProbeLabel: "true", model.ManagedMeshLabel: mesh}) {
+	for _, cr := range listRequests(t, client.MatchingLabels{dataplane.ProbeLabel: "true", kuma.ManagedMeshLabel: mesh}) {
 		names = append(names, cr.Name)
 	}
 	return names
@@ -323,7 +323,7 @@ func probeRequests(t *testing.T, mesh string) []string {
 
 // countProbes counts the probe requests created for a mesh from now on.
 func countProbes(t *testing.T, mesh string) func() int {
-	return watchRequests(t, client.MatchingLabels{reconciler.ProbeLabel: "true", model.ManagedMeshLabel: mesh})
+	return watchRequests(t, client.MatchingLabels{dataplane.ProbeLabel: "true", kuma.ManagedMeshLabel: mesh})
 }
 
 // applyWithOutput applies a manifest and returns kubectl's output.

@@ -1,0 +1,220 @@
+// Package agent is meshcert's node agent. On one Unix socket it serves each
+// workload of its node its own identity, signed per workload by cert-manager
+// through a CertificateRequest: to Envoy over the Secret Discovery Service,
+// as SPIRE's agent does for Kuma's Spire identity provider, and to any SPIFFE
+// client over the Workload API. Who a caller is comes from the kernel and
+// the API server, never from what the caller asks for.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/internal/agent/attest"
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
+)
+
+// UnixUIDAnnotation on a Dataplane names the Unix user whose processes are
+// that dataplane, for the unix attestor.
+const UnixUIDAnnotation = "meshcert.io/unix-uid"
+
+// DefaultDuration is an identity's certificate lifetime without a
+// meshcert.io/duration annotation.
+const DefaultDuration = 24 * time.Hour
+
+// Identity is what a caller is entitled to: one SPIFFE ID, of one
+// MeshIdentity, and how to issue it.
+type Identity struct {
+	SpiffeID    string
+	TrustDomain string
+	Mesh        string
+	// MeshIdentity is the identity's object, for Events.
+	MeshIdentity types.NamespacedName
+	// Workload is the Pod (or, for the unix attestor, the Dataplane) the
+	// caller runs as, for Events.
+	Workload     client.Object
+	IssuerRef    cmmeta.IssuerReference
+	Duration     time.Duration
+	KeyAlgorithm issuance.KeyAlgorithm
+}
+
+// NotEntitled is why a caller gets no identity. It is the caller's
+// situation, not the agent's failure.
+type NotEntitled struct{ Reason string }
+
+func (e *NotEntitled) Error() string { return e.Reason }
+
+func notEntitled(format string, args ...any) error {
+	return &NotEntitled{Reason: fmt.Sprintf(format, args...)}
+}
+
+// Attestor finds the Dataplane a caller runs as.
+type Attestor interface {
+	// Dataplane returns the caller's Dataplane and the object to report
+	// on: its Pod, or the Dataplane itself.
+	Dataplane(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error)
+}
+
+// Resolver decides a caller's identity: its Dataplane, by the attestor, then
+// the MeshIdentity that selects it by Kuma's rule, of those meshcert serves.
+type Resolver struct {
+	Attestor Attestor
+	// Cache holds the MeshIdentities of the system namespace.
+	Cache           client.Reader
+	SystemNamespace string
+	Zone            string
+	KeyAlgorithm    issuance.KeyAlgorithm
+	Procfs          attest.Procfs
+}
+
+// Resolve returns the caller's identity, or a *NotEntitled.
+func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, error) {
+	dp, workload, err := r.Attestor.Dataplane(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	var list kuma.MeshIdentityResourceList
+	if err := r.Cache.List(ctx, &list, client.InNamespace(r.SystemNamespace)); err != nil {
+		return nil, err
+	}
+	var served []*kuma.MeshIdentityResource
+	for i := range list.Items {
+		if list.Items[i].ServedBy() == kuma.ServedByAgent {
+			served = append(served, &list.Items[i])
+		}
+	}
+	mesh := dp.MeshName()
+	mid := kuma.SelectMeshIdentity(served, mesh, dp.Labels)
+	if mid == nil {
+		return nil, notEntitled("no MeshIdentity that meshcert serves selects Dataplane %s/%s of mesh %q", dp.Namespace, dp.Name, mesh)
+	}
+	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, dp.Labels)
+	if err != nil {
+		return nil, notEntitled("MeshIdentity %s: the trust domain: %v", mid.Name, err)
+	}
+	id, err := kuma.RenderSpiffeID(td, mid.Spec.SpiffeID.PathTemplate(), dp.Labels)
+	if err != nil {
+		return nil, notEntitled("MeshIdentity %s: the SPIFFE ID of Dataplane %s/%s: %v", mid.Name, dp.Namespace, dp.Name, err)
+	}
+	conf, _ := mid.CertManagerConf()
+	duration := DefaultDuration
+	if v, ok := mid.Annotations[kuma.DurationAnnotation]; ok {
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			duration = d
+		}
+	}
+	// The kernel said who connected; what was read since must still be
+	// about that process, not one that took its PID.
+	if err := r.Procfs.StillSame(c); err != nil {
+		return nil, notEntitled("%v", err)
+	}
+	return &Identity{
+		SpiffeID:     id,
+		TrustDomain:  td,
+		Mesh:         mesh,
+		MeshIdentity: types.NamespacedName{Namespace: mid.Namespace, Name: mid.Name},
+		Workload:     workload,
+		IssuerRef:    defaults.IssuerRef(conf.IssuerRef),
+		Duration:     duration,
+		KeyAlgorithm: issuance.KeyAlgorithmFor(mid.Annotations, r.KeyAlgorithm),
+	}, nil
+}
+
+// PodUIDIndex indexes the node's Pods by UID, which a caller's cgroup names.
+const PodUIDIndex = "agent.pod-uid"
+
+// IndexPodUIDs adds the index the PodAttestor reads through.
+func IndexPodUIDs(ctx context.Context, indexer client.FieldIndexer) error {
+	return indexer.IndexField(ctx, &corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} })
+}
+
+// PodAttestor is the Kubernetes attestor: the caller's cgroup names its pod,
+// which must be a Pod of this node, and the Dataplane Kuma made for it has
+// the Pod's namespace and name.
+type PodAttestor struct {
+	Procfs attest.Procfs
+	// Pods reads the Pods of this node only, from a cache limited to them
+	// and indexed by IndexPodUIDs.
+	Pods client.Reader
+	// Dataplanes reads one Dataplane by name from the API server: an agent
+	// never caches the cluster's Dataplanes.
+	Dataplanes client.Reader
+}
+
+// Dataplane implements Attestor.
+func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
+	w, ok, err := a.Procfs.Workload(c)
+	switch {
+	case errors.Is(err, attest.ErrProcessGone):
+		return nil, nil, notEntitled("%v", err)
+	case err != nil:
+		return nil, nil, notEntitled("reading the caller's cgroup: %v", err)
+	case !ok:
+		return nil, nil, notEntitled("process %d is not in a pod", c.PID)
+	}
+	var pods corev1.PodList
+	if err := a.Pods.List(ctx, &pods, client.MatchingFields{PodUIDIndex: w.PodUID}); err != nil {
+		return nil, nil, err
+	}
+	if len(pods.Items) != 1 {
+		return nil, nil, notEntitled("process %d is in pod %s, which is not a pod of this node", c.PID, w.PodUID)
+	}
+	pod := &pods.Items[0]
+	dp := &kuma.DataplaneResource{}
+	err = a.Dataplanes.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, dp)
+	if apierrors.IsNotFound(err) {
+		return nil, nil, notEntitled("pod %s/%s has no Dataplane", pod.Namespace, pod.Name)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return dp, pod, nil
+}
+
+// UnixAttestor, for VMs and a local run, matches the caller's Unix user to
+// the Dataplane annotated with it. It reads the Dataplanes from a cache
+// indexed by IndexUnixUIDs: where this attestor runs, on VMs and a laptop,
+// Dataplanes are few.
+type UnixAttestor struct {
+	Dataplanes client.Reader
+}
+
+// UnixUIDIndex indexes Dataplanes by their meshcert.io/unix-uid annotation.
+const UnixUIDIndex = "agent.unix-uid"
+
+// IndexUnixUIDs adds the index the UnixAttestor reads through.
+func IndexUnixUIDs(ctx context.Context, indexer client.FieldIndexer) error {
+	return indexer.IndexField(ctx, &kuma.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string {
+		if uid, ok := o.GetAnnotations()[UnixUIDAnnotation]; ok {
+			return []string{uid}
+		}
+		return nil
+	})
+}
+
+// Dataplane implements Attestor.
+func (a *UnixAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
+	uid := strconv.FormatUint(uint64(c.UID), 10)
+	var list kuma.DataplaneResourceList
+	if err := a.Dataplanes.List(ctx, &list, client.MatchingFields{UnixUIDIndex: uid}); err != nil {
+		return nil, nil, err
+	}
+	switch len(list.Items) {
+	case 0:
+		return nil, nil, notEntitled("no Dataplane is annotated %s: %q", UnixUIDAnnotation, uid)
+	case 1:
+		return &list.Items[0], &list.Items[0], nil
+	}
+	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q; a user must be one dataplane", len(list.Items), UnixUIDAnnotation, uid)
+}

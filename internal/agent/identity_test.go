@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/meshcert/meshcert/internal/agent/attest"
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
+)
+
+func unixDataplane(name, uid string, labels map[string]string) *kuma.DataplaneResource {
+	return &kuma.DataplaneResource{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "vms", Labels: labels, Annotations: map[string]string{UnixUIDAnnotation: uid}},
+		Mesh:       "billing",
+	}
+}
+
+func spireIdentity(name string, annotations, matchLabels map[string]string) *kuma.MeshIdentityResource {
+	path, td := "/workload/{{ .Workload }}", "billing.example.com"
+	return &kuma.MeshIdentityResource{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kong-mesh-system", Labels: map[string]string{"kuma.io/mesh": "billing"}, Annotations: annotations},
+		Spec: kuma.MeshIdentitySpec{
+			Selector: &kuma.IdentitySelector{Dataplane: &kuma.LabelSelector{MatchLabels: matchLabels}},
+			SpiffeID: &kuma.SpiffeID{TrustDomain: &td, Path: &path},
+			Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire},
+		},
+	}
+}
+
+// TestResolveWithTheUnixAttestor: the caller is this process, whose Unix
+// user the Dataplanes name.
+func TestResolveWithTheUnixAttestor(t *testing.T) {
+	uid := "4242"
+	invoices := map[string]string{"app": "invoices", kuma.WorkloadLabel: "invoices"}
+	served := map[string]string{kuma.IssuerNameAnnotation: "billing-ca", kuma.DurationAnnotation: "2h", kuma.KeyAlgorithmAnnotation: "ed25519"}
+	tests := map[string]struct {
+		objects    []client.Object
+		want       *Identity
+		notEntitle string
+	}{
+		"its dataplane's identity": {
+			objects: []client.Object{unixDataplane("invoices", uid, invoices), spireIdentity("billing", served, map[string]string{"app": "invoices"})},
+			want: &Identity{SpiffeID: "spiffe://billing.example.com/workload/invoices", TrustDomain: "billing.example.com", Mesh: "billing",
+				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
+		},
+		"no dataplane of its user": {
+			objects:    []client.Object{unixDataplane("invoices", "1000", invoices), spireIdentity("billing", served, map[string]string{})},
+			notEntitle: `no Dataplane is annotated meshcert.io/unix-uid: "4242"`,
+		},
+		"two dataplanes of one user": {
+			objects:    []client.Object{unixDataplane("a", uid, invoices), unixDataplane("b", uid, invoices), spireIdentity("billing", served, map[string]string{})},
+			notEntitle: "2 Dataplanes are annotated",
+		},
+		"an identity meshcert does not serve": {
+			objects:    []client.Object{unixDataplane("invoices", uid, invoices), spireIdentity("billing", nil, map[string]string{"app": "invoices"})},
+			notEntitle: `no MeshIdentity that meshcert serves selects Dataplane vms/invoices of mesh "billing"`,
+		},
+		"a path template its labels cannot fill": {
+			objects:    []client.Object{unixDataplane("invoices", uid, map[string]string{"app": "invoices"}), spireIdentity("billing", served, map[string]string{"app": "invoices"})},
+			notEntitle: "the SPIFFE ID of Dataplane vms/invoices",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			scheme := runtime.NewScheme()
+			if err := kuma.AddToScheme(scheme); err != nil {
+				t.Fatal(err)
+			}
+			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(tc.objects...).
+				WithIndex(&kuma.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string {
+					if v, ok := o.GetAnnotations()[UnixUIDAnnotation]; ok {
+						return []string{v}
+					}
+					return nil
+				}).Build()
+			procfs := attest.Procfs{Root: "/proc"}
+			start, err := procfs.StartTime(int32(os.Getpid()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := &Resolver{Attestor: &UnixAttestor{Dataplanes: c}, Cache: c, SystemNamespace: "kong-mesh-system", Zone: "default",
+				KeyAlgorithm: issuance.ECDSAP256, Procfs: procfs}
+			got, err := r.Resolve(context.Background(), attest.Caller{PID: int32(os.Getpid()), UID: 4242, StartTime: start})
+			var ne *NotEntitled
+			switch {
+			case tc.notEntitle != "":
+				if !errors.As(err, &ne) || !strings.Contains(ne.Reason, tc.notEntitle) {
+					t.Fatalf("err = %v, want NotEntitled with %q", err, tc.notEntitle)
+				}
+			case err != nil:
+				t.Fatal(err)
+			default:
+				if got.SpiffeID != tc.want.SpiffeID || got.TrustDomain != tc.want.TrustDomain || got.Mesh != tc.want.Mesh ||
+					got.Duration != tc.want.Duration || got.KeyAlgorithm != tc.want.KeyAlgorithm {
+					t.Errorf("got %+v, want %+v", got, tc.want)
+				}
+				if got.IssuerRef.Name != "billing-ca" || got.IssuerRef.Kind != "Issuer" || got.IssuerRef.Group != "cert-manager.io" {
+					t.Errorf("issuer %+v, want billing-ca with the defaults", got.IssuerRef)
+				}
+			}
+		})
+	}
+
+	t.Run("a PID that now belongs to another process", func(t *testing.T) {
+		scheme := runtime.NewScheme()
+		_ = kuma.AddToScheme(scheme)
+		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(unixDataplane("invoices", uid, invoices), spireIdentity("billing", served, map[string]string{})).
+			WithIndex(&kuma.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string { return []string{o.GetAnnotations()[UnixUIDAnnotation]} }).Build()
+		r := &Resolver{Attestor: &UnixAttestor{Dataplanes: c}, Cache: c, SystemNamespace: "kong-mesh-system", Zone: "default", Procfs: attest.Procfs{Root: "/proc"}}
+		_, err := r.Resolve(context.Background(), attest.Caller{PID: int32(os.Getpid()), UID: 4242, StartTime: 1})
+		var ne *NotEntitled
+		if !errors.As(err, &ne) || !strings.Contains(ne.Reason, "PID belongs to another process") {
+			t.Errorf("err = %v, want NotEntitled for a reused PID", err)
+		}
+	})
+}

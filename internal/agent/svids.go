@@ -1,0 +1,313 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
+)
+
+// NodeLabel marks the CertificateRequests of one node's agent, so that each
+// agent caches its own only.
+const NodeLabel = "meshcert.io/agent-node"
+
+// SVID is an identity's current certificate, as it is served.
+type SVID struct {
+	Identity *Identity
+	Cert     *issuance.Certificate
+	KeyPEM   []byte
+}
+
+// idleGrace is how long an identity's certificate outlives its last
+// connection, so that a reconnecting workload gets it at once.
+const idleGrace = time.Minute
+
+// SVIDs keeps one certificate per identity on the node, shared by every
+// connection of that identity: issued through the issuance package while
+// some connection wants it, renewed at 4/5 of its lifetime, and dropped a
+// while after the last connection ends.
+type SVIDs struct {
+	issuer   *issuance.Issuer
+	node     string
+	recorder events.EventRecorder
+	clock    clock.PassiveClock
+	timeout  time.Duration
+	bundles  *Bundles
+	changed  *Notifier
+	wake     chan event.TypedGenericEvent[string]
+	retries  issuance.BackoffPolicy
+
+	mu  sync.Mutex
+	ids map[string]*wanted
+}
+
+type wanted struct {
+	identity  *Identity
+	users     int
+	idleSince time.Time
+	svid      *SVID
+	// warned is the serial of the certificate whose coming expiry was
+	// reported, so that it is reported once.
+	warned string
+}
+
+// SVIDOptions configure SVIDs.
+type SVIDOptions struct {
+	Client          client.Client
+	SystemNamespace string
+	Node            string
+	Recorder        events.EventRecorder
+	Clock           clock.PassiveClock
+	RequestTimeout  time.Duration
+	MaxInFlight     int
+	Backoff         issuance.BackoffPolicy
+	Annotations     map[string]string
+	Bundles         *Bundles
+	Changed         *Notifier
+}
+
+// NewSVIDs returns SVIDs.
+func NewSVIDs(o SVIDOptions) *SVIDs {
+	s := &SVIDs{
+		node: o.Node, recorder: o.Recorder, clock: o.Clock, timeout: o.RequestTimeout,
+		bundles: o.Bundles, changed: o.Changed, retries: o.Backoff,
+		wake: make(chan event.TypedGenericEvent[string], 1024),
+		ids:  map[string]*wanted{},
+	}
+	s.issuer = issuance.New(issuance.Options{
+		Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, MaxInFlight: o.MaxInFlight,
+		Backoff: issuance.NewBackoff(o.Backoff), Annotations: o.Annotations,
+		OnTurn: func(owner string) { s.enqueue(strings.TrimPrefix(owner, s.ownerPrefix())) },
+	})
+	return s
+}
+
+func (s *SVIDs) ownerPrefix() string { return "Agent:" + s.node + "/" }
+
+func (s *SVIDs) enqueue(id string) {
+	select {
+	case s.wake <- event.TypedGenericEvent[string]{Object: id}:
+	default:
+		// Full: the reconciler is behind, and will see every wanted identity
+		// on its periodic pass.
+		go func() { s.wake <- event.TypedGenericEvent[string]{Object: id} }()
+	}
+}
+
+// Want registers a connection's interest in an identity until release is
+// called; its certificate is issued if there is none yet.
+func (s *SVIDs) Want(id *Identity) (release func()) {
+	s.mu.Lock()
+	w := s.ids[id.SpiffeID]
+	if w == nil {
+		w = &wanted{}
+		s.ids[id.SpiffeID] = w
+	}
+	w.identity = id
+	w.users++
+	s.mu.Unlock()
+	s.enqueue(id.SpiffeID)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			w.users--
+			if w.users == 0 {
+				w.idleSince = s.clock.Now()
+			}
+			s.mu.Unlock()
+			s.enqueue(id.SpiffeID)
+		})
+	}
+}
+
+// Get returns the identity's current certificate, or nil.
+// A certificate past its expiry is never served: the workload has no
+// identity until the renewal succeeds.
+func (s *SVIDs) Get(spiffeID string) *SVID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.ids[spiffeID]; w != nil && w.svid != nil && s.clock.Now().Before(w.svid.Cert.Leaf().NotAfter) {
+		return w.svid
+	}
+	return nil
+}
+
+// SetupWithManager runs the identities' issuance as a controller, woken by
+// Want, by renewals and by the watch on the node's CertificateRequests.
+func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("agent-svids").
+		WatchesRawSource(source.TypedChannel(s.wake, handler.TypedEnqueueRequestsFromMapFunc(func(_ context.Context, id string) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
+		}))).
+		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			id, ok := strings.CutPrefix(o.GetAnnotations()[issuance.OwnerAnnotation], s.ownerPrefix())
+			if !ok {
+				return nil
+			}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
+		})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: s.retries.RateLimiter(), SkipNameValidation: ptr.To(true)}).
+		Complete(s)
+}
+
+// Reconcile brings one identity's certificate in line: issue it, renew it,
+// or, once nobody wants it, drop it.
+func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	spiffeID := req.Name
+	owner := s.ownerPrefix() + spiffeID
+	now := s.clock.Now()
+	s.mu.Lock()
+	w := s.ids[spiffeID]
+	var id *Identity
+	var current *SVID
+	idleFor := time.Duration(-1)
+	if w != nil {
+		id, current = w.identity, w.svid
+		if w.users == 0 {
+			idleFor = now.Sub(w.idleSince)
+		}
+	}
+	if w != nil && idleFor >= idleGrace {
+		delete(s.ids, spiffeID)
+		w = nil
+	}
+	s.mu.Unlock()
+	if w == nil {
+		s.changed.Notify(spiffeID) // Nobody waits; this frees its channel.
+		return ctrl.Result{}, s.issuer.Cleanup(ctx, owner)
+	}
+	dropIn := time.Duration(0)
+	if idleFor >= 0 {
+		dropIn = idleGrace - idleFor
+	}
+
+	var replaces string
+	expiresIn := time.Duration(0)
+	if current != nil {
+		leaf := current.Cert.Leaf()
+		if renewAt := issuance.RenewalTime(leaf, s.node+spiffeID); now.Before(renewAt) {
+			return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(now), dropIn)}, nil
+		}
+		replaces = leaf.SerialNumber.String()
+		if expiresIn = leaf.NotAfter.Sub(now); expiresIn <= 0 {
+			// Expired while its renewal failed: streams stop getting it now.
+			s.changed.Notify(spiffeID)
+		}
+	}
+	uri, err := url.Parse(spiffeID)
+	if err != nil {
+		return ctrl.Result{}, nil // Rendered by model, so never; nothing to retry.
+	}
+	out, err := s.issuer.Step(ctx, issuance.Request{
+		Owner:        owner,
+		NamePrefix:   "agent." + s.node,
+		URIs:         []*url.URL{uri},
+		KeyAlgorithm: id.KeyAlgorithm,
+		Usages:       issuance.SVIDUsages(id.KeyAlgorithm),
+		IssuerRef:    id.IssuerRef,
+		Duration:     id.Duration,
+		Timeout:      s.timeout,
+		Roots:        s.bundles.RootsPEM(id.Mesh, id.TrustDomain),
+		Replaces:     replaces,
+		Labels:       map[string]string{NodeLabel: kuma.LabelValue(s.node), kuma.ManagedMeshLabel: kuma.LabelValue(id.Mesh)},
+		Annotations:  map[string]string{kuma.MeshIdentityAnnotation: id.MeshIdentity.Name},
+	}, func(_ context.Context, c *issuance.Certificate) error {
+		key, err := c.KeyPEM()
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if w := s.ids[spiffeID]; w != nil {
+			w.svid = &SVID{Identity: id, Cert: c, KeyPEM: key}
+		}
+		s.mu.Unlock()
+		s.changed.Notify(spiffeID)
+		return nil
+	})
+	switch {
+	case err != nil:
+		return ctrl.Result{}, err
+	case out.Certificate != nil:
+		logf.FromContext(ctx).V(1).Info("Issued an identity", "spiffeID", spiffeID, "notAfter", out.Certificate.Leaf().NotAfter)
+		renewAt := issuance.RenewalTime(out.Certificate.Leaf(), s.node+spiffeID)
+		return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
+	case out.Failure != nil:
+		s.report(ctx, id, out.Failure, out.RetryAfter)
+		if expiresIn > 0 {
+			s.warnExpiry(spiffeID, current, out.Failure.Reason)
+		}
+	case expiresIn > 0 && expiresIn <= out.RetryAfter:
+		// The renewal's request, or its backoff, outlasts the certificate.
+		s.warnExpiry(spiffeID, current, "its request is not signed yet")
+	}
+	// Wake at the expiry too, so that streams stop serving it.
+	return ctrl.Result{RequeueAfter: issuance.Soonest(issuance.Soonest(out.RetryAfter, dropIn), expiresIn)}, nil
+}
+
+// warnExpiry tells, once per certificate, on the MeshIdentity and the
+// workload, that a certificate due for renewal is not renewed yet and when
+// its workloads lose their identity.
+func (s *SVIDs) warnExpiry(spiffeID string, current *SVID, why string) {
+	serial := current.Cert.Leaf().SerialNumber.String()
+	s.mu.Lock()
+	w := s.ids[spiffeID]
+	first := w != nil && w.warned != serial
+	if first {
+		w.warned = serial
+	}
+	s.mu.Unlock()
+	if !first {
+		return
+	}
+	id := current.Identity
+	note := fmt.Sprintf("%s: the certificate expires at %s and is not renewed yet (%s); its workloads lose their identity then unless the issuer recovers",
+		id.SpiffeID, current.Cert.Leaf().NotAfter.UTC().Format(time.RFC3339), why)
+	mid := meshIdentityRef(id)
+	if id.Workload != nil {
+		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, "IdentityExpiring", "RenewIdentity", "%s", note)
+	}
+	s.recorder.Eventf(mid, id.Workload, corev1.EventTypeWarning, "IdentityExpiring", "RenewIdentity", "%s", note)
+}
+
+// meshIdentityRef is the identity's MeshIdentity, enough to be an Event's
+// subject.
+func meshIdentityRef(id *Identity) *kuma.MeshIdentityResource {
+	mid := &kuma.MeshIdentityResource{}
+	mid.Namespace, mid.Name = id.MeshIdentity.Namespace, id.MeshIdentity.Name
+	mid.APIVersion, mid.Kind = kuma.GroupVersion.String(), "MeshIdentity"
+	return mid
+}
+
+// report tells of a failed issuance on the MeshIdentity and on the
+// workload, with cert-manager's message.
+func (s *SVIDs) report(ctx context.Context, id *Identity, f *issuance.Failure, retryIn time.Duration) {
+	note := fmt.Sprintf("%s: %s; retrying in %s", id.SpiffeID, f.Message, retryIn)
+	mid := meshIdentityRef(id)
+	if id.Workload != nil {
+		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
+	}
+	s.recorder.Eventf(mid, id.Workload, corev1.EventTypeWarning, f.Reason, "IssueIdentity", "%s", note)
+	logf.FromContext(ctx).Info("Issuance failed", "spiffeID", id.SpiffeID, "reason", f.Reason, "message", f.Message, "retryIn", retryIn)
+}

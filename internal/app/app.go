@@ -1,0 +1,285 @@
+// Package app assembles meshcert from its parts: the manager, its caches, the
+// admission webhooks and the probes. cmd/meshcert and the local runner both
+// start meshcert through Run, so they share one code path.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/controller/dataplane"
+	"github.com/meshcert/meshcert/internal/controller/meshidentity"
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/lookup"
+	"github.com/meshcert/meshcert/webhook"
+)
+
+// Scheme holds every type meshcert reads or writes.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(cmapi.AddToScheme(s))
+	utilruntime.Must(kuma.AddToScheme(s))
+	return s
+}
+
+// cacheOptions limits what is cached, so memory stays flat however many
+// Secrets the cluster holds: the system namespace's Secrets and Issuers, the
+// Dataplanes of the dataplane namespaces, and there only the Secrets
+// meshcert made, as its CertificateRequests. Reading anything else from the
+// cache fails instead of quietly caching it all.
+func cacheOptions(cfg config.Config) cache.Options {
+	system := map[string]cache.Config{cfg.SystemNamespace: {}}
+	managed := labels.SelectorFromSet(labels.Set{kuma.ManagedByLabel: kuma.ManagedByValue})
+	dataplanes := map[string]cache.Config{}
+	secrets := map[string]cache.Config{cfg.SystemNamespace: {}}
+	if len(cfg.DataplaneNamespaces) == 0 {
+		dataplanes[cache.AllNamespaces] = cache.Config{}
+		secrets[cache.AllNamespaces] = cache.Config{LabelSelector: managed}
+	}
+	for _, ns := range cfg.DataplaneNamespaces {
+		dataplanes[ns] = cache.Config{}
+		if ns != cfg.SystemNamespace {
+			secrets[ns] = cache.Config{LabelSelector: managed}
+		}
+	}
+	return cache.Options{
+		SyncPeriod:                  &cfg.SyncPeriod,
+		ReaderFailOnMissingInformer: true,
+		DefaultTransform:            cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}:            {Namespaces: secrets, Transform: compactSecrets(&dataplane.SecretCompactor{})},
+			&kuma.DataplaneResource{}:   {Namespaces: dataplanes, Transform: trimDataplanes},
+			&cmapi.Issuer{}:             {Namespaces: system},
+			&cmapi.CertificateRequest{}: {Namespaces: system, Label: managed},
+			// The published trust bundles.
+			&corev1.ConfigMap{}: {Namespaces: system, Label: managed},
+			// Kuma admits MeshIdentities and MeshTrusts in the system namespace only.
+			&kuma.MeshIdentityResource{}: {Namespaces: system},
+			&kuma.MeshTrustResource{}:    {Namespaces: system},
+		},
+	}
+}
+
+// trimDataplanes is the Dataplanes' cache transform: of a Dataplane it keeps
+// the metadata and the tags, which is what meshcert reads, and drops the
+// rest of the spec and kubectl's copy of the last applied object, so that
+// the cache of a large mesh holds little more than its identities.
+var trimDataplanes = stripThen(func(dp *kuma.DataplaneResource) {
+	dp.Spec = kuma.TrimDataplaneSpec(dp.Spec)
+	delete(dp.Annotations, corev1.LastAppliedConfigAnnotation)
+})
+
+// compactSecrets is the Secrets' cache transform: the Secrets meshcert
+// delivered are cached compacted (dataplane.SecretCompactor), every other
+// Secret whole.
+func compactSecrets(c *dataplane.SecretCompactor) toolscache.TransformFunc {
+	return stripThen(c.Compact)
+}
+
+// stripThen is a cache transform that strips the managed fields, as from
+// every cached object, and then trims the objects of type T in place.
+func stripThen[T any](trim func(T)) toolscache.TransformFunc {
+	return func(obj any) (any, error) {
+		obj, err := cache.TransformStripManagedFields()(obj)
+		if o, ok := obj.(T); ok {
+			trim(o)
+		}
+		return obj, err
+	}
+}
+
+// clientLimits applies the client-side rate limit of the configuration to a
+// copy of restConfig.
+func clientLimits(restConfig *rest.Config, cfg config.Config) *rest.Config {
+	restConfig = rest.CopyConfig(restConfig)
+	restConfig.QPS = float32(cfg.KubeAPIQPS)
+	restConfig.Burst = cfg.KubeAPIBurst
+	if restConfig.Burst == 0 && cfg.KubeAPIQPS > 0 {
+		restConfig.Burst = int(2 * cfg.KubeAPIQPS)
+	}
+	return restConfig
+}
+
+// Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
+func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error {
+	log := ctrl.Log.WithName("setup")
+	restConfig = clientLimits(restConfig, cfg)
+	webhookServer := webhook.NewServer(webhook.ServerOptions{
+		Host:          cfg.WebhookHost,
+		Port:          cfg.WebhookPort,
+		CertDir:       cfg.CertDir,
+		CertName:      cfg.CertName,
+		KeyName:       cfg.KeyName,
+		TLSMinVersion: cfg.TLSMinVersion,
+		EnableHTTP2:   cfg.EnableHTTP2,
+		Drain:         cfg.WebhookDrain,
+	})
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme: Scheme(),
+		Cache:  cacheOptions(cfg),
+		Metrics: metricsserver.Options{
+			BindAddress: cfg.MetricsAddr,
+			TLSOpts:     webhook.TLSOptions(cfg.TLSMinVersion, cfg.EnableHTTP2),
+		},
+		HealthProbeBindAddress:        cfg.ProbeAddr,
+		PprofBindAddress:              cfg.PprofAddr,
+		WebhookServer:                 webhookServer,
+		LeaderElection:                cfg.LeaderElect,
+		LeaderElectionID:              cfg.LeaderElectionID,
+		LeaderElectionNamespace:       cfg.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &cfg.LeaseDuration,
+		RenewDeadline:                 &cfg.RenewDeadline,
+		RetryPeriod:                   &cfg.RetryPeriod,
+		GracefulShutdownTimeout:       &cfg.ShutdownTimeout,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+
+	// What both halves look up, kept current by the informers' events.
+	index, err := lookup.NewIndex(ctx, mgr.GetCache(), cfg.SystemNamespace)
+	if err != nil {
+		return fmt.Errorf("watching Secrets and issuers (are cert-manager's CRDs installed?): %w", err)
+	}
+	if err := mgr.AddReadyzCheck("lookup-index", func(*http.Request) error {
+		if !index.HasSynced() {
+			return errors.New("the lookup index has not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if cfg.WebhookEnabled {
+		webhook.Register(mgr, webhook.RegisterOptions{
+			SystemNamespace:     cfg.SystemNamespace,
+			Zone:                cfg.Zone,
+			AllowUnsafeCASwitch: cfg.AllowUnsafeCASwitch,
+			Lookup:              index,
+		})
+		if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+			return err
+		}
+		if err := mgr.AddReadyzCheck("draining", webhookServer.DrainingChecker()); err != nil {
+			return err
+		}
+	}
+	if cfg.ReconcilerEnabled {
+		// Finding an owner's requests must not scan them all: thousands are
+		// open at once while a large mesh is issued.
+		if err := issuance.IndexRequests(ctx, mgr.GetFieldIndexer()); err != nil {
+			return err
+		}
+		r := dataplane.New(dataplane.Options{
+			Client:              mgr.GetClient(),
+			APIReader:           mgr.GetAPIReader(),
+			Lookup:              index,
+			Recorder:            mgr.GetEventRecorder("meshcert"),
+			Clock:               clock.RealClock{},
+			SystemNamespace:     cfg.SystemNamespace,
+			KeyAlgorithm:        issuance.KeyAlgorithm(cfg.KeyAlgorithm),
+			RequestTimeout:      cfg.RequestTimeout,
+			KeepRequests:        cfg.KeepRequests,
+			Backoff:             issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			SwitchWindow:        cfg.SwitchWindow,
+			MaxInFlight:         cfg.MaxInFlight,
+			RequestAnnotations:  cfg.CertificateRequestAnnotations,
+			PublishTrustBundles: cfg.PublishTrustBundles,
+		})
+		if err := r.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
+			return fmt.Errorf("setting up the reconciler: %w", err)
+		}
+		if meshidentity.Installed(mgr.GetRESTMapper()) {
+			mt := meshidentity.New(meshidentity.Options{
+				Client:             mgr.GetClient(),
+				Lookup:             index,
+				Recorder:           mgr.GetEventRecorder("meshcert"),
+				Clock:              clock.RealClock{},
+				SystemNamespace:    cfg.SystemNamespace,
+				Zone:               cfg.Zone,
+				KeyAlgorithm:       issuance.KeyAlgorithm(cfg.KeyAlgorithm),
+				RequestTimeout:     cfg.RequestTimeout,
+				Backoff:            issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+				RequestAnnotations: cfg.CertificateRequestAnnotations,
+			})
+			if err := mt.SetupWithManager(mgr); err != nil {
+				return fmt.Errorf("setting up the MeshTrust reconciler: %w", err)
+			}
+		} else {
+			log.Info("Kuma's MeshIdentity and MeshTrust are not installed: no MeshTrust is kept")
+		}
+		// The inventory's gauges come from the leader alone, as its
+		// certificates do.
+		go func() {
+			select {
+			case <-mgr.Elected():
+				registerInventory(ctx, index.Inventory())
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if err := mgr.AddReadyzCheck("informers", cachesSynced(mgr)); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+
+	log.Info("Starting meshcert", "systemNamespace", cfg.SystemNamespace, "webhook", cfg.WebhookEnabled, "reconciler", cfg.ReconcilerEnabled)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("running the manager: %w", err)
+	}
+	return nil
+}
+
+// registerInventory exports the inventory's gauges until ctx ends. A process
+// that runs meshcert again, as the tests do, replaces the previous one's.
+func registerInventory(ctx context.Context, inv prometheus.Collector) {
+	if err := metrics.Registry.Register(inv); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			return
+		}
+		metrics.Registry.Unregister(already.ExistingCollector)
+		if metrics.Registry.Register(inv) != nil {
+			return
+		}
+	}
+	<-ctx.Done()
+	metrics.Registry.Unregister(inv)
+}
+
+// cachesSynced is ready once every informer has synced.
+func cachesSynced(mgr ctrl.Manager) healthz.Checker {
+	return func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("informer caches have not synced")
+		}
+		return nil
+	}
+}

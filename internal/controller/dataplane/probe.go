@@ -1,0 +1,163 @@
+package dataplane
+
+import (
+	"context"
+	"net/url"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/meshcert/meshcert/defaults"
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/trust"
+)
+
+// ProbeLabel marks the CertificateRequests meshcert makes only to learn a
+// backend's root.
+const ProbeLabel = "meshcert.io/probe"
+
+// probeDuration is a probe certificate's lifetime: it is never used.
+const probeDuration = time.Hour
+
+// ReconcileMesh learns the roots of a mesh's certmanager backends that have no
+// caCert and issued nothing yet, such as a backend added to rotate the CA:
+// one short-lived probe certificate per backend, issued like any other, whose
+// root is learned and whose key is thrown away. The root is remembered until
+// the backend changes. Dataplanes are then brought up to date through the
+// probe's watch.
+func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var mesh kuma.MeshResource
+	if err := r.Client.Get(ctx, req.NamespacedName, &mesh); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.roots.Prune(req.Name, nil)
+			if r.PublishTrustBundles {
+				if err := r.unpublishBundle(ctx, req.Name); err != nil {
+					return ctrl.Result{}, err
+				}
+			}
+			return ctrl.Result{}, r.cleanupProbes(ctx, req.Name, nil)
+		}
+		return ctrl.Result{}, err
+	}
+	spec, errs := kuma.ParseMeshSpec(mesh.Spec)
+	if len(errs) > 0 {
+		return ctrl.Result{}, nil
+	}
+	t := r.trustOf(mesh.Name, spec)
+	r.roots.Prune(mesh.Name, t.Keys)
+
+	probing := map[string]bool{}
+	var next time.Duration
+	soonest := func(d time.Duration) {
+		if d > 0 && (next == 0 || d < next) {
+			next = d
+		}
+	}
+	for _, b := range t.Unknown {
+		wait, done, err := r.probe(ctx, &mesh, b)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if !done {
+			probing[probeOwnerOf(mesh.Name, b.Name)] = true
+		}
+		soonest(wait)
+	}
+	// A backend whose root could not be learned is probed again later.
+	now := r.Clock.Now()
+	for k := range t.Keys {
+		if at, failed := r.roots.RetryAt(k); failed {
+			soonest(max(at.Sub(now), time.Second))
+		}
+	}
+	if err := r.cleanupProbes(ctx, mesh.Name, probing); err != nil {
+		return ctrl.Result{}, err
+	}
+	if r.PublishTrustBundles {
+		// With the roots the probes learned; a mesh meshcert issues nothing
+		// for publishes nothing.
+		var err error
+		if spec.EnabledCertManagerBackend() != nil {
+			err = r.publishBundle(ctx, mesh.Name, r.trustOf(mesh.Name, spec))
+		} else {
+			err = r.unpublishBundle(ctx, mesh.Name)
+		}
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+func probeOwnerOf(mesh, backend string) string { return probeOwner + mesh + "/" + backend }
+
+// probe drives one backend's probe a step. done says the probe has ended,
+// learning the root or failing to; wait is when to look again.
+func (r *Reconciler) probe(ctx context.Context, mesh *kuma.MeshResource, b kuma.Backend) (wait time.Duration, done bool, err error) {
+	log := logf.FromContext(ctx).WithValues("backend", b.Name)
+	key := trust.CertManagerKey(mesh.Name, b, nil)
+	req := issuance.Request{
+		Owner:      probeOwnerOf(mesh.Name, b.Name),
+		NamePrefix: "probe." + mesh.Name + "." + b.Name,
+		URIs:       []*url.URL{{Scheme: "spiffe", Host: mesh.Name, Path: "/meshcert-probe"}},
+		// The mesh's own algorithm, so that a policy that admits its
+		// certificates admits its probes.
+		KeyAlgorithm: issuance.KeyAlgorithmFor(mesh.Annotations, r.KeyAlgorithm),
+		IssuerRef:    defaults.IssuerRef(b.CertManager.IssuerRef),
+		Duration:     probeDuration,
+		Timeout:      b.DpCert.RequestTimeoutOr(r.RequestTimeout),
+		Labels:       map[string]string{kuma.ManagedMeshLabel: kuma.LabelValue(mesh.Name), ProbeLabel: "true"},
+		Annotations:  map[string]string{kuma.MeshAnnotation: mesh.Name, kuma.BackendAnnotation: b.Name},
+	}
+	// The root is learned as the certificate is delivered, before its
+	// request is deleted: that deletion is what wakes the mesh's dataplanes,
+	// and they must find the root then.
+	out, err := r.issuer.Step(ctx, req, func(_ context.Context, c *issuance.Certificate) error {
+		r.roots.Learn(key, r.Clock.Now(), c.Root)
+		return nil
+	})
+	switch {
+	case err != nil:
+		return 0, false, err
+	case out.Certificate != nil:
+		root := out.Certificate.Root
+		r.Recorder.Eventf(mesh, nil, corev1.EventTypeNormal, "RootLearned", "ProbeBackend",
+			"backend %q: learned its root %q; every dataplane of the mesh now trusts it", b.Name, root.Subject.String())
+		log.Info("Learned a backend's root", "root", root.Subject.String())
+		return 0, true, nil
+	case out.Failure != nil:
+		r.roots.Fail(key, r.Clock.Now().Add(out.RetryAfter))
+		failuresTotal.WithLabelValues("RootUnknown").Inc()
+		r.Recorder.Eventf(mesh, nil, corev1.EventTypeWarning, "RootUnknown", "ProbeBackend",
+			"backend %q: cannot learn its root (%s); dataplanes trust the roots that are known, without it. Set conf.caCert to its CA certificate", b.Name, out.Failure.Message)
+		log.Info("Cannot learn a backend's root", "reason", out.Failure.Reason, "message", out.Failure.Message)
+		return 0, true, nil
+	}
+	return out.RetryAfter, false, nil
+}
+
+// cleanupProbes ends a mesh's probes whose owner is not probing any more:
+// done, or its backend gone.
+func (r *Reconciler) cleanupProbes(ctx context.Context, mesh string, probing map[string]bool) error {
+	var list cmapi.CertificateRequestList
+	if err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace),
+		client.MatchingLabels{ProbeLabel: "true", kuma.ManagedMeshLabel: kuma.LabelValue(mesh)}); err != nil {
+		return err
+	}
+	for _, cr := range list.Items {
+		owner := cr.Annotations[issuance.OwnerAnnotation]
+		if cr.Annotations[kuma.MeshAnnotation] != mesh || owner == "" || probing[owner] {
+			continue
+		}
+		if err := r.issuer.Cleanup(ctx, owner); err != nil {
+			return err
+		}
+	}
+	return nil
+}

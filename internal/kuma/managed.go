@@ -1,0 +1,23 @@
+package kuma
+
+// Labels and annotations meshcert puts on the Secrets and CertificateRequests
+// it creates. The caches select them by ManagedByLabel; the annotations carry
+// exact names, since label values are limited to 63 characters.
+const (
+	ManagedByLabel               = "app.kubernetes.io/managed-by"
+	ManagedByValue               = "meshcert"
+	ManagedMeshLabel             = "meshcert.io/mesh"
+	DataplaneNamespaceLabel      = "meshcert.io/dataplane-namespace"
+	DataplaneNameLabel           = "meshcert.io/dataplane-name"
+	MeshAnnotation               = "meshcert.io/mesh"
+	BackendAnnotation            = "meshcert.io/backend"
+	DataplaneNamespaceAnnotation = "meshcert.io/dataplane-namespace"
+	DataplaneNameAnnotation      = "meshcert.io/dataplane-name"
+	IdentityHashAnnotation       = "meshcert.io/identity-hash"
+	IssuerHashAnnotation         = "meshcert.io/issuer-hash"
+	NotAfterAnnotation           = "meshcert.io/not-after"
+
+	// CAKey is the trust bundle's key in a delivered Secret, as cert-manager
+	// names it.
+	CAKey = "ca.crt"
+)
