@@ -1,7 +1,6 @@
 package issuance
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
@@ -10,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
+
+	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 // VerifyChain verifies chain[0] against the roots in caPEM, with chain[1:]
@@ -67,10 +68,6 @@ func RenewalTime(leaf *x509.Certificate, seed string) time.Time {
 
 // Spread maps its parts to a stable number in [0, 1), to spread work apart.
 func Spread(parts ...string) float64 {
-	h := sha256.New()
-	for _, p := range parts {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
-	}
-	return float64(binary.BigEndian.Uint64(h.Sum(nil)[:8])>>11) / (1 << 53)
+	d := kuma.Digest(parts...)
+	return float64(binary.BigEndian.Uint64(d[:8])>>11) / (1 << 53)
 }

@@ -8,14 +8,21 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
-// Hash is a short, stable digest of its parts.
-func Hash(parts ...string) string {
+// Digest is the SHA-256 of its parts, each ended by a zero byte so that
+// ("ab", "c") and ("a", "bc") differ. Every stable hash in meshcert is one.
+func Digest(parts ...string) [sha256.Size]byte {
 	h := sha256.New()
 	for _, p := range parts {
 		h.Write([]byte(p))
 		h.Write([]byte{0})
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
+// Hash is a short, stable digest of its parts, in hex.
+func Hash(parts ...string) string {
+	d := Digest(parts...)
+	return hex.EncodeToString(d[:8])
 }
 
 // LabelValue returns s when it is a valid label value, or a shortened form
