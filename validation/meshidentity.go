@@ -2,7 +2,6 @@ package validation
 
 import (
 	"fmt"
-	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -58,8 +57,8 @@ func ValidateMeshIdentity(mid *kuma.MeshIdentityResource, env Env) Result {
 		res.Errors = append(res.Errors, validateKeyAlgorithm(alg)...)
 	}
 	if v, ok := mid.Annotations[kuma.DurationAnnotation]; ok {
-		if d, err := time.ParseDuration(v); err != nil || d <= 0 {
-			res.Errors = append(res.Errors, field.Invalid(kuma.AnnotationsPath.Key(kuma.DurationAnnotation), v, "must be a positive duration such as 24h or 90m"))
+		if _, err := kuma.ParseLifetime(v); err != nil {
+			res.Errors = append(res.Errors, field.Invalid(kuma.AnnotationsPath.Key(kuma.DurationAnnotation), v, err.Error()))
 		}
 	}
 	if v, ok := mid.Annotations[kuma.MeshTrustAnnotation]; ok && v != "Enabled" && v != "Disabled" {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -38,6 +39,25 @@ const (
 	// Go duration such as 24h.
 	DurationAnnotation = "meshcert.io/duration"
 )
+
+// ParseLifetime reads a DurationAnnotation value: a positive Go duration.
+func ParseLifetime(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("must be a positive duration such as 24h or 90m")
+	}
+	return d, nil
+}
+
+// Lifetime is the lifetime of the identity's certificates: its
+// DurationAnnotation, or DefaultExpiration when that is unset or invalid
+// (validation reports an invalid one).
+func (m *MeshIdentityResource) Lifetime() time.Duration {
+	if d, err := ParseLifetime(m.Annotations[DurationAnnotation]); err == nil {
+		return d
+	}
+	return DefaultExpiration
+}
 
 // MeshIdentityResource is the kuma.io/v1alpha1 MeshIdentity object. Its mesh
 // is its kuma.io/mesh label. Its schema is structural, so only the
