@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/meshcert/meshcert/internal/lookup"
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/google/go-cmp/cmp"

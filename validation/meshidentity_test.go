@@ -12,7 +12,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/lookup"
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 func TestValidateMeshIdentity(t *testing.T) {

@@ -19,7 +19,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 const webID = "spiffe://payments.example.com/ns/pay/sa/web"

@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 const systemNamespace = "kong-mesh-system"
@@ -29,7 +30,7 @@ const systemNamespace = "kong-mesh-system"
 type env struct {
 	c       *localcluster.Cluster
 	cm      *localcluster.CertManager
-	ca      *localcluster.CA
+	ca      *testpki.CA
 	stopped bool
 }
 
@@ -58,7 +59,7 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 	if err := localcluster.EnsureNamespace(ctx, e.c.Client, systemNamespace); err != nil {
 		return err
 	}
-	if e.ca, err = localcluster.NewCA("bench CA"); err != nil {
+	if e.ca, err = testpki.New("bench CA", time.Now().Add(-time.Hour), time.Now().Add(365*24*time.Hour)); err != nil {
 		return err
 	}
 	if err := localcluster.CreateCAIssuers(ctx, e.c.Client, []localcluster.CAIssuer{
@@ -71,7 +72,7 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 	return e.c.Client.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "demo-ca", Namespace: systemNamespace, Labels: map[string]string{kuma.MeshLabel: "demo"}},
 		Type:       kuma.MeshSecretType,
-		Data:       map[string][]byte{kuma.SecretValueKey: e.ca.CertPEM},
+		Data:       map[string][]byte{kuma.SecretValueKey: e.ca.PEM},
 	})
 }
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/kuma"
 
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 func TestCertificateRequestPEM(t *testing.T) {

@@ -2,75 +2,18 @@ package localcluster
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
-	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	"github.com/meshcert/meshcert/internal/testpki"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
-
-// CA is a self-signed CA key pair made for a test cluster.
-type CA struct {
-	Cert    *x509.Certificate
-	CertPEM []byte
-	KeyPEM  []byte
-}
-
-// NewCA makes a self-signed ECDSA P-256 root CA, valid for ten years.
-func NewCA(commonName string) (*CA, error) {
-	return NewCAValidFrom(commonName, time.Now().Add(-time.Hour))
-}
-
-// NewCAValidFrom makes a root CA that is valid for ten years from notBefore.
-func NewCAValidFrom(commonName string, notBefore time.Time) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             notBefore,
-		NotAfter:              notBefore.Add(10 * 365 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return &CA{
-		Cert:    cert,
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	}, nil
-}
 
 // EnsureNamespace creates a namespace unless it exists.
 func EnsureNamespace(ctx context.Context, c client.Client, name string) error {
@@ -89,7 +32,7 @@ type CAIssuer struct {
 	Namespace       string
 	SecretName      string
 	SecretNamespace string
-	CA              *CA
+	CA              *testpki.CA
 }
 
 // CreateCAIssuers creates each CA issuer, then waits until cert-manager marks
@@ -121,9 +64,9 @@ func createCAIssuer(ctx context.Context, c client.Client, iss CAIssuer) error {
 		},
 		Type: corev1.SecretTypeTLS,
 		Data: map[string][]byte{
-			corev1.TLSCertKey:       iss.CA.CertPEM,
+			corev1.TLSCertKey:       iss.CA.PEM,
 			corev1.TLSPrivateKeyKey: iss.CA.KeyPEM,
-			"ca.crt":                iss.CA.CertPEM,
+			"ca.crt":                iss.CA.PEM,
 		},
 	}
 	if err := c.Create(ctx, secret); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -166,24 +109,4 @@ func waitIssuerReady(ctx context.Context, c client.Client, iss CAIssuer) error {
 		}
 		return false, nil
 	})
-}
-
-// Sign signs a PEM CSR with the CA, as cert-manager's CA issuer would.
-func (ca *CA) Sign(csrPEM []byte, duration time.Duration) ([]byte, error) {
-	tmpl, err := pki.CertificateTemplateFromCSRPEM(csrPEM, pki.CertificateTemplateOverrideDuration(duration))
-	if err != nil {
-		return nil, err
-	}
-	if tmpl.SerialNumber, err = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)); err != nil {
-		return nil, err
-	}
-	key, err := pki.DecodePrivateKeyBytes(ca.KeyPEM)
-	if err != nil {
-		return nil, err
-	}
-	pem, _, err := pki.SignCertificate(tmpl, ca.Cert, tmpl.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("signing: %w", err)
-	}
-	return pem, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/meshcert/meshcert/internal/testpki"
 	crzap "sigs.k8s.io/controller-runtime/pkg/log/zap"
 )
 
@@ -206,11 +207,11 @@ func setupLocalCA(ctx context.Context, c *Cluster, namespace string) error {
 	if err := EnsureNamespace(ctx, c.Client, namespace); err != nil {
 		return err
 	}
-	ca, err := NewCA("meshcert local CA")
+	ca, err := testpki.New("meshcert local CA", time.Now().Add(-time.Hour), time.Now().Add(testpki.LongLived))
 	if err != nil {
 		return err
 	}
-	ca2, err := NewCA("meshcert local CA 2")
+	ca2, err := testpki.New("meshcert local CA 2", time.Now().Add(-time.Hour), time.Now().Add(testpki.LongLived))
 	if err != nil {
 		return err
 	}

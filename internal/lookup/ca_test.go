@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 
 	"github.com/google/go-cmp/cmp"
 )

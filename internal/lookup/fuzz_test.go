@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 // FuzzCAProblems: any bytes are checked without panic, and no message ever

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/meshcert/meshcert/internal/kuma"
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 func TestMeshTrustRoots(t *testing.T) {

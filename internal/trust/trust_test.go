@@ -7,7 +7,7 @@ import (
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)

@@ -12,10 +12,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/harness"
 )
 
@@ -30,7 +32,7 @@ var testEnv struct {
 	// sign for the external issuer group.
 	hooks *harness.CertificateRequestHooks
 	// ca signs for the mesh-ca Issuer and ClusterIssuer, other for other-ca.
-	ca, other *localcluster.CA
+	ca, other *testpki.CA
 	logs      *syncBuffer
 	// signer is cert-manager's CA signer, which a test stops for an outage.
 	signer *localcluster.CertManager
@@ -161,10 +163,10 @@ func setup(ctx context.Context, c *localcluster.Cluster) error {
 		}
 	}
 	var err error
-	if testEnv.ca, err = localcluster.NewCA("mesh-ca"); err != nil {
+	if testEnv.ca, err = testpki.New("mesh-ca", time.Now().Add(-time.Hour), time.Now().Add(testpki.LongLived)); err != nil {
 		return err
 	}
-	if testEnv.other, err = localcluster.NewCA("other-ca"); err != nil {
+	if testEnv.other, err = testpki.New("other-ca", time.Now().Add(-time.Hour), time.Now().Add(testpki.LongLived)); err != nil {
 		return err
 	}
 	return localcluster.CreateCAIssuers(ctx, c.Client, []localcluster.CAIssuer{

@@ -24,6 +24,7 @@ import (
 	"github.com/meshcert/meshcert/internal/controller/dataplane"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/harness"
 )
 
@@ -265,7 +266,7 @@ spec:
 		s = waitSecret(t, ns, "web", 20*time.Second, newSerial(old))
 	})
 	t.Run("tampered key", func(t *testing.T) {
-		other, err := localcluster.NewCA("not-the-key")
+		other, err := testpki.New("not-the-key", time.Now().Add(-time.Hour), time.Now().Add(testpki.LongLived))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +280,7 @@ spec:
 	})
 	t.Run("tampered ca.crt", func(t *testing.T) {
 		old := s.DeepCopy()
-		s.Data["ca.crt"] = testEnv.ca.CertPEM
+		s.Data["ca.crt"] = testEnv.ca.PEM
 		if err := testEnv.cluster.Client.Update(context.Background(), s); err != nil {
 			t.Fatal(err)
 		}
@@ -363,7 +364,7 @@ func TestCACertFromMeshSecret(t *testing.T) {
 	secret := &corev1.Secret{
 		ObjectMeta: objectMeta(systemNamespace, "external-ca"),
 		Type:       kuma.MeshSecretType,
-		Data:       map[string][]byte{"value": testEnv.other.CertPEM},
+		Data:       map[string][]byte{"value": testEnv.other.PEM},
 	}
 	secret.Labels = map[string]string{kuma.MeshLabel: "external"}
 	createObject(t, secret)

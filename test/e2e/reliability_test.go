@@ -23,6 +23,7 @@ import (
 	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/harness"
 	"github.com/meshcert/meshcert/webhook"
 )
@@ -424,8 +425,8 @@ func TestMalformedAdmissionRequests(t *testing.T) {
 // TestAdversarialMeshes sends hostile Meshes through the API server, whose
 // webhook timeout is the chart's 5 seconds: each must get meshcert's answer.
 func TestAdversarialMeshes(t *testing.T) {
-	caPEM := string(testEnv.ca.CertPEM)
-	future, err := localcluster.NewCAValidFrom("not yet valid", time.Now().Add(24*time.Hour))
+	caPEM := string(testEnv.ca.PEM)
+	future, err := testpki.New("not yet valid", time.Now().Add(24*time.Hour), time.Now().Add(testpki.LongLived))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,7 +457,7 @@ func TestAdversarialMeshes(t *testing.T) {
 			wantInvalid: "and 26194 more problems",
 		},
 		"a thousand backends": {spec: thousand.String()},
-		"a CA not valid yet":  {spec: inline(string(future.CertPEM)), wantWarning: "is not valid before"},
+		"a CA not valid yet":  {spec: inline(string(future.PEM)), wantWarning: "is not valid before"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 // Decision is an approval policy's answer for one CertificateRequest.
@@ -39,7 +40,7 @@ type CertificateRequestHooks struct {
 	// signs approved requests with ExternalCA and, like many external
 	// issuers, sets no status.ca.
 	ExternalGroup string
-	ExternalCA    *localcluster.CA
+	ExternalCA    *testpki.CA
 
 	mu     sync.Mutex
 	client cmclient.Interface
