@@ -56,27 +56,37 @@ var webhookTargets = []struct {
 		rules("meshidentities", admissionregistrationv1.NamespacedScope)},
 }
 
+// webhook is one validating webhook as meshcert registers every one of its
+// webhooks; MutatingConfiguration copies it into the mutating type.
+func (o RegistrationOptions) webhook(name, path string, rules []admissionregistrationv1.RuleWithOperations) admissionregistrationv1.ValidatingWebhook {
+	sideEffects := admissionregistrationv1.SideEffectClassNone
+	matchPolicy := admissionregistrationv1.Equivalent
+	return admissionregistrationv1.ValidatingWebhook{
+		Name:                    name,
+		ClientConfig:            o.ClientConfig(path),
+		Rules:                   rules,
+		FailurePolicy:           &o.FailurePolicy,
+		MatchPolicy:             &matchPolicy,
+		SideEffects:             &sideEffects,
+		TimeoutSeconds:          &o.TimeoutSeconds,
+		AdmissionReviewVersions: []string{"v1"},
+	}
+}
+
 // MutatingConfiguration is the registration of the defaulting webhooks. The
 // Helm chart renders the same object; a test holds the two together.
 func MutatingConfiguration(o RegistrationOptions) *admissionregistrationv1.MutatingWebhookConfiguration {
-	sideEffects := admissionregistrationv1.SideEffectClassNone
-	matchPolicy := admissionregistrationv1.Equivalent
 	reinvocation := admissionregistrationv1.NeverReinvocationPolicy
 	c := &admissionregistrationv1.MutatingWebhookConfiguration{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration"},
 		ObjectMeta: metav1.ObjectMeta{Name: o.Name},
 	}
 	for _, t := range webhookTargets {
+		w := o.webhook(t.defaultingName, t.defaultingPath, t.rules)
 		c.Webhooks = append(c.Webhooks, admissionregistrationv1.MutatingWebhook{
-			Name:                    t.defaultingName,
-			ClientConfig:            o.ClientConfig(t.defaultingPath),
-			Rules:                   t.rules,
-			FailurePolicy:           &o.FailurePolicy,
-			MatchPolicy:             &matchPolicy,
-			SideEffects:             &sideEffects,
-			TimeoutSeconds:          &o.TimeoutSeconds,
-			AdmissionReviewVersions: []string{"v1"},
-			ReinvocationPolicy:      &reinvocation,
+			Name: w.Name, ClientConfig: w.ClientConfig, Rules: w.Rules, FailurePolicy: w.FailurePolicy, MatchPolicy: w.MatchPolicy,
+			SideEffects: w.SideEffects, TimeoutSeconds: w.TimeoutSeconds, AdmissionReviewVersions: w.AdmissionReviewVersions,
+			ReinvocationPolicy: &reinvocation,
 		})
 	}
 	return c
@@ -84,23 +94,12 @@ func MutatingConfiguration(o RegistrationOptions) *admissionregistrationv1.Mutat
 
 // ValidatingConfiguration is the registration of the validating webhooks.
 func ValidatingConfiguration(o RegistrationOptions) *admissionregistrationv1.ValidatingWebhookConfiguration {
-	sideEffects := admissionregistrationv1.SideEffectClassNone
-	matchPolicy := admissionregistrationv1.Equivalent
 	c := &admissionregistrationv1.ValidatingWebhookConfiguration{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "ValidatingWebhookConfiguration"},
 		ObjectMeta: metav1.ObjectMeta{Name: o.Name},
 	}
 	for _, t := range webhookTargets {
-		c.Webhooks = append(c.Webhooks, admissionregistrationv1.ValidatingWebhook{
-			Name:                    t.validatingName,
-			ClientConfig:            o.ClientConfig(t.validatingPath),
-			Rules:                   t.rules,
-			FailurePolicy:           &o.FailurePolicy,
-			MatchPolicy:             &matchPolicy,
-			SideEffects:             &sideEffects,
-			TimeoutSeconds:          &o.TimeoutSeconds,
-			AdmissionReviewVersions: []string{"v1"},
-		})
+		c.Webhooks = append(c.Webhooks, o.webhook(t.validatingName, t.validatingPath, t.rules))
 	}
 	return c
 }
