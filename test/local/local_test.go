@@ -30,6 +30,9 @@ const readyLine = "meshcert is ready"
 // from the state the ones before it left.
 var walkthroughFiles = []string{
 	"README.md",
+	"docs/rotation.md",
+	"docs/meshidentity.md",
+	"docs/agent.md",
 }
 
 const (
