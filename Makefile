@@ -1,6 +1,7 @@
 # meshcert's build. `make test` is what CI runs (.ci/run); `make run` starts
-# the whole system locally. The test cluster's binaries are built from the Go
-# module proxy on first use and cached in ~/.cache/meshcert.
+# the whole system locally. The test cluster's binaries are built from source
+# with the Go toolchain on first use (hack/cluster-bins.sh), so no release
+# binary is downloaded, and cached in ~/.cache/meshcert.
 
 SHELL := /usr/bin/env bash
 GO ?= go

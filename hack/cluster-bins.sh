@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries (kube-apiserver, etcd, approver-policy) and
-# helm from the Go module proxy, because no release binaries can be downloaded here. Each binary is
-# cached outside the checkout, keyed by version, so only the first run pays for it.
+# helm from source with the Go toolchain, each in a throwaway Go module, so that
+# no release binary needs to be downloaded: the Go module proxy is all it needs.
+# Each binary is cached outside the checkout, keyed by version, so only the
+# first run pays for it.
 #
 # Usage: hack/cluster-bins.sh assets|helm|approver-policy
 #   assets           prints a KUBEBUILDER_ASSETS folder holding kube-apiserver, etcd and kubectl
@@ -31,7 +33,7 @@ build() {
     echo "$dest"
     return
   fi
-  log "building $name $version from the Go module proxy: no release binaries can be downloaded here. This happens once (kube-apiserver takes about 6 minutes on 2 cores); the result is cached in $CACHE"
+  log "building $name $version from source with the Go toolchain, once per version (kube-apiserver takes several minutes); the result is cached in $CACHE"
   local start=$SECONDS
   (
     work=$(mktemp -d "$CACHE/.build-$name.XXXXXX")

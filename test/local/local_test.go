@@ -1,5 +1,6 @@
 // Package local tests `make run`: the local runner's entry point, run as a
-// command, and the README's walk-through against it, exactly as written.
+// command, and the walk-throughs of the README and docs against it, exactly
+// as written.
 package local
 
 import (
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,7 +25,22 @@ import (
 
 const readyLine = "meshcert is ready"
 
-func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
+// walkthroughFiles are the files whose walk-throughs run against one `make
+// run`, relative to the checkout, in this order: each walk-through continues
+// from the state the ones before it left.
+var walkthroughFiles = []string{
+	"README.md",
+	"docs/rotation.md",
+	"docs/meshidentity.md",
+	"docs/agent.md",
+}
+
+const (
+	walkthroughStart = "<!-- walkthrough -->"
+	walkthroughEnd   = "<!-- /walkthrough -->"
+)
+
+func TestMakeRunAndTheWalkthroughs(t *testing.T) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +96,7 @@ func TestMakeRunAndTheREADMEWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range walkthrough(t, filepath.Join(root, "README.md")) {
+	for _, c := range walkthrough(t, root) {
 		// The runner's state is in state, not .local; named relative to the
 		// checkout, as .local is, so that a command that mishandles a
 		// relative path fails here too.
@@ -168,31 +185,80 @@ type step struct {
 	command, expect string
 }
 
-// walkthrough returns the commands of README.md's walk-throughs, each between
-// <!-- walkthrough --> and <!-- /walkthrough -->, in order.
-func walkthrough(t *testing.T, readme string) []step {
-	t.Helper()
-	b, err := os.ReadFile(readme)
+// TestEveryWalkthroughIsRun: a file under docs/ with a walk-through that
+// walkthroughFiles does not list would never be run, and a listed file
+// without one is a stale entry.
+func TestEveryWalkthroughIsRun(t *testing.T) {
+	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var steps []step
-	inSection, inCode := false, false
-	for _, line := range strings.Split(string(b), "\n") {
-		trimmed := strings.TrimSpace(line)
+	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(docs, filepath.Join(root, "README.md")) {
+		rel, err := filepath.Rel(root, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		has := hasWalkthrough(t, f)
+		listed := slices.Contains(walkthroughFiles, rel)
 		switch {
-		case trimmed == "<!-- walkthrough -->":
-			inSection = true
-		case trimmed == "<!-- /walkthrough -->":
-			inSection = false
-		case !inSection:
-		case strings.HasPrefix(trimmed, "```sh"):
-			inCode = true
-		case strings.HasPrefix(trimmed, "```"):
-			inCode = false
-		case inCode && trimmed != "" && !strings.HasPrefix(trimmed, "#"):
-			command, expect, _ := strings.Cut(trimmed, "# expect: ")
-			steps = append(steps, step{command: strings.TrimSpace(command), expect: strings.TrimSpace(expect)})
+		case has && !listed:
+			t.Errorf("%s has a walk-through that is not run: add it to walkthroughFiles, where its steps belong in the sequence", rel)
+		case listed && !has:
+			t.Errorf("%s is in walkthroughFiles but has no walk-through", rel)
+		}
+	}
+	walkthrough(t, root)
+}
+
+func hasWalkthrough(t *testing.T, file string) bool {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) == walkthroughStart {
+			return true
+		}
+	}
+	return false
+}
+
+// walkthrough returns the commands of the walk-throughs of walkthroughFiles
+// under root, each between <!-- walkthrough --> and <!-- /walkthrough -->, in
+// order.
+func walkthrough(t *testing.T, root string) []step {
+	t.Helper()
+	var steps []step
+	for _, name := range walkthroughFiles {
+		b, err := os.ReadFile(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		inSection, inCode := false, false
+		for _, line := range strings.Split(string(b), "\n") {
+			trimmed := strings.TrimSpace(line)
+			switch {
+			case trimmed == walkthroughStart:
+				inSection = true
+			case trimmed == walkthroughEnd:
+				inSection = false
+			case !inSection:
+			case strings.HasPrefix(trimmed, "```sh"):
+				inCode = true
+			case strings.HasPrefix(trimmed, "```"):
+				inCode = false
+			case inCode && trimmed != "" && !strings.HasPrefix(trimmed, "#"):
+				command, expect, _ := strings.Cut(trimmed, "# expect: ")
+				steps = append(steps, step{command: strings.TrimSpace(command), expect: strings.TrimSpace(expect)})
+			}
+		}
+		if inSection {
+			t.Fatalf("%s: a walk-through has no %s", name, walkthroughEnd)
 		}
 	}
 	if len(steps) < 10 {
