@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -168,7 +167,7 @@ func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
 		})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: s.retries.RateLimiter(), SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: s.retries.RateLimiter()}).
 		Complete(s)
 }
 

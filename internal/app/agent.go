@@ -52,16 +52,20 @@ func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 }
 
 // RunAgent runs the node agent until ctx is done.
-func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Config) error {
+func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Config, opts ...ManagerOption) error {
 	log := ctrl.Log.WithName("agent")
 	restConfig = clientLimits(restConfig, cfg.Config)
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+	mgrOpts := ctrl.Options{
 		Scheme:                 Scheme(),
 		Cache:                  agentCacheOptions(cfg),
 		Metrics:                metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress: cfg.ProbeAddr,
 		PprofBindAddress:       cfg.PprofAddr,
-	})
+	}
+	for _, o := range opts {
+		o(&mgrOpts)
+	}
+	mgr, err := ctrl.NewManager(restConfig, mgrOpts)
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -123,8 +124,13 @@ func clientLimits(restConfig *rest.Config, cfg config.Config) *rest.Config {
 	return restConfig
 }
 
+// ManagerOption changes the options of the controller manager that Run or
+// RunAgent builds, for a caller that runs meshcert inside a process of its
+// own, such as the local runner.
+type ManagerOption func(*ctrl.Options)
+
 // Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
-func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error {
+func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts ...ManagerOption) error {
 	log := ctrl.Log.WithName("setup")
 	restConfig = clientLimits(restConfig, cfg)
 	webhookServer := webhook.NewServer(webhook.ServerOptions{
@@ -137,7 +143,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		EnableHTTP2:   cfg.EnableHTTP2,
 		Drain:         cfg.WebhookDrain,
 	})
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+	mgrOpts := ctrl.Options{
 		Scheme: Scheme(),
 		Cache:  cacheOptions(cfg),
 		Metrics: metricsserver.Options{
@@ -155,7 +161,11 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 		RenewDeadline:                 &cfg.RenewDeadline,
 		RetryPeriod:                   &cfg.RetryPeriod,
 		GracefulShutdownTimeout:       &cfg.ShutdownTimeout,
-	})
+	}
+	for _, o := range opts {
+		o(&mgrOpts)
+	}
+	mgr, err := ctrl.NewManager(restConfig, mgrOpts)
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
@@ -232,11 +242,15 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 			log.Info("Kuma's MeshIdentity and MeshTrust are not installed: no MeshTrust is kept")
 		}
 		// The inventory's gauges come from the leader alone, as its
-		// certificates do.
+		// certificates do, and leave with this run.
+		inventory := &exportedCollector{collector: index.Inventory()}
+		defer inventory.unregister()
 		go func() {
 			select {
 			case <-mgr.Elected():
-				registerInventory(ctx, index.Inventory())
+				if err := inventory.register(); err != nil {
+					log.Error(err, "Cannot export the inventory's gauges")
+				}
 			case <-ctx.Done():
 			}
 		}()
@@ -255,21 +269,35 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config) error 
 	return nil
 }
 
-// registerInventory exports the inventory's gauges until ctx ends. A process
-// that runs meshcert again, as the tests do, replaces the previous one's.
-func registerInventory(ctx context.Context, inv prometheus.Collector) {
-	if err := metrics.Registry.Register(inv); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return
-		}
-		metrics.Registry.Unregister(already.ExistingCollector)
-		if metrics.Registry.Register(inv) != nil {
-			return
-		}
+// exportedCollector is a collector in controller-runtime's registry for as
+// long as one run of meshcert lasts.
+type exportedCollector struct {
+	collector prometheus.Collector
+	mu        sync.Mutex
+	state     int // 0: never registered, 1: registered, 2: unregistered
+}
+
+func (e *exportedCollector) register() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state != 0 {
+		return nil
 	}
-	<-ctx.Done()
-	metrics.Registry.Unregister(inv)
+	if err := metrics.Registry.Register(e.collector); err != nil {
+		return err
+	}
+	e.state = 1
+	return nil
+}
+
+// unregister removes the collector, and keeps a later register from adding it.
+func (e *exportedCollector) unregister() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state == 1 {
+		metrics.Registry.Unregister(e.collector)
+	}
+	e.state = 2
 }
 
 // cachesSynced is ready once every informer has synced.

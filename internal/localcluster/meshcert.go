@@ -11,12 +11,20 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/internal/app"
 )
+
+// InOneProcess lets meshcert run more than once in this process, as the local
+// runner and the tests run it: controller-runtime refuses a second controller
+// of the same name in a process, since their metrics would mix.
+func InOneProcess(o *ctrl.Options) {
+	o.Controller.SkipNameValidation = ptr.To(true)
+}
 
 // Meshcert is meshcert itself, started through the same app.Run as the binary.
 type Meshcert struct {
@@ -49,7 +57,7 @@ func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, opts Mes
 	restConfig := rest.CopyConfig(c.Config)
 	restConfig.WrapTransport = opts.Wrap
 	restConfig.Impersonate.UserName = opts.As
-	go func() { m.done <- app.Run(ctx, cfg, restConfig) }()
+	go func() { m.done <- app.Run(ctx, cfg, restConfig, InOneProcess) }()
 
 	readyz := "http://" + cfg.ProbeAddr + "/readyz"
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -101,7 +109,7 @@ func (c *Cluster) StartAgent(ctx context.Context, systemNamespace, node, socket 
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	a := &Agent{cancel: cancel, done: make(chan error, 1)}
-	go func() { a.done <- app.RunAgent(ctx, cfg, c.Config) }()
+	go func() { a.done <- app.RunAgent(ctx, cfg, c.Config, InOneProcess) }()
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		select {
 		case err := <-a.done:

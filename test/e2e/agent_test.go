@@ -35,6 +35,7 @@ import (
 	"github.com/meshcert/meshcert/internal/agent"
 	"github.com/meshcert/meshcert/internal/app"
 	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/test/chart"
 )
 
@@ -66,7 +67,7 @@ func startAgentAs(t *testing.T, attestor, procRoot, user string) string {
 	done := make(chan error, 1)
 	as := rest.CopyConfig(testEnv.cluster.Config)
 	as.Impersonate.UserName = user
-	go func() { done <- app.RunAgent(ctx, cfg, as) }()
+	go func() { done <- app.RunAgent(ctx, cfg, as, localcluster.InOneProcess) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -7,7 +7,6 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -44,7 +43,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		WatchesRawSource(source.Channel(r.dataplaneTurns, &handler.EnqueueRequestForObject{})).
 		// One controller runs per process, but tests start one after another
 		// in the same process, which the name check would refuse.
-		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: r.Backoff.RateLimiter(), SkipNameValidation: ptr.To(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: r.Backoff.RateLimiter()}).
 		Complete(r); err != nil {
 		return err
 	}
@@ -81,7 +80,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 				return meshOf(ctx, o)
 			}))
 	}
-	return b.WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).Complete(reconcile.Func(r.ReconcileMesh))
+	return b.Complete(reconcile.Func(r.ReconcileMesh))
 }
 
 // dataplanesOfRequest maps a request to its dataplane; a probe, once done,
