@@ -1,7 +1,9 @@
-// Package trust knows which roots each mesh trusts: the CA of every backend
-// of the mesh, enabled or not, as configured, or as learned for a certmanager
-// backend that names none; and it encodes them as one stable PEM bundle, so
-// that an unchanged set of roots is the same bytes and causes no write.
+// Package trust knows the roots a mesh trusts, and is the one root prober for
+// every caller. The roots are the CA of every backend of the mesh, enabled or
+// not, as configured, or as learned for an issuer that names none: from a
+// certificate it issued, or from a probe certificate (Prober). They are
+// encoded as one stable PEM bundle, so that an unchanged set of roots is the
+// same bytes and causes no write.
 package trust
 
 import (
@@ -116,8 +118,8 @@ func (s *Store) Prune(mesh string, keep map[BackendKey]bool) {
 	}
 }
 
-// Mesh is what a mesh's trust bundle is made of.
-type Mesh struct {
+// MeshRoots are what a mesh's trust bundle is made of.
+type MeshRoots struct {
 	Roots []*x509.Certificate
 	// Unknown lists the backends whose root is yet to be learned by a probe.
 	Unknown []kuma.Backend
@@ -127,10 +129,10 @@ type Mesh struct {
 }
 
 // Bundle is the PEM trust bundle: every root once, in a stable order.
-func (m Mesh) Bundle() []byte { return EncodeRoots(m.Roots) }
+func (m MeshRoots) Bundle() []byte { return EncodeRoots(m.Roots) }
 
 // Complete says no backend's root is still to be learned.
-func (m Mesh) Complete() bool { return len(m.Unknown) == 0 }
+func (m MeshRoots) Complete() bool { return len(m.Unknown) == 0 }
 
 // UniqueRoots returns roots each once, in a stable order (by their DER).
 func UniqueRoots(roots []*x509.Certificate) []*x509.Certificate {
@@ -154,8 +156,8 @@ func EncodeRoots(roots []*x509.Certificate) []byte {
 // backend's root, when it must be learned, is learned from its own
 // certificates, so it is never counted as unknown; another backend whose
 // root could not be learned is asked for again once its retry time has come.
-func (s *Store) Of(mesh string, spec kuma.MeshSpec, env lookup.Env) Mesh {
-	m := Mesh{Keys: map[BackendKey]bool{}}
+func (s *Store) Of(mesh string, spec kuma.MeshSpec, env lookup.Env) MeshRoots {
+	m := MeshRoots{Keys: map[BackendKey]bool{}}
 	if spec.MTLS == nil {
 		return m
 	}

@@ -26,11 +26,11 @@ func TrustBundleName(mesh string) string { return kuma.LimitName("meshcert-trust
 // a ConfigMap of the system namespace with key ca.crt, for clients outside
 // the mesh. While a root is still to be learned, as after a restart, the
 // ConfigMap keeps what it holds: a client must never lose a root it needs.
-func (r *Reconciler) publishBundle(ctx context.Context, mesh string, t trust.Mesh) error {
-	if !t.Complete() || !r.roots.KnowsAll(t.Keys) {
+func (r *Reconciler) publishBundle(ctx context.Context, mesh string, roots trust.MeshRoots) error {
+	if !roots.Complete() || !r.roots.KnowsAll(roots.Keys) {
 		return nil
 	}
-	bundle := t.Bundle()
+	bundle := roots.Bundle()
 	key := types.NamespacedName{Namespace: r.SystemNamespace, Name: TrustBundleName(mesh)}
 	var cm corev1.ConfigMap
 	err := r.Client.Get(ctx, key, &cm)

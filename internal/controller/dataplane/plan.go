@@ -35,10 +35,10 @@ type plan struct {
 	timeout      time.Duration
 	// keyAlgorithm is the Mesh's meshcert.io/key-algorithm, or the default.
 	keyAlgorithm issuance.KeyAlgorithm
-	// trust is the backend's caCert, or nil when the root comes from the
+	// caCert is the backend's caCert, or nil when the root comes from the
 	// issuer's status.ca.
-	trust []byte
-	// enabledKey names the enabled backend in the trust store.
+	caCert []byte
+	// enabledKey names the enabled backend in the store of roots.
 	enabledKey trust.BackendKey
 	// spec is the Mesh's parsed spec.
 	spec kuma.MeshSpec
@@ -125,9 +125,9 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *kuma.DataplaneResource) (
 		case len(ca.Problems) > 0:
 			return backendProblem("InvalidCACert", "caCert: %s", strings.Join(ca.Problems, "; "))
 		}
-		p.trust = ca.PEM
+		p.caCert = ca.PEM
 	}
-	p.enabledKey = trust.CertManagerKey(mesh.Name, *backend, p.trust)
+	p.enabledKey = trust.CertManagerKey(mesh.Name, *backend, p.caCert)
 	p.issuerHash = p.enabledKey.Config
 
 	state, prob := lookup.IssuerProblem(p.issuerRef, env)

@@ -1,4 +1,4 @@
-// Package reconciler delivers each dataplane of a mesh whose enabled mTLS
+// Package dataplane delivers each dataplane of a mesh whose enabled mTLS
 // backend is certmanager its certificate as a Secret, and keeps it current
 // through renewals, identity changes and CA rotations. It plans the identity,
 // asks package issuance for the certificate, and writes the Secret; a second
@@ -67,6 +67,7 @@ type Reconciler struct {
 	issuer   *issuance.Issuer
 	backoff  *issuance.Backoff
 	roots    *trust.Store
+	prober   *trust.Prober
 	switches *switches
 	// conflicts are the dataplanes whose Secret name is held by a Secret
 	// meshcert does not manage.
@@ -95,6 +96,9 @@ func New(o Options) *Reconciler {
 		Backoff:     r.backoff,
 		Annotations: o.RequestAnnotations,
 	})
+	// Probes share the dataplanes' issuer: the cap on requests in flight
+	// counts them both.
+	r.prober = trust.NewProber(r.issuer, r.roots, o.Clock)
 	return r
 }
 
@@ -163,8 +167,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	r.learnFromSecret(p, secret)
-	meshTrust := r.trustOf(p.mesh.Name, p.spec)
-	p.bundle, p.bundleComplete = meshTrust.Bundle(), meshTrust.Complete()
+	roots := r.meshRoots(p.mesh.Name, p.spec)
+	p.bundle, p.bundleComplete = roots.Bundle(), roots.Complete()
 	now := r.Clock.Now()
 	v := checkDelivered(secret, p, now)
 	if v.reissue == "" {
@@ -222,7 +226,7 @@ func (r *Reconciler) issue(ctx context.Context, dp *kuma.DataplaneResource, p *p
 		IssuerRef:    p.issuerRef,
 		Duration:     p.duration,
 		Timeout:      p.timeout,
-		Roots:        p.trust,
+		Roots:        p.caCert,
 		Replaces:     serialOf(secret),
 		Revision:     p.issuerVersion,
 		KeepIssued:   r.KeepRequests,
@@ -253,11 +257,11 @@ func (r *Reconciler) issue(ctx context.Context, dp *kuma.DataplaneResource, p *p
 // deliver writes an issued certificate into the dataplane's Secret, with the
 // mesh's trust bundle.
 func (r *Reconciler) deliver(ctx context.Context, dp *kuma.DataplaneResource, p *plan, secret *corev1.Secret, cert *issuance.Certificate) error {
-	if p.trust == nil {
+	if p.caCert == nil {
 		r.roots.Learn(p.enabledKey, r.Clock.Now(), cert.Root)
 	}
 	// The mesh's roots, with the enabled backend's now known.
-	bundle := r.trustOf(p.mesh.Name, p.spec).Bundle()
+	bundle := r.meshRoots(p.mesh.Name, p.spec).Bundle()
 	keyPEM, err := cert.KeyPEM()
 	if err != nil {
 		return err

@@ -51,7 +51,7 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetAnnotations()[kuma.MeshAnnotation]}}}
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
-		Named("mesh-trust").
+		Named("mesh-roots").
 		For(&kuma.MeshResource{}).
 		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			if o.GetLabels()[ProbeLabel] != "true" {

@@ -1,8 +1,7 @@
-// Package meshtrust keeps, for each MeshIdentity that meshcert serves or
+// Package meshidentity keeps, for each MeshIdentity that meshcert serves or
 // guards, a MeshTrust in the system namespace whose trust domain is the
 // identity's and whose CA bundle holds its issuer's roots: from the caCert
-// when there is one, else learned with a probe certificate through package
-// issuance. Through a CA rotation the new root is trusted first, and an old
+// when there is one, else learned by package trust's prober. Through a CA rotation the new root is trusted first, and an old
 // one leaves only once no certificate it signed can still be valid.
 package meshidentity
 
@@ -12,7 +11,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -73,22 +71,24 @@ type Options struct {
 // runs one worker, which alone touches reported.
 type Reconciler struct {
 	Options
-	issuer *issuance.Issuer
+	prober *trust.Prober
 	roots  *trust.Store
 	// reported is the last condition reported on each identity, so that
 	// resyncs add no Events.
 	reported map[string]string
 }
 
-// New returns a Reconciler, with the issuer of its probes.
+// New returns a Reconciler, with the prober of its issuers' roots.
 func New(o Options) *Reconciler {
+	roots := trust.NewStore()
+	issuer := issuance.New(issuance.Options{
+		Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, Backoff: issuance.NewBackoff(o.Backoff),
+		Annotations: o.RequestAnnotations,
+	})
 	return &Reconciler{
-		Options: o,
-		issuer: issuance.New(issuance.Options{
-			Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, Backoff: issuance.NewBackoff(o.Backoff),
-			Annotations: o.RequestAnnotations,
-		}),
-		roots:    trust.NewStore(),
+		Options:  o,
+		prober:   trust.NewProber(issuer, roots, o.Clock),
+		roots:    roots,
 		reported: map[string]string{},
 	}
 }
@@ -184,34 +184,31 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *kuma.MeshIdentityReso
 	if retryAt, failed := r.roots.RetryAt(key); failed && now.Before(retryAt) {
 		return known, retryAt.Sub(now), nil
 	}
-	out, err := r.issuer.Step(ctx, issuance.Request{
+	out, err := r.prober.Step(ctx, trust.Probe{
+		Key:          key,
 		Owner:        owner,
 		NamePrefix:   "probe.identity." + mid.Name,
-		URIs:         []*url.URL{{Scheme: "spiffe", Host: td, Path: "/meshcert-probe"}},
+		TrustDomain:  td,
 		KeyAlgorithm: issuance.KeyAlgorithmFor(mid.Annotations, r.KeyAlgorithm),
 		IssuerRef:    ref,
-		Duration:     time.Hour,
 		Timeout:      r.RequestTimeout,
 		Revision:     version,
 		Labels:       map[string]string{kuma.ManagedMeshLabel: kuma.LabelValue(mesh)},
 		Annotations:  map[string]string{kuma.MeshIdentityAnnotation: mid.Name},
-	}, func(context.Context, *issuance.Certificate) error { return nil })
+	})
 	switch {
 	case err != nil:
 		return nil, 0, err
-	case out.Certificate != nil:
-		root := out.Certificate.Root
-		if r.roots.Learn(key, now, root) {
-			logf.FromContext(ctx).Info("Learned an identity's root", "root", root.Subject.String())
+	case out.Root != nil:
+		if out.News {
+			logf.FromContext(ctx).Info("Learned an identity's root", "root", out.Root.Subject.String())
 		}
-		return []*x509.Certificate{root}, rootRefresh, nil
+		return []*x509.Certificate{out.Root}, rootRefresh, nil
 	case out.Failure != nil:
-		r.roots.Fail(key, now.Add(out.RetryAfter))
 		r.report(mid, corev1.EventTypeWarning, "RootUnknown",
 			"cannot learn the issuer's root (%s); set meshcert.io/ca-cert-secret, or a caCert, to its CA certificate", out.Failure.Message)
-		return known, out.RetryAfter, nil
 	}
-	// The probe is under way; keep what is known until it ends.
+	// The probe failed or is under way; keep what is known until it ends.
 	return known, out.RetryAfter, nil
 }
 
@@ -232,7 +229,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 		return 0, false, nil
 	}
 	if !found {
-		if other := r.foreignTrustOf(ctx, mesh, td); other != "" {
+		if other := r.foreignMeshTrust(ctx, mesh, td); other != "" {
 			r.report(mid, corev1.EventTypeNormal, "MeshTrustExists",
 				"MeshTrust %s already trusts trust domain %q in mesh %q; meshcert does not make a second one", other, td, mesh)
 			return 0, false, nil
@@ -314,7 +311,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 			"MeshTrust %s trusts the issuer's root %s for trust domain %q", key, subjects(roots), td)
 		return due, true, nil
 	}
-	if sameTrust(&existing, desired) {
+	if sameMeshTrust(&existing, desired) {
 		return due, true, nil
 	}
 	updated := existing.DeepCopy()
@@ -334,9 +331,9 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 	return due, true, nil
 }
 
-// foreignTrustOf names a MeshTrust that meshcert did not make and that
+// foreignMeshTrust names a MeshTrust that meshcert did not make and that
 // trusts the trust domain in the mesh, if there is one.
-func (r *Reconciler) foreignTrustOf(ctx context.Context, mesh, td string) string {
+func (r *Reconciler) foreignMeshTrust(ctx context.Context, mesh, td string) string {
 	var list kuma.MeshTrustResourceList
 	if err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace)); err != nil {
 		return ""
@@ -364,7 +361,7 @@ func (r *Reconciler) report(mid *kuma.MeshIdentityResource, eventType, reason, f
 // forget deletes the MeshTrust meshcert kept for an identity, and its probes.
 func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner string) error {
 	r.roots.Prune(owner, nil)
-	if err := r.issuer.Cleanup(ctx, owner); err != nil {
+	if err := r.prober.Cleanup(ctx, owner); err != nil {
 		return err
 	}
 	var mt kuma.MeshTrustResource
@@ -386,7 +383,7 @@ func lifetimeOf(mid *kuma.MeshIdentityResource) time.Duration {
 	return DefaultLifetime
 }
 
-func sameTrust(a, b *kuma.MeshTrustResource) bool {
+func sameMeshTrust(a, b *kuma.MeshTrustResource) bool {
 	return a.Spec.TrustDomain == b.Spec.TrustDomain &&
 		len(a.Spec.CABundles) == 1 && a.Spec.CABundles[0].PEM != nil && a.Spec.CABundles[0].PEM.Value == b.Spec.CABundles[0].PEM.Value &&
 		a.Annotations[RetiringAnnotation] == b.Annotations[RetiringAnnotation] &&

@@ -9,8 +9,8 @@ import (
 	"github.com/meshcert/meshcert/internal/trust"
 )
 
-// trustOf is what the mesh's trust bundle is made of, now.
-func (r *Reconciler) trustOf(mesh string, spec kuma.MeshSpec) trust.Mesh {
+// meshRoots are what the mesh's trust bundle is made of, now.
+func (r *Reconciler) meshRoots(mesh string, spec kuma.MeshSpec) trust.MeshRoots {
 	return r.roots.Of(mesh, spec, r.env())
 }
 
@@ -18,7 +18,7 @@ func (r *Reconciler) trustOf(mesh string, spec kuma.MeshSpec) trust.Mesh {
 // delivered: the root its chain verifies to. After a restart this recovers
 // the root without asking the issuer again.
 func (r *Reconciler) learnFromSecret(p *plan, s *corev1.Secret) {
-	if p.trust != nil || s == nil || s.Annotations[kuma.IssuerHashAnnotation] != p.issuerHash {
+	if p.caCert != nil || s == nil || s.Annotations[kuma.IssuerHashAnnotation] != p.issuerHash {
 		return
 	}
 	if _, _, ok := r.roots.Roots(p.enabledKey); ok {

@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"context"
-	"net/url"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -21,9 +20,6 @@ import (
 // ProbeLabel marks the CertificateRequests meshcert makes only to learn a
 // backend's root.
 const ProbeLabel = "meshcert.io/probe"
-
-// probeDuration is a probe certificate's lifetime: it is never used.
-const probeDuration = time.Hour
 
 // ReconcileMesh learns the roots of a mesh's certmanager backends that have no
 // caCert and issued nothing yet, such as a backend added to rotate the CA:
@@ -49,8 +45,8 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	if len(errs) > 0 {
 		return ctrl.Result{}, nil
 	}
-	t := r.trustOf(mesh.Name, spec)
-	r.roots.Prune(mesh.Name, t.Keys)
+	roots := r.meshRoots(mesh.Name, spec)
+	r.roots.Prune(mesh.Name, roots.Keys)
 
 	probing := map[string]bool{}
 	var next time.Duration
@@ -59,7 +55,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 			next = d
 		}
 	}
-	for _, b := range t.Unknown {
+	for _, b := range roots.Unknown {
 		wait, done, err := r.probe(ctx, &mesh, b)
 		if err != nil {
 			return ctrl.Result{}, err
@@ -71,7 +67,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	}
 	// A backend whose root could not be learned is probed again later.
 	now := r.Clock.Now()
-	for k := range t.Keys {
+	for k := range roots.Keys {
 		if at, failed := r.roots.RetryAt(k); failed {
 			soonest(max(at.Sub(now), time.Second))
 		}
@@ -84,7 +80,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 		// for publishes nothing.
 		var err error
 		if spec.EnabledCertManagerBackend() != nil {
-			err = r.publishBundle(ctx, mesh.Name, r.trustOf(mesh.Name, spec))
+			err = r.publishBundle(ctx, mesh.Name, r.meshRoots(mesh.Name, spec))
 		} else {
 			err = r.unpublishBundle(ctx, mesh.Name)
 		}
@@ -101,42 +97,33 @@ func probeOwnerOf(mesh, backend string) string { return probeOwner + mesh + "/" 
 // learning the root or failing to; wait is when to look again.
 func (r *Reconciler) probe(ctx context.Context, mesh *kuma.MeshResource, b kuma.Backend) (wait time.Duration, done bool, err error) {
 	log := logf.FromContext(ctx).WithValues("backend", b.Name)
-	key := trust.CertManagerKey(mesh.Name, b, nil)
-	req := issuance.Request{
-		Owner:      probeOwnerOf(mesh.Name, b.Name),
-		NamePrefix: "probe." + mesh.Name + "." + b.Name,
-		URIs:       []*url.URL{{Scheme: "spiffe", Host: mesh.Name, Path: "/meshcert-probe"}},
+	out, err := r.prober.Step(ctx, trust.Probe{
+		Key:         trust.CertManagerKey(mesh.Name, b, nil),
+		Owner:       probeOwnerOf(mesh.Name, b.Name),
+		NamePrefix:  "probe." + mesh.Name + "." + b.Name,
+		TrustDomain: mesh.Name,
 		// The mesh's own algorithm, so that a policy that admits its
 		// certificates admits its probes.
 		KeyAlgorithm: issuance.KeyAlgorithmFor(mesh.Annotations, r.KeyAlgorithm),
 		IssuerRef:    defaults.IssuerRef(b.CertManager.IssuerRef),
-		Duration:     probeDuration,
 		Timeout:      b.DpCert.RequestTimeoutOr(r.RequestTimeout),
 		Labels:       map[string]string{kuma.ManagedMeshLabel: kuma.LabelValue(mesh.Name), ProbeLabel: "true"},
 		Annotations:  map[string]string{kuma.MeshAnnotation: mesh.Name, kuma.BackendAnnotation: b.Name},
-	}
-	// The root is learned as the certificate is delivered, before its
-	// request is deleted: that deletion is what wakes the mesh's dataplanes,
-	// and they must find the root then.
-	out, err := r.issuer.Step(ctx, req, func(_ context.Context, c *issuance.Certificate) error {
-		r.roots.Learn(key, r.Clock.Now(), c.Root)
-		return nil
 	})
 	switch {
 	case err != nil:
 		return 0, false, err
-	case out.Certificate != nil:
-		root := out.Certificate.Root
+	case out.Root != nil:
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeNormal, "RootLearned", "ProbeBackend",
-			"backend %q: learned its root %q; every dataplane of the mesh now trusts it", b.Name, root.Subject.String())
-		log.Info("Learned a backend's root", "root", root.Subject.String())
-		return 0, true, nil
+			"backend %q: learned its root %q; every dataplane of the mesh now trusts it", b.Name, out.Root.Subject.String())
+		log.Info("Learned a backend's root", "root", out.Root.Subject.String())
 	case out.Failure != nil:
-		r.roots.Fail(key, r.Clock.Now().Add(out.RetryAfter))
 		failuresTotal.WithLabelValues("RootUnknown").Inc()
 		r.Recorder.Eventf(mesh, nil, corev1.EventTypeWarning, "RootUnknown", "ProbeBackend",
 			"backend %q: cannot learn its root (%s); dataplanes trust the roots that are known, without it. Set conf.caCert to its CA certificate", b.Name, out.Failure.Message)
 		log.Info("Cannot learn a backend's root", "reason", out.Failure.Reason, "message", out.Failure.Message)
+	}
+	if out.Done() {
 		return 0, true, nil
 	}
 	return out.RetryAfter, false, nil
@@ -155,7 +142,7 @@ func (r *Reconciler) cleanupProbes(ctx context.Context, mesh string, probing map
 		if cr.Annotations[kuma.MeshAnnotation] != mesh || owner == "" || probing[owner] {
 			continue
 		}
-		if err := r.issuer.Cleanup(ctx, owner); err != nil {
+		if err := r.prober.Cleanup(ctx, owner); err != nil {
 			return err
 		}
 	}

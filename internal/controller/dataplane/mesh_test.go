@@ -1,0 +1,196 @@
+package dataplane
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/trust"
+	"github.com/meshcert/meshcert/test/testpki"
+)
+
+func TestReconcileMesh(t *testing.T) {
+	ca, nextCA := testpki.NewCA(t, "ca", now), testpki.NewCA(t, "next", now)
+	caPEM, err := json.Marshal(string(ca.PEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// rotating is mid-rotation: a second certmanager backend, of the Issuer
+	// next-ca, that issued nothing yet; the enabled one names its caCert.
+	rotating := func() *kuma.MeshResource {
+		return meshObject(`{"enabledBackend":"cert-manager","backends":[` +
+			`{"name":"cert-manager","type":"certmanager","conf":{"issuerRef":{"name":"local-ca"},"caCert":{"inlineString":` + string(caPEM) + `}}},` +
+			`{"name":"next","type":"certmanager","conf":{"issuerRef":{"name":"next-ca"}}}]}`)
+	}
+	objects := func() []client.Object {
+		return []client.Object{rotating(), readyIssuer("local-ca"), readyIssuer("next-ca")}
+	}
+	tests := map[string]struct {
+		objects []client.Object
+		publish bool
+		before  func(h *harness)
+		// wantProbes are the owners of the probes left.
+		wantProbes  []string
+		wantEvents  []string
+		wantRequeue time.Duration
+		// wantRoots are the mesh's roots afterwards; wantPublished those
+		// published in its ConfigMap, none when nil.
+		wantRoots     []*x509.Certificate
+		wantPublished []*x509.Certificate
+	}{
+		"a backend that issued nothing gets a probe": {
+			objects:     objects(),
+			wantProbes:  []string{"Probe:demo/next"},
+			wantRequeue: requestTimeout,
+			wantRoots:   []*x509.Certificate{ca.Cert},
+		},
+		"an issued probe teaches the backend's root": {
+			objects: objects(),
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				h.respond(signedBy(nextCA, time.Hour))
+			},
+			wantEvents: []string{"Normal RootLearned"},
+			wantRoots:  []*x509.Certificate{ca.Cert, nextCA.Cert},
+		},
+		"a learned root is published with the others": {
+			objects: objects(),
+			publish: true,
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				h.respond(signedBy(nextCA, time.Hour))
+			},
+			wantEvents:    []string{"Normal RootLearned"},
+			wantRoots:     []*x509.Certificate{ca.Cert, nextCA.Cert},
+			wantPublished: []*x509.Certificate{ca.Cert, nextCA.Cert},
+		},
+		"nothing is published while a root is still to be learned": {
+			objects:     objects(),
+			publish:     true,
+			wantProbes:  []string{"Probe:demo/next"},
+			wantRequeue: requestTimeout,
+			wantRoots:   []*x509.Certificate{ca.Cert},
+		},
+		"a denied probe is reported, and retried after its backoff": {
+			objects: objects(),
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				h.respond(denied)
+			},
+			wantEvents:  []string{"Warning RootUnknown"},
+			wantRequeue: firstBackoff,
+			wantRoots:   []*x509.Certificate{ca.Cert},
+		},
+		"a failed probe is not retried before its backoff ends": {
+			objects: objects(),
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				h.respond(failed)
+				h.reconcileMesh("demo")
+				h.events()
+				h.clock.Step(2 * time.Second)
+			},
+			wantRequeue: firstBackoff - 2*time.Second,
+			wantRoots:   []*x509.Certificate{ca.Cert},
+		},
+		"a failed probe is retried once its backoff ends": {
+			objects: objects(),
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				h.respond(failed)
+				h.reconcileMesh("demo")
+				h.events()
+				h.clock.Step(firstBackoff)
+			},
+			wantProbes: []string{"Probe:demo/next"},
+			// As it is: the failure is remembered until a root is learned,
+			// and a failure whose retry time has passed is looked at again
+			// every second, here while its new probe runs.
+			wantRequeue: time.Second,
+			wantRoots:   []*x509.Certificate{ca.Cert},
+		},
+		"a removed backend's probe is ended": {
+			objects: objects(),
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				var mesh kuma.MeshResource
+				if err := h.client.Get(h.ctx, types.NamespacedName{Name: "demo"}, &mesh); err != nil {
+					h.t.Fatal(err)
+				}
+				mesh.Spec = meshObject(certManagerMTLS).Spec
+				if err := h.client.Update(h.ctx, &mesh); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+		},
+		"a deleted mesh's probes are ended": {
+			objects: objects(),
+			before: func(h *harness) {
+				h.reconcileMesh("demo")
+				if err := h.client.Delete(h.ctx, rotating()); err != nil {
+					h.t.Fatal(err)
+				}
+			},
+		},
+		"a mesh whose one backend issues for its dataplanes probes nothing": {
+			objects: []client.Object{meshObject(certManagerMTLS), readyIssuer("local-ca")},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Options{PublishTrustBundles: tc.publish}, tc.objects...)
+			if tc.before != nil {
+				tc.before(h)
+			}
+
+			res := h.reconcileMesh("demo")
+
+			var owners []string
+			for _, cr := range h.requests() {
+				if cr.Labels[ProbeLabel] != "true" || cr.Labels[kuma.ManagedMeshLabel] != "demo" {
+					t.Errorf("request %s is not labelled as the mesh's probe: %v", cr.Name, cr.Labels)
+				}
+				owners = append(owners, cr.Annotations[issuance.OwnerAnnotation])
+			}
+			if diff := cmp.Diff(tc.wantProbes, owners); diff != "" {
+				t.Errorf("the probes' owners (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantEvents, h.events()); diff != "" {
+				t.Errorf("Events (-want +got):\n%s", diff)
+			}
+			if res.RequeueAfter != tc.wantRequeue {
+				t.Errorf("RequeueAfter = %s, want %s", res.RequeueAfter, tc.wantRequeue)
+			}
+			var mesh kuma.MeshResource
+			if err := h.client.Get(h.ctx, types.NamespacedName{Name: "demo"}, &mesh); err == nil {
+				spec, _ := kuma.ParseMeshSpec(mesh.Spec)
+				if got, want := h.r.meshRoots("demo", spec).Bundle(), trust.EncodeRoots(tc.wantRoots); string(got) != string(want) {
+					t.Errorf("the mesh's roots are not the ones wanted")
+				}
+			}
+			var cm corev1.ConfigMap
+			err := h.client.Get(h.ctx, types.NamespacedName{Namespace: systemNamespace, Name: TrustBundleName("demo")}, &cm)
+			switch {
+			case apierrors.IsNotFound(err):
+				if tc.wantPublished != nil {
+					t.Error("the mesh's roots are not published")
+				}
+			case err != nil:
+				t.Fatal(err)
+			case tc.wantPublished == nil:
+				t.Error("the mesh's roots are published, and should not be")
+			case cm.Data[kuma.CAKey] != string(trust.EncodeRoots(tc.wantPublished)):
+				t.Error("the published roots are not the ones wanted")
+			}
+		})
+	}
+}
