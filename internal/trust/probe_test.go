@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/meshcert/meshcert/internal/issuance"
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 // indexer registers an index with a fake client's builder.

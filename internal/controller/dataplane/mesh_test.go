@@ -14,8 +14,8 @@ import (
 
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/internal/trust"
-	"github.com/meshcert/meshcert/test/testpki"
 )
 
 func TestReconcileMesh(t *testing.T) {

@@ -26,7 +26,7 @@ import (
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/lookup"
-	"github.com/meshcert/meshcert/test/testpki"
+	"github.com/meshcert/meshcert/internal/testpki"
 )
 
 const (

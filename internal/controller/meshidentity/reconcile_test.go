@@ -27,8 +27,8 @@ import (
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/lookup"
+	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/internal/trust"
-	"github.com/meshcert/meshcert/test/testpki"
 )
 
 var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
