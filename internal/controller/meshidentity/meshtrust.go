@@ -41,10 +41,6 @@ const (
 	RetiringAnnotation = "meshcert.io/retiring-roots"
 )
 
-// DefaultLifetime bounds how long a certificate of an identity can be valid,
-// when its meshcert.io/duration annotation does not say: Kuma's default.
-const DefaultLifetime = 24 * time.Hour
-
 // rootRefresh is how often a root learned from status.ca is learned again,
 // to notice an issuer whose CA changed in place.
 const rootRefresh = 10 * time.Minute
@@ -237,7 +233,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 	}
 
 	// The roots now, and those that left but may still have valid certificates.
-	lifetime := lifetimeOf(mid)
+	lifetime := mid.Lifetime()
 	retiring := parseRetiring(existing.Annotations[RetiringAnnotation])
 	current := map[string]bool{}
 	for _, c := range roots {
@@ -373,14 +369,6 @@ func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner
 		return err
 	}
 	return client.IgnoreNotFound(r.Client.Delete(ctx, &mt, client.Preconditions{UID: &mt.UID}))
-}
-
-// lifetimeOf is the longest a certificate of the identity can be valid.
-func lifetimeOf(mid *kuma.MeshIdentityResource) time.Duration {
-	if d, err := time.ParseDuration(mid.Annotations[kuma.DurationAnnotation]); err == nil && d > 0 {
-		return d
-	}
-	return DefaultLifetime
 }
 
 func sameMeshTrust(a, b *kuma.MeshTrustResource) bool {

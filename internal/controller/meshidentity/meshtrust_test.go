@@ -5,9 +5,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/meshcert/meshcert/internal/kuma"
 )
 
 func TestRetiringRoots(t *testing.T) {
@@ -29,26 +26,6 @@ func TestRetiringRoots(t *testing.T) {
 			}
 			if again := parseRetiring(formatRetiring(got)); !cmp.Equal(got, again) {
 				t.Errorf("formatRetiring does not round-trip: %v, then %v", got, again)
-			}
-		})
-	}
-}
-
-func TestLifetimeOf(t *testing.T) {
-	tests := map[string]struct {
-		annotations map[string]string
-		want        time.Duration
-	}{
-		"Kuma's default":     {want: DefaultLifetime},
-		"the annotation":     {annotations: map[string]string{kuma.DurationAnnotation: "90m"}, want: 90 * time.Minute},
-		"not a duration":     {annotations: map[string]string{kuma.DurationAnnotation: "a day"}, want: DefaultLifetime},
-		"not a positive one": {annotations: map[string]string{kuma.DurationAnnotation: "-1h"}, want: DefaultLifetime},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			mid := &kuma.MeshIdentityResource{ObjectMeta: metav1.ObjectMeta{Annotations: tc.annotations}}
-			if got := lifetimeOf(mid); got != tc.want {
-				t.Errorf("lifetimeOf = %s, want %s", got, tc.want)
 			}
 		})
 	}
