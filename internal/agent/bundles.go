@@ -11,7 +11,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/internal/kuma"
-	"github.com/meshcert/meshcert/internal/lookup"
 	"github.com/meshcert/meshcert/internal/trust"
 )
 
@@ -74,7 +73,7 @@ func parseMeshTrusts(items []kuma.MeshTrustResource) map[string][]TrustDomainBun
 		if byDomain[mesh] == nil {
 			byDomain[mesh] = map[string][]*x509.Certificate{}
 		}
-		byDomain[mesh][mt.Spec.TrustDomain] = append(byDomain[mesh][mt.Spec.TrustDomain], lookup.MeshTrustRoots(mt)...)
+		byDomain[mesh][mt.Spec.TrustDomain] = append(byDomain[mesh][mt.Spec.TrustDomain], mt.Roots()...)
 	}
 	out := map[string][]TrustDomainBundle{}
 	for mesh, domains := range byDomain {

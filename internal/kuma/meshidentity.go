@@ -1,6 +1,7 @@
 package kuma
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -201,6 +203,21 @@ type MeshTrustResource struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              MeshTrustSpec    `json:"spec"`
 	Status            *MeshTrustStatus `json:"status,omitempty"`
+}
+
+// Roots are the roots the MeshTrust holds. A bundle that does not parse adds
+// nothing: it is the webhook's and Kuma's to reject.
+func (mt *MeshTrustResource) Roots() []*x509.Certificate {
+	var roots []*x509.Certificate
+	for _, b := range mt.Spec.CABundles {
+		if b.PEM == nil {
+			continue
+		}
+		if certs, err := pki.DecodeX509CertificateSetBytes([]byte(b.PEM.Value)); err == nil {
+			roots = append(roots, certs...)
+		}
+	}
+	return roots
 }
 
 // MeshTrustSpec is spec of a MeshTrust.

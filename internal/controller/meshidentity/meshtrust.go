@@ -241,7 +241,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 	}
 	keep := slices.Clone(roots)
 	var added, retired []string
-	for _, old := range lookup.MeshTrustRoots(&existing) {
+	for _, old := range existing.Roots() {
 		fp := fingerprint(old)
 		if current[fp] {
 			delete(retiring, fp)
@@ -270,7 +270,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 	}
 	if found {
 		for _, c := range roots {
-			if !slices.ContainsFunc(lookup.MeshTrustRoots(&existing), c.Equal) {
+			if !slices.ContainsFunc(existing.Roots(), c.Equal) {
 				added = append(added, c.Subject.String())
 			}
 		}

@@ -338,7 +338,7 @@ func TestReconcile(t *testing.T) {
 			case tc.wantRoots == nil:
 				t.Fatal("a MeshTrust is left, and should not be")
 			}
-			if got, want := trust.EncodeRoots(lookup.MeshTrustRoots(&mt)), trust.EncodeRoots(tc.wantRoots); string(got) != string(want) {
+			if got, want := trust.EncodeRoots(mt.Roots()), trust.EncodeRoots(tc.wantRoots); string(got) != string(want) {
 				t.Errorf("the MeshTrust's roots are not the ones wanted")
 			}
 			if mt.Spec.TrustDomain != trustDomain || mt.Labels[kuma.MeshLabel] != "demo" {
