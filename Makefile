@@ -13,7 +13,7 @@ export GOTOOLCHAIN := local
 # target with a bare "context deadline exceeded" when a -fuzztime duration ends
 # on a loaded machine (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME ?= 20000x
-FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./internal/kuma:FuzzParseMeshSpec ./internal/kuma:FuzzDecodeMesh ./internal/lookup:FuzzCAProblems ./internal/kuma:FuzzSpiffeID ./internal/kuma:FuzzTrimDataplaneSpec ./webhook:FuzzMeshIdentityAdmission ./internal/agent/attest:FuzzParseCgroup ./internal/agent/attest:FuzzParseStartTime ./internal/agent:FuzzSDSResourceNames ./internal/bench:FuzzParseGCTraceLine ./internal/bench:FuzzParseCPUPressure ./internal/bench:FuzzParseAuditLine
+FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./internal/kuma:FuzzParseMeshSpec ./internal/lookup:FuzzCAProblems ./internal/kuma:FuzzSpiffeID ./internal/kuma:FuzzTrimDataplaneSpec ./webhook:FuzzMeshIdentityAdmission ./internal/agent/attest:FuzzParseCgroup ./internal/agent/attest:FuzzParseStartTime ./internal/agent:FuzzSDSResourceNames
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 

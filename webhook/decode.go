@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,7 +13,10 @@ import (
 	"github.com/meshcert/meshcert/internal/kuma"
 )
 
-var errNoObject = errors.New("the AdmissionReview request has no object")
+var (
+	errNoObject  = errors.New("the AdmissionReview request has no object")
+	errNotObject = errors.New("the object is not a JSON object")
+)
 
 // checkOperation answers the requests there is nothing to check in: DELETE
 // and CONNECT are allowed, and a request with no known operation is broken.
@@ -38,16 +42,33 @@ func decodeOldMesh(req admission.Request) (kuma.Mesh, error) {
 	return mesh, err
 }
 
-// decodeMesh reads the Mesh under admission. An error means the request itself
-// is broken (and deserves a 400); field errors mean the spec is, and are the
-// user's to fix.
+// decodeMesh reads the Mesh under admission, its spec as the reconciler
+// reads a stored one (kuma.MeshSpecFrom, which names every value of the
+// wrong type). An error means the request itself is broken (and deserves a
+// 400); field errors mean the spec is, and are the user's to fix.
 func decodeMesh(req admission.Request) (kuma.Mesh, field.ErrorList, error) {
 	if len(req.Object.Raw) == 0 {
 		return kuma.Mesh{}, nil, errNoObject
 	}
-	mesh, errs, err := kuma.DecodeMesh(req.Object.Raw, req.Name)
-	if err != nil {
-		return kuma.Mesh{}, nil, err
+	// A map, not a struct: encoding/json matches struct fields regardless of
+	// case, and "Spec" is not the spec.
+	var obj map[string]any
+	if err := json.Unmarshal(req.Object.Raw, &obj); err != nil {
+		return kuma.Mesh{}, nil, fmt.Errorf("%w: %v", errNotObject, err)
 	}
+	if obj == nil {
+		return kuma.Mesh{}, nil, errNotObject
+	}
+	mesh := kuma.Mesh{Name: req.Name}
+	meta, _ := obj["metadata"].(map[string]any)
+	if mesh.Name == "" {
+		mesh.Name, _ = meta["name"].(string) // only for messages
+	}
+	annotations, _ := meta["annotations"].(map[string]any)
+	if alg, ok := annotations[kuma.KeyAlgorithmAnnotation].(string); ok {
+		mesh.KeyAlgorithm = &alg
+	}
+	spec, errs := kuma.MeshSpecFrom(obj["spec"])
+	mesh.Spec = spec
 	return mesh, errs, nil
 }

@@ -38,6 +38,8 @@ func FuzzAdmissionReview(f *testing.F) {
 	}
 	f.Add(review(admissionv1.Update, `{"spec":{"mtls":{"backends":[{"type":"certmanager","conf":{"issuerRef":{}}}]}}}`))
 	f.Add([]byte(`{"request":{"operation":"CREATE","object":{"spec":[]}}}`))
+	f.Add(review(admissionv1.Create, `{"spec":{"mtls":{"backends":[{"type":"certmanager","conf":null},{"type":"certmanager","conf":{"issuerRef":null,"caCert":{}}}]}}}`))
+	f.Add(review(admissionv1.Create, `{"Spec":{"mtls":{}},"spec":null}`))
 	f.Add([]byte(`{`))
 
 	f.Fuzz(func(t *testing.T, body []byte) {

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime/pprof"
 	"strings"
 
 	"go.uber.org/zap/zapcore"
@@ -31,25 +30,10 @@ func main() {
 	// The bench's own informers log only what goes wrong.
 	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
 	quick := flag.Bool("quick", false, "Run every measure at a small size, in a few minutes.")
-	results := flag.String("results", "bench/results.md", "Where to write the Markdown report; empty for none.")
+	results := flag.String("results", "bench/results.md", "Where to write the results table; empty for none.")
 	only := flag.String("only", "", "Comma-separated ids of the measures to run, e.g. P3; all when empty.")
-	apiProfiles := flag.String("apiserver-profiles", "", "A directory for CPU profiles of kube-apiserver and meshcert during each run of P3, and meshcert's heap profile after it (P4).")
-	cpuProfile := flag.String("cpuprofile", "", "Write a CPU profile of the whole run (load, servers and all) to this file.")
 	flag.Parse()
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
-			os.Exit(1)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
-			os.Exit(1)
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if err := bench.Run(ctrl.SetupSignalHandler(), bench.Options{Quick: *quick, Out: os.Stdout, Results: *results, Only: onlyIDs(*only), ProfileDir: *apiProfiles}); err != nil {
-		pprof.StopCPUProfile()
+	if err := bench.Run(ctrl.SetupSignalHandler(), bench.Options{Quick: *quick, Out: os.Stdout, Results: *results, Only: onlyIDs(*only)}); err != nil {
 		fmt.Fprintf(os.Stderr, "meshcert-bench: %v\n", err)
 		os.Exit(1)
 	}

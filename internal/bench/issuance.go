@@ -3,10 +3,11 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -36,10 +37,12 @@ import (
 // for a CA ClusterIssuer; certificateControllers add those of Certificates.
 var (
 	signerControllers      = []string{"issuers", "clusterissuers", "certificaterequests-approver", "certificaterequests-issuer-ca"}
-	certificateControllers = append(append([]string(nil), signerControllers...),
+	certificateControllers = append(slices.Clone(signerControllers),
 		"certificates-trigger", "certificates-issuing", "certificates-key-manager",
 		"certificates-request-manager", "certificates-readiness", "certificates-revision-manager")
 )
+
+var clusterIssuer = cmmeta.IssuerReference{Name: "mesh-ca", Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"}
 
 // identity is dataplane i's: the URI SANs meshcert gives it.
 func identity(i int) []string {
@@ -63,189 +66,217 @@ func bareCSRs(n int, uris func(int) []string, usages []cmapi.KeyUsage) ([][]byte
 			return err
 		}
 		der, err := pki.EncodeCSR(tmpl, key)
-		csrs[i] = pemCSR(der)
+		csrs[i] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 		return err
 	})
 	return csrs, err
 }
 
-var clusterIssuer = cmmeta.IssuerReference{Name: "mesh-ca", Kind: cmapi.ClusterIssuerKind, Group: "cert-manager.io"}
-
-// parallel runs fn for 0..n-1 on a few workers, as a busy client would.
+// parallel runs fn for 0..n-1 on 32 workers, as a busy client would, and
+// returns the first error.
 func parallel(n int, fn func(i int) error) error {
 	var wg sync.WaitGroup
-	errs := make(chan error, 1)
+	var mu sync.Mutex
+	var errs []error
 	next := make(chan int)
 	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := range next {
 				if err := fn(i); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
 				}
 			}
-		}()
+		})
 	}
 	for i := range n {
 		next <- i
 	}
 	close(next)
 	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
+	if len(errs) > 0 {
+		return errs[0]
 	}
+	return nil
 }
 
-// countUntil follows one type's objects in a namespace through an informer
-// (which relists and rewatches as needed) and returns once done says n of
-// them are done.
-func countUntil(ctx context.Context, e *env, obj client.Object, ns string, n int, timeout time.Duration, done func(client.Object) bool) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// follow calls seen with each object of obj's type in ns that an informer
+// (which relists and rewatches as needed) adds or updates, until ctx ends.
+// It returns once the informer has synced.
+func follow(ctx context.Context, e *env, obj client.Object, ns string, seen func(client.Object)) error {
 	c, err := crcache.New(e.c.Config, crcache.Options{Scheme: e.c.Client.Scheme(), DefaultNamespaces: map[string]crcache.Config{ns: {}}})
 	if err != nil {
-		return 0, err
+		return err
 	}
 	informer, err := c.GetInformer(ctx, obj)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	var mu sync.Mutex
-	finished := map[string]bool{}
-	all := make(chan struct{})
-	check := func(o any) {
-		obj, ok := o.(client.Object)
-		if !ok || !done(obj) {
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if !finished[obj.GetName()] {
-			finished[obj.GetName()] = true
-			if len(finished) == n {
-				close(all)
-			}
+	handle := func(o any) {
+		if obj, ok := o.(client.Object); ok {
+			seen(obj)
 		}
 	}
-	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, o any) { check(o) }}); err != nil {
-		return 0, err
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: handle, UpdateFunc: func(_, o any) { handle(o) }}); err != nil {
+		return err
 	}
 	go func() { _ = c.Start(ctx) }()
-	select {
-	case <-all:
-		return n, nil
-	case <-ctx.Done():
-		mu.Lock()
-		defer mu.Unlock()
-		return len(finished), fmt.Errorf("%d of %d done after %s", len(finished), n, timeout)
+	if !c.WaitForCacheSync(ctx) {
+		return errors.New("the informer did not sync")
+	}
+	return nil
+}
+
+// nameTimes records when each name was first seen.
+type nameTimes struct {
+	mu    sync.Mutex
+	times map[string]time.Time
+}
+
+func (t *nameTimes) see(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.times[name]; !ok {
+		t.times[name] = time.Now()
 	}
 }
 
-func ready(conds []cmapi.CertificateRequestCondition) bool {
-	for _, c := range conds {
-		if c.Type == cmapi.CertificateRequestConditionReady && c.Status == cmmeta.ConditionTrue {
-			return true
-		}
+func (t *nameTimes) get(name string) (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.times[name]
+	return at, ok
+}
+
+// last is when the last name was first seen.
+func (t *nameTimes) last() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var last time.Time
+	for _, at := range t.times {
+		last = latest(last, at)
 	}
-	return false
+	return last
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func (t *nameTimes) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.times)
+}
+
+func ready(conds []cmapi.CertificateRequestCondition) bool {
+	return slices.ContainsFunc(conds, func(c cmapi.CertificateRequestCondition) bool {
+		return c.Type == cmapi.CertificateRequestConditionReady && c.Status == cmmeta.ConditionTrue
+	})
+}
+
+// timeCreates creates n objects in parallel with create, and returns the
+// time from the first create until done says all n objects of watch's type
+// in ns are done, or until limit, with how many were done by then.
+func (e *env) timeCreates(ctx context.Context, watch client.Object, ns string, n int, limit time.Duration, done func(client.Object) bool, create func(i int) error) (time.Duration, int, error) {
+	followCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	finished := &nameTimes{times: map[string]time.Time{}}
+	if err := follow(followCtx, e, watch, ns, func(o client.Object) {
+		if done(o) {
+			finished.see(o.GetName())
+		}
+	}); err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	if err := parallel(n, create); err != nil {
+		return 0, 0, err
+	}
+	for finished.count() < n && time.Since(start) < limit {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if done := finished.count(); done < n {
+		return time.Since(start), done, nil
+	}
+	return finished.last().Sub(start), n, nil
+}
+
+// timeInCluster starts a cluster with cert-manager's controllers given and
+// times creates in its namespace ns (timeCreates).
+func timeInCluster(ctx context.Context, controllers []string, ns string, n int, limit time.Duration, watch client.Object, done func(client.Object) bool, create func(c client.Client, i int) error) (time.Duration, int, error) {
+	e, err := newEnv(ctx, localcluster.Options{}, controllers...)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer e.stop()
+	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
+		return 0, 0, err
+	}
+	return e.timeCreates(ctx, watch, ns, n, limit, done, func(i int) error { return create(e.c.Client, i) })
 }
 
 // signerAlone is baseline (a): cert-manager's CA signer signing n bare
 // CertificateRequests, their CSRs made beforehand: the ceiling of issuance.
-func signerAlone(ctx context.Context, n int, profileDir string) (time.Duration, string, error) {
-	e, err := newEnv(ctx, localcluster.Options{}, signerControllers...)
-	if err != nil {
-		return 0, "", err
-	}
-	defer e.stop()
-	const ns = "bench-signer"
-	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
-		return 0, "", err
-	}
+func signerAlone(ctx context.Context, n int) (time.Duration, error) {
 	csrs, err := bareCSRs(n, identity, issuance.WorkloadUsages)
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
-	t, err := e.timeCreates(ctx, timedCreates{
-		watch: &cmapi.CertificateRequest{}, ns: ns, n: n, limit: 30 * time.Minute,
-		done: func(o client.Object) bool { return ready(o.(*cmapi.CertificateRequest).Status.Conditions) },
-		create: func(i int) error {
-			return e.c.Client.Create(ctx, &cmapi.CertificateRequest{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
+	took, done, err := timeInCluster(ctx, signerControllers, "bench-signer", n, 30*time.Minute, &cmapi.CertificateRequest{},
+		func(o client.Object) bool { return ready(o.(*cmapi.CertificateRequest).Status.Conditions) },
+		func(c client.Client, i int) error {
+			return c.Create(ctx, &cmapi.CertificateRequest{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: "bench-signer"},
 				Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer,
 					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: issuance.WorkloadUsages},
 			})
-		},
-		profileDir: profileDir, profileName: fmt.Sprintf("p3-a-%d", n),
-	})
-	if err == nil && t.ready < n {
-		err = fmt.Errorf("%d of %d signed after %s", t.ready, n, t.took)
+		})
+	if err == nil && done < n {
+		err = fmt.Errorf("%d of %d signed after %s", done, n, took)
 	}
-	return t.took, t.cost, err
+	return took, err
 }
 
 // certificates is baseline (b): the same identities as cert-manager
 // Certificates, through cert-manager's own certificates controllers: what a
 // user would do without meshcert. It is slow: after limit, it stops, and
 // says how many were ready by then.
-func certificates(ctx context.Context, n int, limit time.Duration, profileDir string) (time.Duration, int, string, error) {
-	e, err := newEnv(ctx, localcluster.Options{}, certificateControllers...)
-	if err != nil {
-		return 0, 0, "", err
-	}
-	defer e.stop()
-	const ns = "bench-certificates"
-	if err := localcluster.EnsureNamespace(ctx, e.c.Client, ns); err != nil {
-		return 0, 0, "", err
-	}
-	t, err := e.timeCreates(ctx, timedCreates{
-		watch: &cmapi.Certificate{}, ns: ns, n: n, limit: limit,
-		done: func(o client.Object) bool {
-			for _, c := range o.(*cmapi.Certificate).Status.Conditions {
-				if c.Type == cmapi.CertificateConditionReady && c.Status == cmmeta.ConditionTrue {
-					return true
-				}
-			}
-			return false
+func certificates(ctx context.Context, n int, limit time.Duration) (time.Duration, int, error) {
+	took, done, err := timeInCluster(ctx, certificateControllers, "bench-certificates", n, limit, &cmapi.Certificate{},
+		func(o client.Object) bool {
+			return slices.ContainsFunc(o.(*cmapi.Certificate).Status.Conditions, func(c cmapi.CertificateCondition) bool {
+				return c.Type == cmapi.CertificateConditionReady && c.Status == cmmeta.ConditionTrue
+			})
 		},
-		create: func(i int) error {
-			return e.c.Client.Create(ctx, &cmapi.Certificate{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: ns},
+		func(c client.Client, i int) error {
+			return c.Create(ctx, &cmapi.Certificate{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: "bench-certificates"},
 				Spec: cmapi.CertificateSpec{
 					SecretName: fmt.Sprintf("web-%d-mtls", i), URIs: identity(i), IssuerRef: clusterIssuer,
 					Duration: &metav1.Duration{Duration: 24 * time.Hour}, Usages: issuance.WorkloadUsages,
 					PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
 				},
 			})
-		},
-		profileDir: profileDir, profileName: fmt.Sprintf("p3-b-%d", n),
-	})
-	if err == nil && t.ready == 0 {
+		})
+	if err == nil && done == 0 {
 		err = fmt.Errorf("no Certificate ready after %s", limit)
 	}
-	return t.took, t.ready, t.cost, err
+	return took, done, err
 }
 
 // meshcertRun is meshcert, as a process of its own, serving a mesh.
 type meshcertRun struct {
 	e       *env
 	p       *localcluster.Process
-	metrics string
+	metrics string // address
 	log     string
-	pprof   string // address
-	// peakRSS is the resident memory when it was highest.
-	peakRSS  residentSet
-	peakHeap float64
-	// cost is the CPU each process used to issue the dataplanes, and
-	// kube-apiserver's writes.
-	cost string
+	// peakRSS is its highest resident memory, in bytes.
+	peakRSS uint64
 }
 
 const benchNamespace = "bench"
@@ -258,37 +289,34 @@ func startMeshcert(ctx context.Context, dir, expiration string, extra ...string)
 		return nil, err
 	}
 	r := &meshcertRun{e: e, log: filepath.Join(dir, "meshcert.log")}
-	if err := localcluster.EnsureNamespace(ctx, e.c.Client, benchNamespace); err != nil {
-		r.stop()
-		return nil, err
-	}
-	spec, _ := json.Marshal(map[string]any{"mtls": map[string]any{"enabledBackend": "cm", "backends": []any{map[string]any{
-		"name": "cm", "type": "certmanager", "dpCert": map[string]any{"rotation": map[string]any{"expiration": expiration}},
-		"conf": map[string]any{"issuerRef": map[string]any{"name": "mesh-ca", "kind": "ClusterIssuer"}},
-	}}}})
-	if err := e.c.Client.Create(ctx, &kuma.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: "bench"}, Spec: spec}); err != nil {
-		r.stop()
-		return nil, err
-	}
-	port, err := localcluster.FreePort()
-	if err != nil {
-		r.stop()
-		return nil, err
-	}
-	r.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	if port, err = localcluster.FreePort(); err != nil {
-		r.stop()
-		return nil, err
-	}
-	r.pprof = fmt.Sprintf("127.0.0.1:%d", port)
-	args := append([]string{"--enable-webhook=false", "--system-namespace=" + systemNamespace,
-		"--dataplane-namespaces=" + benchNamespace, "--metrics-bind-address=" + r.metrics, "--pprof-bind-address=" + r.pprof}, extra...)
-	if r.p, err = e.c.StartProcess(r.log, args...); err != nil {
+	if err := r.start(ctx, expiration, extra); err != nil {
 		r.stop()
 		return nil, err
 	}
 	go r.sampleMemory(ctx)
 	return r, nil
+}
+
+func (r *meshcertRun) start(ctx context.Context, expiration string, extra []string) error {
+	if err := localcluster.EnsureNamespace(ctx, r.e.c.Client, benchNamespace); err != nil {
+		return err
+	}
+	spec, _ := json.Marshal(map[string]any{"mtls": map[string]any{"enabledBackend": "cm", "backends": []any{map[string]any{
+		"name": "cm", "type": "certmanager", "dpCert": map[string]any{"rotation": map[string]any{"expiration": expiration}},
+		"conf": map[string]any{"issuerRef": map[string]any{"name": "mesh-ca", "kind": "ClusterIssuer"}},
+	}}}})
+	if err := r.e.c.Client.Create(ctx, &kuma.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: "bench"}, Spec: spec}); err != nil {
+		return err
+	}
+	port, err := localcluster.FreePort()
+	if err != nil {
+		return err
+	}
+	r.metrics = fmt.Sprintf("127.0.0.1:%d", port)
+	args := append([]string{"--enable-webhook=false", "--system-namespace=" + systemNamespace,
+		"--dataplane-namespaces=" + benchNamespace, "--metrics-bind-address=" + r.metrics}, extra...)
+	r.p, err = r.e.c.StartProcess(r.log, args...)
+	return err
 }
 
 func (r *meshcertRun) stop() {
@@ -298,14 +326,11 @@ func (r *meshcertRun) stop() {
 	r.e.stop()
 }
 
-// sampleMemory records the process's peak resident set and Go heap.
+// sampleMemory records the process's peak resident memory.
 func (r *meshcertRun) sampleMemory(ctx context.Context) {
 	for !r.p.Exited() && ctx.Err() == nil {
-		if rss, err := readResident(r.p.Pid()); err == nil && rss.total > r.peakRSS.total {
-			r.peakRSS = rss
-		}
-		if m, err := scrape(r.metrics); err == nil && m["go_memstats_heap_inuse_bytes"] > r.peakHeap {
-			r.peakHeap = m["go_memstats_heap_inuse_bytes"]
+		if rss, err := residentBytes(r.p.Pid()); err == nil {
+			r.peakRSS = max(r.peakRSS, rss)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -313,94 +338,21 @@ func (r *meshcertRun) sampleMemory(ctx context.Context) {
 
 // createDataplanes creates n dataplanes of mesh bench, and waits until each
 // has its Secret. It returns the time from the first create.
-func (r *meshcertRun) createDataplanes(ctx context.Context, n int, profileDir string) (time.Duration, error) {
-	t, err := r.e.timeCreates(ctx, timedCreates{
-		watch: &corev1.Secret{}, ns: benchNamespace, n: n, limit: 60 * time.Minute,
-		done: func(o client.Object) bool { return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0 },
-		create: func(i int) error {
+func (r *meshcertRun) createDataplanes(ctx context.Context, n int) (time.Duration, error) {
+	took, done, err := r.e.timeCreates(ctx, &corev1.Secret{}, benchNamespace, n, 60*time.Minute,
+		func(o client.Object) bool { return len(o.(*corev1.Secret).Data[corev1.TLSCertKey]) > 0 },
+		func(i int) error {
 			return r.e.c.Client.Create(ctx, &kuma.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: benchNamespace},
 				Mesh: "bench", Spec: kumaDataplaneSpec(benchNamespace, fmt.Sprintf("web-%d", i), i)})
-		},
-		meshcertPID: r.p.Pid(), meshcertPprof: r.pprof,
-		profileDir: profileDir, profileName: fmt.Sprintf("p3-meshcert-%d", n),
-	})
-	if err == nil && t.ready < n {
-		err = fmt.Errorf("%d of %d Secrets after %s", t.ready, n, t.took)
+		})
+	if err == nil && done < n {
+		err = fmt.Errorf("%d of %d Secrets after %s", done, n, took)
 	}
-	r.cost = t.cost
-	return t.took, err
-}
-
-// timedCreates is one timed measure: n objects created in parallel, and a
-// watch that counts those done.
-type timedCreates struct {
-	watch  client.Object // the type whose objects are counted, in ns
-	ns     string
-	n      int
-	limit  time.Duration
-	done   func(client.Object) bool
-	create func(i int) error
-	// meshcertPID and meshcertPprof, if set, add meshcert's process to the
-	// CPU meter and to the profiles.
-	meshcertPID   int
-	meshcertPprof string
-	// profileDir, if set, receives CPU profiles named after profileName.
-	profileDir, profileName string
-}
-
-type timed struct {
-	took  time.Duration
-	ready int
-	// cost is the CPU each process used, and kube-apiserver's writes.
-	cost string
-}
-
-// timeCreates runs t: it returns the time from the first create until the
-// last object is done, or until the limit, with how many were done by then
-// and the CPU each process used.
-func (e *env) timeCreates(ctx context.Context, t timedCreates) (timed, error) {
-	type outcome struct {
-		ready int
-		err   error
-	}
-	doneCh := make(chan outcome, 1)
-	go func() {
-		ready, err := countUntil(ctx, e, t.watch, t.ns, t.n, t.limit, t.done)
-		doneCh <- outcome{ready, err}
-	}()
-	time.Sleep(200 * time.Millisecond) // let the watch start
-	var meshcert map[string][]int
-	if t.meshcertPID != 0 {
-		meshcert = map[string][]int{"meshcert": {t.meshcertPID}}
-	}
-	cpu := e.cpuMeter(meshcert)
-	writes := e.countWrites(ctx)
-	profiled := e.profileAPIServer(ctx, t.profileDir, t.profileName+"-kube-apiserver", t.n)
-	profiledMeshcert := func() error { return nil }
-	if t.profileDir != "" && t.meshcertPprof != "" {
-		profiledMeshcert = profile(ctx, http.DefaultClient, "http://"+t.meshcertPprof, filepath.Join(t.profileDir, t.profileName+"-meshcert.pprof"), t.n)
-	}
-	start := time.Now()
-	if err := parallel(t.n, t.create); err != nil {
-		return timed{}, err
-	}
-	o := <-doneCh
-	result := timed{took: time.Since(start), ready: o.ready, cost: cpu.String() + "; " + writes.perIdentity(ctx, max(o.ready, 1))}
-	if o.err != nil && o.ready == 0 {
-		return result, o.err
-	}
-	return result, errors.Join(profiled(), profiledMeshcert())
+	return took, err
 }
 
 // writes counts meshcert's API requests that change something.
 func (r *meshcertRun) writes() (float64, error) {
-	m, err := scrapeAll(r.metrics, "rest_client_requests_total")
-	if err != nil {
-		return 0, err
-	}
-	return writesOf(growthBy(nil, m, "method")), nil
-}
-
-func pemCSR(der []byte) []byte {
-	return pemEncode("CERTIFICATE REQUEST", der)
+	m, err := scrape(r.metrics, "rest_client_requests_total")
+	return writesOf(m), err
 }

@@ -4,18 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"maps"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshcert/meshcert/internal/kuma"
@@ -74,21 +68,6 @@ func (e *env) setup(ctx context.Context, controllers []string) error {
 		Type:       kuma.MeshSecretType,
 		Data:       map[string][]byte{kuma.SecretValueKey: e.ca.PEM},
 	})
-}
-
-// cpuMeter starts measuring the CPU time of the cluster's processes, of this
-// process (cert-manager's controllers and the load), and of the others
-// named.
-func (e *env) cpuMeter(others map[string][]int) *cpuMeter {
-	pids := map[string][]int{"cert-manager and the load": {os.Getpid()}}
-	// Only the cluster's own: the agents name its kubeconfig too.
-	for name, pid := range pidsUsing(e.c.Dir()) {
-		if name == "kube-apiserver" || name == "etcd" {
-			pids[name] = []int{pid}
-		}
-	}
-	maps.Copy(pids, others)
-	return newCPUMeter(pids)
 }
 
 func (e *env) stop() {
@@ -177,75 +156,4 @@ func reviews() ([][]byte, error) {
 		out = append(out, review)
 	}
 	return out, nil
-}
-
-// profileAPIServer, when dir is set, records a CPU profile of the cluster's
-// kube-apiserver during a measure of n objects (profileWindow) into
-// dir/name.pprof, to see where its time goes. Wait for it with the returned
-// func.
-func (e *env) profileAPIServer(ctx context.Context, dir, name string, n int) func() error {
-	if dir == "" {
-		return func() error { return nil }
-	}
-	hc, err := rest.HTTPClientFor(e.c.Config)
-	if err != nil {
-		return func() error { return err }
-	}
-	return profile(ctx, hc, strings.TrimSuffix(e.c.Config.Host, "/"), filepath.Join(dir, name+".pprof"), n)
-}
-
-// profileWindow is when a CPU profile of a measure of n objects is taken:
-// the first 5 seconds of a short one; from 40 to 70 seconds in at 10,000 and
-// more, past the opening burst, while the work runs at its steady rate.
-func profileWindow(n int) (delay, length time.Duration) {
-	if n >= 10000 {
-		return 40 * time.Second, 30 * time.Second
-	}
-	return 0, 5 * time.Second
-}
-
-// profile records a CPU profile of a measure of n objects (profileWindow)
-// from the pprof endpoints at base into path, in the background. Wait for it
-// with the returned func.
-func profile(ctx context.Context, hc *http.Client, base, path string, n int) func() error {
-	delay, length := profileWindow(n)
-	done := make(chan error, 1)
-	go func() {
-		select {
-		case <-ctx.Done():
-			done <- ctx.Err()
-			return
-		case <-time.After(delay):
-		}
-		done <- fetchProfile(ctx, hc, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, int(length.Seconds())), path)()
-	}()
-	return func() error { return <-done }
-}
-
-// fetchProfile saves the profile at url into path, in the background. Wait
-// for it with the returned func.
-func fetchProfile(ctx context.Context, hc *http.Client, url, path string) func() error {
-	done := make(chan error, 1)
-	go func() {
-		done <- func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			if err != nil {
-				return err
-			}
-			resp, err := hc.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return err
-			}
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("profiling %s: %s", url, resp.Status)
-			}
-			return os.WriteFile(path, b, 0o644)
-		}()
-	}()
-	return func() error { return <-done }
 }

@@ -28,30 +28,6 @@ func FuzzParseMeshSpec(f *testing.F) {
 	})
 }
 
-// FuzzDecodeMesh: the typed fast path of DecodeMesh reads exactly what the
-// generic walk reads, whenever it succeeds; and DecodeMesh never panics.
-func FuzzDecodeMesh(f *testing.F) {
-	f.Add([]byte(`{"metadata":{"name":"demo"},"spec":{"mtls":{"enabledBackend":"cm","backends":[{"name":"cm","type":"certmanager","mode":"STRICT","dpCert":{"rotation":{"expiration":"1d"},"requestTimeout":"5s"},"conf":{"issuerRef":{"name":"ca"},"caCert":{"inline":"aGk=","secret":""}}},null,{"type":"builtin","conf":{"caCert":{"RSAbits":2048}}}]}}}`))
-	f.Add([]byte(`{"spec":{"mtls":{"backends":[{"type":"certmanager","conf":null},{"type":"certmanager","conf":{"issuerRef":null,"caCert":{}}}]}}}`))
-	f.Add([]byte(`{"Spec":{"mtls":{}},"spec":null}`))
-	f.Add([]byte(`null`))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		_, _, _ = DecodeMesh(raw, "")
-		_, _, _ = DecodeMesh(raw, "demo")
-		typed, ok := decodeTyped(raw)
-		if !ok {
-			return
-		}
-		generic, errs, err := decodeGeneric(raw)
-		if err != nil || len(errs) > 0 {
-			t.Fatalf("the typed path took what the generic one rejects: %v %v", err, errs)
-		}
-		if !reflect.DeepEqual(typed, generic.Spec) {
-			t.Fatalf("the paths differ:\ntyped:   %#v\ngeneric: %#v", typed, generic)
-		}
-	})
-}
-
 // FuzzTrimDataplaneSpec: a trimmed spec parses to the same tags and the same
 // errors as the whole one, and trimming twice changes nothing more.
 func FuzzTrimDataplaneSpec(f *testing.F) {

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -48,15 +47,6 @@ type Options struct {
 	// the API server's certificates. Stop removes them. Default: a new
 	// temporary folder.
 	Dir string
-	// APIServerGCTrace, if set, receives kube-apiserver's standard error with
-	// its garbage collector's trace turned on (GODEBUG=gctrace=1): its log,
-	// and a line at the end of every collection.
-	APIServerGCTrace io.Writer
-	// APIServerAuditLog, if set, is a file to which kube-apiserver writes an
-	// audit event, in JSON at the Metadata level, for each request on
-	// CertificateRequests once it is answered: who asked, for which object,
-	// when it arrived and when it was answered.
-	APIServerAuditLog string
 }
 
 // Cluster is a running test cluster.
@@ -76,7 +66,6 @@ type Cluster struct {
 	env     *envtest.Environment
 	dir     string
 	tempDir bool
-	gcTrace bool
 }
 
 // Start starts kube-apiserver and etcd, and registers the webhooks if asked;
@@ -87,7 +76,7 @@ func Start(opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("%s is not set: run `make test`, or export %s=$(hack/cluster-bins.sh assets)", AssetsEnv, AssetsEnv)
 	}
 	var err error
-	c := &Cluster{dir: opts.Dir, gcTrace: opts.APIServerGCTrace != nil}
+	c := &Cluster{dir: opts.Dir}
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "meshcert-cluster-"); err != nil {
 			return nil, err
@@ -111,16 +100,10 @@ func Start(opts Options) (*Cluster, error) {
 		Scheme:                app.Scheme(),
 		ControlPlane: envtest.ControlPlane{
 			Etcd:      &envtest.Etcd{DataDir: c.etcdDir()},
-			APIServer: &envtest.APIServer{CertDir: c.apiServerDir(), Err: opts.APIServerGCTrace},
+			APIServer: &envtest.APIServer{CertDir: c.apiServerDir()},
 		},
 		ControlPlaneStartTimeout: time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
-	}
-	if opts.APIServerAuditLog != "" {
-		if err := c.auditRequests(opts.APIServerAuditLog); err != nil {
-			c.cleanup()
-			return nil, err
-		}
 	}
 	if opts.Webhooks {
 		if err := c.prepareWebhooks(); err != nil {
@@ -128,7 +111,7 @@ func Start(opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if err = c.withGCTrace(func() (startErr error) { c.Config, startErr = c.env.Start(); return startErr }); err != nil {
+	if c.Config, err = c.env.Start(); err != nil {
 		c.cleanup()
 		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
 	}
@@ -156,32 +139,6 @@ func (c *Cluster) InstallCRDs() error {
 	}
 	_, err = envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{CRDs: crds, MaxTime: time.Minute})
 	return err
-}
-
-// requestsAuditPolicy audits CertificateRequests only, so that the log
-// holds the requests of issuance and little else.
-const requestsAuditPolicy = `apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-- level: Metadata
-  resources:
-  - group: cert-manager.io
-    resources: ["certificaterequests", "certificaterequests/status"]
-- level: None
-`
-
-// auditRequests has kube-apiserver write requestsAuditPolicy's events to path.
-func (c *Cluster) auditRequests(path string) error {
-	policy := filepath.Join(c.dir, "audit-policy.yaml")
-	if err := os.WriteFile(policy, []byte(requestsAuditPolicy), 0o600); err != nil {
-		return err
-	}
-	c.env.ControlPlane.APIServer.Configure().
-		Set("audit-policy-file", policy).
-		Set("audit-log-path", path).
-		Set("audit-log-format", "json")
-	return nil
 }
 
 func (c *Cluster) etcdDir() string      { return filepath.Join(c.dir, "etcd") }
@@ -281,38 +238,10 @@ func (c *Cluster) RestartControlPlane(down time.Duration) error {
 	if err := cp.Etcd.Start(); err != nil {
 		return fmt.Errorf("starting etcd: %w", err)
 	}
-	if err := c.withGCTrace(cp.APIServer.Start); err != nil {
+	if err := cp.APIServer.Start(); err != nil {
 		return fmt.Errorf("starting kube-apiserver: %w", err)
 	}
 	return nil
-}
-
-// withGCTrace runs start, which starts kube-apiserver, with the garbage
-// collector's trace in the environment when the cluster was asked for it:
-// envtest's processes inherit this one's. Etcd, started with it, traces too,
-// to a standard error envtest discards. A running Go program reads gctrace
-// only as it starts, so this one does not trace, nor does any process
-// started after. The caller must not start other processes meanwhile.
-func (c *Cluster) withGCTrace(start func() error) error {
-	if !c.gcTrace {
-		return start()
-	}
-	old, had := os.LookupEnv("GODEBUG")
-	trace := "gctrace=1"
-	if had && old != "" {
-		trace = old + "," + trace
-	}
-	if err := os.Setenv("GODEBUG", trace); err != nil {
-		return err
-	}
-	defer func() {
-		if had {
-			_ = os.Setenv("GODEBUG", old)
-		} else {
-			_ = os.Unsetenv("GODEBUG")
-		}
-	}()
-	return start()
 }
 
 // Stop stops the API server and etcd and removes the cluster's files.

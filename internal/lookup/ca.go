@@ -2,11 +2,9 @@ package lookup
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -33,7 +31,7 @@ func CAProblems(data []byte, now time.Time) (problems, warnings []string) {
 			problems = append(problems[:maxCAProblems], fmt.Sprintf("and %d more problems", extra))
 		}
 	}()
-	b := parsedBundles.get(data)
+	b := parseBundle(data)
 	problems = append(problems, b.problems...)
 	for i, cert := range b.certs {
 		name := fmt.Sprintf("cert[%d]", i)
@@ -77,35 +75,6 @@ func parseBundle(data []byte) bundle {
 		}
 		b.certs[i] = cert
 	}
-	return b
-}
-
-// parsedBundles remembers recent parses: every admission of a Mesh reads the
-// same few CA certificates, and parsing them is most of its validation.
-var parsedBundles = &bundleCache{entries: map[[sha256.Size]byte]bundle{}}
-
-type bundleCache struct {
-	mu      sync.Mutex
-	entries map[[sha256.Size]byte]bundle
-}
-
-const bundleCacheSize = 128
-
-func (c *bundleCache) get(data []byte) bundle {
-	key := sha256.Sum256(data)
-	c.mu.Lock()
-	b, ok := c.entries[key]
-	c.mu.Unlock()
-	if ok {
-		return b
-	}
-	b = parseBundle(data)
-	c.mu.Lock()
-	if len(c.entries) >= bundleCacheSize {
-		clear(c.entries) // Rare: few distinct CAs exist.
-	}
-	c.entries[key] = b
-	c.mu.Unlock()
 	return b
 }
 
