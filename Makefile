@@ -58,7 +58,7 @@ cluster-bins: ## Build (or find cached) kube-apiserver, etcd and helm.
 	hack/cluster-bins.sh helm
 
 .PHONY: bench
-bench: ## Benchmarks against same-run baselines, into bench/results.md (about 50 minutes; QUICK=1: about 10).
+bench: ## Benchmarks against same-run baselines, into bench/results.md (about 40 minutes; QUICK=1: about 10).
 	@$(GO) build -o bin/meshcert-bench ./cmd/meshcert-bench
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" bin/meshcert-bench $(if $(QUICK),--quick)
 
