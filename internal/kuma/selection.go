@@ -1,7 +1,5 @@
 package kuma
 
-import "slices"
-
 // Selects tells whether the identity's selector picks a Dataplane with these
 // labels. As in Kuma, an identity without a dataplane selector picks none,
 // and an empty matchLabels picks every Dataplane of its mesh.
@@ -20,7 +18,8 @@ func (m *MeshIdentityResource) Selects(labels map[string]string) bool {
 
 // SelectMeshIdentity is the identity Kuma gives a Dataplane of mesh with
 // these labels: of the identities of that mesh that select it, the one with
-// the most matchLabels, then the smallest name. nil when none selects it.
+// the most matchLabels, then the smallest name as Kuma names it. nil when
+// none selects it.
 func SelectMeshIdentity(identities []*MeshIdentityResource, mesh string, labels map[string]string) *MeshIdentityResource {
 	var best *MeshIdentityResource
 	for _, mid := range identities {
@@ -39,5 +38,12 @@ func moreSpecific(a, b *MeshIdentityResource) bool {
 	if na != nb {
 		return na > nb
 	}
-	return slices.Compare([]string{a.Name, a.Namespace}, []string{b.Name, b.Namespace}) < 0
+	return a.kumaName() < b.kumaName()
+}
+
+// kumaName is the name Kuma breaks a tie on: on Kubernetes its store names a
+// namespaced object "<name>.<namespace>" (v2.14.3,
+// pkg/plugins/resources/k8s/store.go), so "web-v2" comes before "web".
+func (m *MeshIdentityResource) kumaName() string {
+	return m.Name + "." + m.Namespace
 }

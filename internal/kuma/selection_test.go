@@ -30,6 +30,7 @@ func TestSelectMeshIdentity(t *testing.T) {
 		"another mesh's identity":           {identities: []*MeshIdentityResource{identity("other", "orders", map[string]string{})}},
 		"a label of another value":          {identities: []*MeshIdentityResource{identity("a", "payments", map[string]string{"app": "api"})}},
 		"a label the dataplane lacks":       {identities: []*MeshIdentityResource{identity("a", "payments", map[string]string{"tier": "gold"})}},
+		"a tie goes to <name>.<namespace>":  {identities: []*MeshIdentityResource{identity("web", "payments", map[string]string{"app": "web"}), identity("web-v2", "payments", map[string]string{"app": "web"})}, want: "web-v2"},
 		"the specific one over the general": {identities: []*MeshIdentityResource{identity("all", "payments", map[string]string{}), identity("web", "payments", map[string]string{"app": "web"})}, want: "web"},
 	}
 	for name, tc := range tests {
