@@ -21,3 +21,12 @@ const (
 	// names it.
 	CAKey = "ca.crt"
 )
+
+// OriginLabel says where a policy was written. A zone control plane of a
+// federated deployment refuses a MeshTrust or MeshIdentity in its system
+// namespace without OriginLabel: OriginZone (v2.14.3,
+// pkg/plugins/runtime/k8s/webhooks/resourceadmissionchecker.go).
+const (
+	OriginLabel = "kuma.io/origin"
+	OriginZone  = "zone"
+)

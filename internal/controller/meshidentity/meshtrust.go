@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -283,6 +284,7 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 			Labels: map[string]string{
 				kuma.MeshLabel:      mesh,
 				kuma.ManagedByLabel: kuma.ManagedByValue,
+				kuma.OriginLabel:    kuma.OriginZone,
 			},
 			Annotations: map[string]string{kuma.MeshIdentityAnnotation: mid.Name},
 			OwnerReferences: []metav1.OwnerReference{{
@@ -310,8 +312,14 @@ func (r *Reconciler) apply(ctx context.Context, mid *kuma.MeshIdentityResource, 
 	if sameMeshTrust(&existing, desired) {
 		return due, true, nil
 	}
+	// Labels and annotations meshcert does not set, Kuma's among them, stay.
 	updated := existing.DeepCopy()
-	updated.Labels, updated.Annotations, updated.OwnerReferences = desired.Labels, desired.Annotations, desired.OwnerReferences
+	updated.Labels = merged(updated.Labels, desired.Labels)
+	updated.Annotations = merged(updated.Annotations, desired.Annotations)
+	if _, ok := desired.Annotations[RetiringAnnotation]; !ok {
+		delete(updated.Annotations, RetiringAnnotation)
+	}
+	updated.OwnerReferences = desired.OwnerReferences
 	updated.Spec, updated.Status = desired.Spec, desired.Status
 	if err := r.Client.Update(ctx, updated); err != nil {
 		return 0, false, err
@@ -371,11 +379,21 @@ func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner
 	return client.IgnoreNotFound(r.Client.Delete(ctx, &mt, client.Preconditions{UID: &mt.UID}))
 }
 
+// merged is m with every key of set set to its value.
+func merged(m, set map[string]string) map[string]string {
+	if m == nil {
+		m = map[string]string{}
+	}
+	maps.Copy(m, set)
+	return m
+}
+
+// sameMeshTrust says whether existing holds all that meshcert would write.
 func sameMeshTrust(a, b *kuma.MeshTrustResource) bool {
 	return a.Spec.TrustDomain == b.Spec.TrustDomain &&
 		len(a.Spec.CABundles) == 1 && a.Spec.CABundles[0].PEM != nil && a.Spec.CABundles[0].PEM.Value == b.Spec.CABundles[0].PEM.Value &&
 		a.Annotations[RetiringAnnotation] == b.Annotations[RetiringAnnotation] &&
-		a.Labels[kuma.MeshLabel] == b.Labels[kuma.MeshLabel] &&
+		a.Labels[kuma.MeshLabel] == b.Labels[kuma.MeshLabel] && a.Labels[kuma.OriginLabel] == b.Labels[kuma.OriginLabel] &&
 		a.Status != nil && a.Status.Origin != nil && ptr.Deref(a.Status.Origin.KRI, "") == ptr.Deref(b.Status.Origin.KRI, "")
 }
 
