@@ -6,13 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/internal/issuance"
+	"github.com/meshcert/meshcert/internal/controller/controllertest"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/internal/trust"
@@ -32,7 +31,7 @@ func TestReconcileMesh(t *testing.T) {
 			`{"name":"next","type":"certmanager","conf":{"issuerRef":{"name":"next-ca"}}}]}`)
 	}
 	objects := func() []client.Object {
-		return []client.Object{rotating(), readyIssuer("local-ca"), readyIssuer("next-ca")}
+		return []client.Object{rotating(), controllertest.ReadyIssuer("local-ca"), controllertest.ReadyIssuer("next-ca")}
 	}
 	tests := map[string]struct {
 		objects []client.Object
@@ -50,14 +49,14 @@ func TestReconcileMesh(t *testing.T) {
 		"a backend that issued nothing gets a probe": {
 			objects:     objects(),
 			wantProbes:  []string{"Probe:demo/next"},
-			wantRequeue: requestTimeout,
+			wantRequeue: controllertest.RequestTimeout,
 			wantRoots:   []*x509.Certificate{ca.Cert},
 		},
 		"an issued probe teaches the backend's root": {
 			objects: objects(),
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
-				h.respond(signedBy(nextCA, time.Hour))
+				h.Respond(controllertest.SignedBy(nextCA, time.Hour))
 			},
 			wantEvents: []string{"Normal RootLearned"},
 			wantRoots:  []*x509.Certificate{ca.Cert, nextCA.Cert},
@@ -67,7 +66,7 @@ func TestReconcileMesh(t *testing.T) {
 			publish: true,
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
-				h.respond(signedBy(nextCA, time.Hour))
+				h.Respond(controllertest.SignedBy(nextCA, time.Hour))
 			},
 			wantEvents:    []string{"Normal RootLearned"},
 			wantRoots:     []*x509.Certificate{ca.Cert, nextCA.Cert},
@@ -77,39 +76,39 @@ func TestReconcileMesh(t *testing.T) {
 			objects:     objects(),
 			publish:     true,
 			wantProbes:  []string{"Probe:demo/next"},
-			wantRequeue: requestTimeout,
+			wantRequeue: controllertest.RequestTimeout,
 			wantRoots:   []*x509.Certificate{ca.Cert},
 		},
 		"a denied probe is reported, and retried after its backoff": {
 			objects: objects(),
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
-				h.respond(denied)
+				h.Respond(controllertest.Denied)
 			},
 			wantEvents:  []string{"Warning RootUnknown"},
-			wantRequeue: firstBackoff,
+			wantRequeue: controllertest.FirstBackoff,
 			wantRoots:   []*x509.Certificate{ca.Cert},
 		},
 		"a failed probe is not retried before its backoff ends": {
 			objects: objects(),
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
-				h.respond(failed)
+				h.Respond(controllertest.Failed)
 				h.reconcileMesh("demo")
-				h.events()
-				h.clock.Step(2 * time.Second)
+				h.Events()
+				h.Clock.Step(2 * time.Second)
 			},
-			wantRequeue: firstBackoff - 2*time.Second,
+			wantRequeue: controllertest.FirstBackoff - 2*time.Second,
 			wantRoots:   []*x509.Certificate{ca.Cert},
 		},
 		"a failed probe is retried once its backoff ends": {
 			objects: objects(),
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
-				h.respond(failed)
+				h.Respond(controllertest.Failed)
 				h.reconcileMesh("demo")
-				h.events()
-				h.clock.Step(firstBackoff)
+				h.Events()
+				h.Clock.Step(controllertest.FirstBackoff)
 			},
 			wantProbes: []string{"Probe:demo/next"},
 			// As it is: the failure is remembered until a root is learned,
@@ -123,12 +122,12 @@ func TestReconcileMesh(t *testing.T) {
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
 				var mesh kuma.MeshResource
-				if err := h.client.Get(h.ctx, types.NamespacedName{Name: "demo"}, &mesh); err != nil {
-					h.t.Fatal(err)
+				if err := h.Client.Get(h.Ctx, types.NamespacedName{Name: "demo"}, &mesh); err != nil {
+					h.T.Fatal(err)
 				}
 				mesh.Spec = meshObject(certManagerMTLS).Spec
-				if err := h.client.Update(h.ctx, &mesh); err != nil {
-					h.t.Fatal(err)
+				if err := h.Client.Update(h.Ctx, &mesh); err != nil {
+					h.T.Fatal(err)
 				}
 			},
 		},
@@ -136,13 +135,13 @@ func TestReconcileMesh(t *testing.T) {
 			objects: objects(),
 			before: func(h *harness) {
 				h.reconcileMesh("demo")
-				if err := h.client.Delete(h.ctx, rotating()); err != nil {
-					h.t.Fatal(err)
+				if err := h.Client.Delete(h.Ctx, rotating()); err != nil {
+					h.T.Fatal(err)
 				}
 			},
 		},
 		"a mesh whose one backend issues for its dataplanes probes nothing": {
-			objects: []client.Object{meshObject(certManagerMTLS), readyIssuer("local-ca")},
+			objects: []client.Object{meshObject(certManagerMTLS), controllertest.ReadyIssuer("local-ca")},
 		},
 	}
 	for name, tc := range tests {
@@ -154,31 +153,23 @@ func TestReconcileMesh(t *testing.T) {
 
 			res := h.reconcileMesh("demo")
 
-			var owners []string
-			for _, cr := range h.requests() {
+			for _, cr := range h.Requests() {
 				if cr.Labels[ProbeLabel] != "true" || cr.Labels[kuma.ManagedMeshLabel] != "demo" {
 					t.Errorf("request %s is not labelled as the mesh's probe: %v", cr.Name, cr.Labels)
 				}
-				owners = append(owners, cr.Annotations[issuance.OwnerAnnotation])
 			}
-			if diff := cmp.Diff(tc.wantProbes, owners); diff != "" {
-				t.Errorf("the probes' owners (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tc.wantEvents, h.events()); diff != "" {
-				t.Errorf("Events (-want +got):\n%s", diff)
-			}
-			if res.RequeueAfter != tc.wantRequeue {
-				t.Errorf("RequeueAfter = %s, want %s", res.RequeueAfter, tc.wantRequeue)
-			}
+			h.WantOwners(tc.wantProbes)
+			h.WantEvents(tc.wantEvents)
+			h.WantRequeue(res, tc.wantRequeue)
 			var mesh kuma.MeshResource
-			if err := h.client.Get(h.ctx, types.NamespacedName{Name: "demo"}, &mesh); err == nil {
+			if err := h.Client.Get(h.Ctx, types.NamespacedName{Name: "demo"}, &mesh); err == nil {
 				spec, _ := kuma.ParseMeshSpec(mesh.Spec)
 				if got, want := h.r.meshRoots("demo", spec).Bundle(), trust.EncodeRoots(tc.wantRoots); string(got) != string(want) {
 					t.Errorf("the mesh's roots are not the ones wanted")
 				}
 			}
 			var cm corev1.ConfigMap
-			err := h.client.Get(h.ctx, types.NamespacedName{Namespace: systemNamespace, Name: TrustBundleName("demo")}, &cm)
+			err := h.Client.Get(h.Ctx, types.NamespacedName{Namespace: controllertest.SystemNamespace, Name: TrustBundleName("demo")}, &cm)
 			switch {
 			case apierrors.IsNotFound(err):
 				if tc.wantPublished != nil {
