@@ -35,6 +35,10 @@ func ValidateMeshIdentity(mid *kuma.MeshIdentityResource, env Env) Result {
 		}
 		res.add(validateCertManagerConf(mesh, conf, kuma.ExtensionConfigPath, env))
 	case kuma.ServedByAgent:
+		if spire := mid.Spec.Provider.Spire; len(spire) == 0 || string(spire) == "null" {
+			// Kuma's words (v2.14.3, pkg/core/resources/apis/meshidentity/api/v1alpha1/validator.go).
+			res.Errors = append(res.Errors, field.Required(kuma.ProviderPath.Child("spire"), "configuration needs to be defined"))
+		}
 		at := func(key string) *field.Path { return kuma.AnnotationsPath.Key(key) }
 		refErrs := validateIssuerRef(conf.IssuerRef, at(kuma.IssuerNameAnnotation), at(kuma.IssuerKindAnnotation), at(kuma.IssuerGroupAnnotation))
 		if _, named := mid.Annotations[kuma.IssuerNameAnnotation]; !named && len(refErrs) > 0 {

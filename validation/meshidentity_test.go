@@ -38,7 +38,7 @@ func TestValidateMeshIdentity(t *testing.T) {
 	}
 	spire := func(annotations map[string]string) *kuma.MeshIdentityResource {
 		mid := extension("")
-		mid.Spec.Provider = &kuma.Provider{Type: kuma.ProviderTypeSpire}
+		mid.Spec.Provider = &kuma.Provider{Type: kuma.ProviderTypeSpire, Spire: []byte(`{}`)}
 		mid.Annotations = annotations
 		return mid
 	}
@@ -54,6 +54,14 @@ func TestValidateMeshIdentity(t *testing.T) {
 		"Kong Mesh's shape, valid":      {mid: extension(`{"issuerRef":{"name":"ca"},"caCert":{"secret":"payments-ca"}}`)},
 		"Kong Mesh's shape, inline CA":  {mid: extension(`{"issuerRef":{"name":"ca"},"caCert":{"inlineString":` + quote(caPEM) + `}}`)},
 		"meshcert's annotations, valid": {mid: spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.CACertSecretAnnotation: "payments-ca"})},
+		"Spire without provider.spire, in Kuma's words": {
+			mid:      with(spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}), func(m *kuma.MeshIdentityResource) { m.Spec.Provider.Spire = nil }),
+			wantErrs: []string{"spec.provider.spire: Required value: configuration needs to be defined"},
+		},
+		"Spire with provider.spire null": {
+			mid:      with(spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}), func(m *kuma.MeshIdentityResource) { m.Spec.Provider.Spire = []byte("null") }),
+			wantErrs: []string{"spec.provider.spire: Required value: configuration needs to be defined"},
+		},
 		"not meshcert's: Bundled": {mid: with(extension(""), func(m *kuma.MeshIdentityResource) {
 			m.Spec.Provider.Type = kuma.ProviderTypeBundled
 			m.Namespace = "elsewhere"

@@ -222,7 +222,7 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 		Spec: kuma.MeshIdentitySpec{
 			Selector: &kuma.IdentitySelector{Dataplane: &kuma.LabelSelector{MatchLabels: map[string]string{"app": "bench"}}},
 			SpiffeID: &kuma.SpiffeID{TrustDomain: &td, Path: &path},
-			Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire},
+			Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire, Spire: []byte(`{}`)},
 		},
 	}
 	if duration != "" {

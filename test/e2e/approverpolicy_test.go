@@ -202,7 +202,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 				Spec: kuma.MeshIdentitySpec{
 					Selector: &kuma.IdentitySelector{Dataplane: &kuma.LabelSelector{MatchLabels: map[string]string{"app": mid.name}}},
 					SpiffeID: &kuma.SpiffeID{TrustDomain: ptr.To(mid.trustDomain)},
-					Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire},
+					Provider: &kuma.Provider{Type: kuma.ProviderTypeSpire, Spire: []byte(`{}`)},
 				},
 			})
 		}

@@ -37,6 +37,9 @@ func TestApplyMeshIdentities(t *testing.T) {
 			"metadata.annotations[meshcert.io/issuer-name]: Required value",
 			`metadata.annotations[meshcert.io/issuer-kind]: Unsupported value: "Certificate"`,
 		}},
+		"spire-without-config": {rejected: true, wantErrors: []string{
+			"spec.provider.spire: Required value: configuration needs to be defined",
+		}},
 		"outside-system-namespace": {rejected: true, wantErrors: []string{
 			`metadata.namespace: Invalid value: "issuance": resource type MeshIdentity can be created only in the system namespace:kong-mesh-system`,
 		}},
