@@ -91,6 +91,13 @@ func meshTrust(managed bool, roots ...*x509.Certificate) *kuma.MeshTrustResource
 	return mt
 }
 
+func withLabels(mt *kuma.MeshTrustResource, labels map[string]string) *kuma.MeshTrustResource {
+	for k, v := range labels {
+		mt.Labels[k] = v
+	}
+	return mt
+}
+
 func TestReconcile(t *testing.T) {
 	ca, oldCA := testpki.NewCA(t, "ca", now), testpki.NewCA(t, "old", now)
 	fromSecret := map[string]string{kuma.CACertSecretAnnotation: "ca-cert", kuma.DurationAnnotation: "1h"}
@@ -107,6 +114,8 @@ func TestReconcile(t *testing.T) {
 		wantRetiring bool
 		// wantForeign says the MeshTrust is not meshcert's.
 		wantForeign bool
+		// wantLabels are labels the MeshTrust has, among others.
+		wantLabels map[string]string
 	}{
 		"a probe asks the issuer for its root": {
 			objects:     []client.Object{identity(nil), controllertest.ReadyIssuer("local-ca")},
@@ -136,6 +145,15 @@ func TestReconcile(t *testing.T) {
 			objects:    []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca)},
 			wantEvents: []string{"Normal MeshTrustCreated"},
 			wantRoots:  []*x509.Certificate{ca.Cert},
+			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone, kuma.ManagedByLabel: kuma.ManagedByValue},
+		},
+		"an update keeps the labels meshcert did not set": {
+			objects:      []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), withLabels(meshTrust(true, oldCA.Cert), map[string]string{"kuma.io/env": "kubernetes", "team": "payments"})},
+			wantEvents:   []string{"Normal RootAdded"},
+			wantRequeue:  time.Hour + time.Second,
+			wantRoots:    []*x509.Certificate{ca.Cert, oldCA.Cert},
+			wantRetiring: true,
+			wantLabels:   map[string]string{"kuma.io/env": "kubernetes", "team": "payments", kuma.OriginLabel: kuma.OriginZone},
 		},
 		"a new root is trusted beside the old one": {
 			objects:      []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), meshTrust(true, oldCA.Cert)},
@@ -211,6 +229,11 @@ func TestReconcile(t *testing.T) {
 			}
 			if managed := mt.Labels[kuma.ManagedByLabel] == kuma.ManagedByValue; managed == tc.wantForeign {
 				t.Errorf("the MeshTrust is meshcert's: %t, want %t", managed, !tc.wantForeign)
+			}
+			for k, v := range tc.wantLabels {
+				if got, ok := mt.Labels[k]; !ok || got != v {
+					t.Errorf("the MeshTrust's label %s = %q, want %q", k, got, v)
+				}
 			}
 			if _, retiring := mt.Annotations[RetiringAnnotation]; retiring != tc.wantRetiring {
 				t.Errorf("the MeshTrust lists a retiring root: %t, want %t", retiring, tc.wantRetiring)
