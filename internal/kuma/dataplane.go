@@ -134,8 +134,10 @@ const WorkloadLabel = "kuma.io/workload"
 
 // IdentityTags is the tag set a dataplane's identity is derived from, as Kuma
 // (v2.14.3, pkg/xds/secrets/identity_tags.go) derives it: its tags when they
-// name a service; else, when the Dataplane has a kuma.io/workload label, that
-// workload as the only service and the only tag.
+// name a service; else, when the Dataplane's label view (LabelView: on
+// Kubernetes the workload is an annotation) has a kuma.io/workload, that
+// workload as the only service and the only tag. dataplane is the name Kuma's
+// message quotes (KumaName).
 func IdentityTags(dataplane string, tags Tags, labels map[string]string) (Tags, error) {
 	if len(tags[ServiceTag]) > 0 {
 		return tags, nil

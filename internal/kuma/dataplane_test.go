@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func TestParseDataplaneTags(t *testing.T) {
@@ -145,6 +146,46 @@ func TestTrimDataplaneSpec(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if got := string(TrimDataplaneSpec([]byte(tc.spec))); got != tc.want {
 				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// The cases follow Kuma v2.14.3's KubernetesMetaAdapter.GetLabels
+// (pkg/plugins/resources/k8s/store.go) on Dataplanes shaped as Kuma's
+// defaulting webhook stores them.
+func TestLabelView(t *testing.T) {
+	tests := map[string]struct {
+		labels, annotations map[string]string
+		want                map[string]string
+	}{
+		"as Kuma stores it: the service account and workload in annotations": {
+			labels:      map[string]string{"app": "web", NamespaceLabel: "shop", ZoneLabel: "zone-1"},
+			annotations: map[string]string{DisplayNameKey: "web-7d9f-abcde", ServiceAccountLabel: "web-sa", WorkloadLabel: "web-sa"},
+			want:        map[string]string{"app": "web", NamespaceLabel: "shop", ZoneLabel: "zone-1", DisplayNameKey: "web-7d9f-abcde", ServiceAccountLabel: "web-sa", WorkloadLabel: "web-sa"},
+		},
+		"the annotation wins over a label": {
+			labels:      map[string]string{ServiceAccountLabel: "from-label", WorkloadLabel: "from-label"},
+			annotations: map[string]string{ServiceAccountLabel: "web-sa", WorkloadLabel: "web"},
+			want:        map[string]string{ServiceAccountLabel: "web-sa", WorkloadLabel: "web", DisplayNameKey: "web-1"},
+		},
+		"a label alone stays": {
+			labels: map[string]string{ServiceAccountLabel: "from-label"},
+			want:   map[string]string{ServiceAccountLabel: "from-label", DisplayNameKey: "web-1"},
+		},
+		"the display name defaults to the object's name": {
+			want: map[string]string{DisplayNameKey: "web-1"},
+		},
+		"other annotations are not labels": {
+			annotations: map[string]string{"kuma.io/mesh": "other", "team": "a"},
+			want:        map[string]string{DisplayNameKey: "web-1"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			dp := &DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Labels: tc.labels, Annotations: tc.annotations}}
+			if diff := cmp.Diff(tc.want, dp.LabelView()); diff != "" {
+				t.Errorf("LabelView (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package kuma
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,6 +43,40 @@ func (d *DataplaneResource) MeshName() string {
 		return DefaultMesh
 	}
 	return d.Mesh
+}
+
+// DisplayNameKey, with ServiceAccountLabel and WorkloadLabel, is a label that
+// Kuma's store keeps as an annotation of every object it admits on Kubernetes
+// and reads back as a label (v2.14.3, pkg/plugins/resources/k8s/store.go
+// SplitLabelsAndAnnotations).
+const DisplayNameKey = "kuma.io/display-name"
+
+// LabelView is the Dataplane's labels as Kuma reads them on Kubernetes
+// (v2.14.3, store.go KubernetesMetaAdapter.GetLabels): its labels, then the
+// service account and workload annotations over them, and the display name
+// from its annotation, else the object's name. Kuma's defaulting webhook moves
+// those keys out of the labels of every Dataplane it admits, so a Dataplane
+// that Kuma wrote names its service account only in an annotation.
+func (d *DataplaneResource) LabelView() map[string]string {
+	view := make(map[string]string, len(d.Labels)+3)
+	maps.Copy(view, d.Labels)
+	if name, ok := d.Annotations[DisplayNameKey]; ok {
+		view[DisplayNameKey] = name
+	} else {
+		view[DisplayNameKey] = d.Name
+	}
+	for _, k := range []string{ServiceAccountLabel, WorkloadLabel} {
+		if v, ok := d.Annotations[k]; ok {
+			view[k] = v
+		}
+	}
+	return view
+}
+
+// KumaName is the Dataplane's name as Kuma's store names it on Kubernetes,
+// and as its messages quote it: "<name>.<namespace>".
+func (d *DataplaneResource) KumaName() string {
+	return d.Name + "." + d.Namespace
 }
 
 // DataplaneResourceList is a list of Dataplanes.

@@ -49,7 +49,8 @@ func TestIssuesKumaIdentities(t *testing.T) {
 		"multi-1": {"spiffe://issuance/orders", "spiffe://issuance/orders-admin",
 			"kuma://kuma.io/service/orders", "kuma://kuma.io/service/orders-admin", "kuma://version/v2"},
 		"edge-1": {"spiffe://issuance/edge", "kuma://kuma.io/service/edge"},
-		// No service tag: the kuma.io/workload label is the one service and the only tag.
+		// No service tag: the kuma.io/workload annotation, which Kuma reads as a
+		// label, is the one service and the only tag.
 		"payments-1": {"spiffe://issuance/payments", "kuma://kuma.io/service/payments"},
 	}
 	for dp, uris := range want {
@@ -72,7 +73,7 @@ func TestIssuesKumaIdentities(t *testing.T) {
 		return len(eventsFor(t, "Dataplane", "anonymous-1")["NoIdentity"]) > 0
 	})
 	note := eventsFor(t, "Dataplane", "anonymous-1")["NoIdentity"][0]
-	if want := `dataplane "anonymous-1" has no kuma.io/service tag and no kuma.io/workload label, cannot derive mTLS identity`; note != want {
+	if want := `dataplane "anonymous-1.issuance" has no kuma.io/service tag and no kuma.io/workload label, cannot derive mTLS identity`; note != want {
 		t.Errorf("NoIdentity event says %q, want Kuma's %q", note, want)
 	}
 	for _, dp := range []string{"anonymous-1", "plain-1"} {
