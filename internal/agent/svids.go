@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -97,12 +96,10 @@ func NewSVIDs(o SVIDOptions) *SVIDs {
 	s.issuer = issuance.New(issuance.Options{
 		Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, MaxInFlight: o.MaxInFlight,
 		Backoff: issuance.NewBackoff(o.Backoff), Annotations: o.Annotations,
-		OnTurn: func(owner string) { s.enqueue(strings.TrimPrefix(owner, s.ownerPrefix())) },
+		OnTurn: func(owner issuance.Owner) { s.enqueue(owner.Name) },
 	})
 	return s
 }
-
-func (s *SVIDs) ownerPrefix() string { return "Agent:" + s.node + "/" }
 
 func (s *SVIDs) enqueue(id string) {
 	select {
@@ -162,11 +159,11 @@ func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
 		}))).
 		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			id, ok := strings.CutPrefix(o.GetAnnotations()[issuance.OwnerAnnotation], s.ownerPrefix())
-			if !ok {
+			owner, ok := issuance.OwnerOf(o)
+			if !ok || owner.Kind != issuance.OwnerAgent || owner.Scope != s.node {
 				return nil
 			}
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: owner.Name}}}
 		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: s.retries.RateLimiter(), SkipNameValidation: ptr.To(true)}).
 		Complete(s)
@@ -176,7 +173,7 @@ func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
 // or, once nobody wants it, drop it.
 func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	spiffeID := req.Name
-	owner := s.ownerPrefix() + spiffeID
+	owner := issuance.AgentOwner(s.node, spiffeID)
 	now := s.clock.Now()
 	s.mu.Lock()
 	w := s.ids[spiffeID]
