@@ -102,9 +102,9 @@ func (b *Bundles) RootsPEM(mesh, trustDomain string) []byte {
 	return nil
 }
 
-// Watch forgets the parsed MeshTrusts and notifies changed whenever a
-// MeshTrust changes.
-func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier) error {
+// Watch forgets the parsed MeshTrusts and notifies every connection whenever
+// a MeshTrust changes.
+func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, updates *Updates) error {
 	inf, err := mgr.GetCache().GetInformer(ctx, &kuma.MeshTrustResource{})
 	if err != nil {
 		return err
@@ -114,7 +114,7 @@ func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier
 		b.byMesh = nil
 		b.generation++
 		b.mu.Unlock()
-		changed.NotifyAll()
+		updates.NotifyAll()
 	}
 	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { onChange() },

@@ -49,8 +49,8 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 	if err != nil {
 		return err
 	}
-	release := d.s.SVIDs.Want(id)
-	defer release()
+	w := d.s.watch(id)
+	defer w.close()
 
 	requests := make(chan *discoveryv3.DiscoveryRequest)
 	recvErr := make(chan error, 1)
@@ -78,13 +78,12 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 		// builtFrom is what the last answer was built from: a wake-up that
 		// changed neither, for another identity of the node, costs no
 		// rebuild; new names always do.
-		builtFrom answerInputs
+		builtFrom served
 		newNames  = true
 	)
 	log := d.s.Log.WithValues("spiffeID", id.SpiffeID)
 	for {
-		wake := d.s.Changed.C(id.SpiffeID)
-		if in := d.inputs(id); subscribed && (newNames || in != builtFrom) {
+		if in := w.current(); subscribed && (newNames || in != builtFrom) {
 			resources, ready, err := d.resources(ctx, id, names)
 			if err != nil {
 				return err
@@ -113,7 +112,7 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 				sent, newNames = nil, true // New names are answered at once.
 			}
 			names, subscribed = slices.Clone(req.ResourceNames), true
-		case <-wake:
+		case <-w.changed:
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -123,16 +122,6 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 			return nil
 		}
 	}
-}
-
-// answerInputs are what a stream's answer is built from, besides its names.
-type answerInputs struct {
-	svid    *SVID
-	bundles uint64
-}
-
-func (d *sds) inputs(id *Identity) answerInputs {
-	return answerInputs{svid: d.s.SVIDs.Get(id.SpiffeID), bundles: d.s.Bundles.Generation()}
 }
 
 // FetchSecrets answers one request, once the identity has a certificate or
@@ -147,9 +136,9 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 	if _, _, err := d.resources(ctx, id, req.ResourceNames); err != nil {
 		return nil, err
 	}
-	release := d.s.SVIDs.Want(id)
-	defer release()
-	if _, err := d.s.await(ctx, id); err != nil {
+	w := d.s.watch(id)
+	defer w.close()
+	if _, err := w.await(ctx); err != nil {
 		return nil, err
 	}
 	resources, _, err := d.resources(ctx, id, req.ResourceNames)

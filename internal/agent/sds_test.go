@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
@@ -49,14 +50,14 @@ func newTestServer(t testing.TB) (*Server, *Identity, testpki.CA) {
 	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(trust).Build()
 	id := &Identity{SpiffeID: webID, TrustDomain: "payments.example.com", Mesh: "payments"}
-	svids := &SVIDs{ids: map[string]*wanted{}, clock: clock.RealClock{}}
+	svids := &SVIDs{ids: map[string]*wanted{}, clock: clock.RealClock{}, wake: make(chan event.TypedGenericEvent[string], 16)}
 	keyPEM, err := pki.EncodePKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	svids.ids[webID] = &wanted{identity: id, users: 1, svid: &SVID{Identity: id, KeyPEM: keyPEM,
 		Cert: &issuance.Certificate{ChainPEM: chainPEM, Chain: chain, Key: key, Root: ca.Cert}}}
-	return &Server{SVIDs: svids, Bundles: &Bundles{Cache: c, SystemNamespace: "kong-mesh-system"}, Changed: NewNotifier()}, id, ca
+	return &Server{SVIDs: svids, Bundles: &Bundles{Cache: c, SystemNamespace: "kong-mesh-system"}, Updates: NewUpdates()}, id, ca
 }
 
 func TestSDSResources(t *testing.T) {

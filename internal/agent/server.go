@@ -25,7 +25,7 @@ type Server struct {
 	Resolver *Resolver
 	SVIDs    *SVIDs
 	Bundles  *Bundles
-	Changed  *Notifier
+	Updates  *Updates
 	Log      logr.Logger
 }
 
@@ -88,21 +88,6 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 		return nil, status.Errorf(codes.Unavailable, "attesting the caller: %v", err)
 	}
 	return id, nil
-}
-
-// await waits until the identity has a certificate.
-func (s *Server) await(ctx context.Context, id *Identity) (*SVID, error) {
-	for {
-		wake := s.Changed.C(id.SpiffeID)
-		if svid := s.SVIDs.Get(id.SpiffeID); svid != nil {
-			return svid, nil
-		}
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
-	}
 }
 
 // bundlesFor are the trust domains a workload trusts: those of its mesh, and

@@ -52,7 +52,7 @@ type SVIDs struct {
 	clock    clock.PassiveClock
 	timeout  time.Duration
 	bundles  *Bundles
-	changed  *Notifier
+	updates  *Updates
 	wake     chan event.TypedGenericEvent[string]
 	retries  issuance.BackoffPolicy
 
@@ -82,14 +82,14 @@ type SVIDOptions struct {
 	Backoff         issuance.BackoffPolicy
 	Annotations     map[string]string
 	Bundles         *Bundles
-	Changed         *Notifier
+	Updates         *Updates
 }
 
 // NewSVIDs returns SVIDs.
 func NewSVIDs(o SVIDOptions) *SVIDs {
 	s := &SVIDs{
 		node: o.Node, recorder: o.Recorder, clock: o.Clock, timeout: o.RequestTimeout,
-		bundles: o.Bundles, changed: o.Changed, retries: o.Backoff,
+		bundles: o.Bundles, updates: o.Updates, retries: o.Backoff,
 		wake: make(chan event.TypedGenericEvent[string], 1024),
 		ids:  map[string]*wanted{},
 	}
@@ -192,7 +192,6 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	}
 	s.mu.Unlock()
 	if w == nil {
-		s.changed.Notify(spiffeID) // Nobody waits; this frees its channel.
 		return ctrl.Result{}, s.issuer.Cleanup(ctx, owner)
 	}
 	dropIn := time.Duration(0)
@@ -210,7 +209,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		replaces = leaf.SerialNumber.String()
 		if expiresIn = leaf.NotAfter.Sub(now); expiresIn <= 0 {
 			// Expired while its renewal failed: streams stop getting it now.
-			s.changed.Notify(spiffeID)
+			s.updates.Notify(spiffeID)
 		}
 	}
 	uri, err := url.Parse(spiffeID)
@@ -240,7 +239,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 			w.svid = &SVID{Identity: id, Cert: c, KeyPEM: key}
 		}
 		s.mu.Unlock()
-		s.changed.Notify(spiffeID)
+		s.updates.Notify(spiffeID)
 		return nil
 	})
 	switch {

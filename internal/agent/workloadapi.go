@@ -75,12 +75,11 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []TrustDomai
 	if err != nil {
 		return err
 	}
-	release := w.s.SVIDs.Want(id)
-	defer release()
+	watch := w.s.watch(id)
+	defer watch.close()
 	var last proto.Message
 	for {
-		wake := w.s.Changed.C(id.SpiffeID)
-		if svid := w.s.SVIDs.Get(id.SpiffeID); svid != nil {
+		if svid := watch.current().svid; svid != nil {
 			bundles, err := w.s.bundlesFor(ctx, svid)
 			if err != nil {
 				return err
@@ -97,7 +96,7 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []TrustDomai
 			}
 		}
 		select {
-		case <-wake:
+		case <-watch.changed:
 		case <-ctx.Done():
 			return nil
 		}

@@ -89,9 +89,9 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		}
 		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: mgr.GetAPIReader()}
 	}
-	changed := agent.NewNotifier()
+	updates := agent.NewUpdates()
 	bundles := &agent.Bundles{Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace}
-	if err := bundles.Watch(ctx, mgr, changed); err != nil {
+	if err := bundles.Watch(ctx, mgr, updates); err != nil {
 		return err
 	}
 	svids := agent.NewSVIDs(agent.SVIDOptions{
@@ -105,7 +105,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
 		Annotations:     cfg.CertificateRequestAnnotations,
 		Bundles:         bundles,
-		Changed:         changed,
+		Updates:         updates,
 	})
 	if err := svids.SetupWithManager(mgr, cfg.Workers); err != nil {
 		return err
@@ -115,7 +115,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 			Attestor: attestor, Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace,
 			Zone: cfg.Zone, KeyAlgorithm: issuance.KeyAlgorithm(cfg.KeyAlgorithm), Procfs: procfs,
 		},
-		SVIDs: svids, Bundles: bundles, Changed: changed, Log: log,
+		SVIDs: svids, Bundles: bundles, Updates: updates, Log: log,
 	}
 	serving := make(chan struct{})
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
