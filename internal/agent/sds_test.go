@@ -9,6 +9,7 @@ import (
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,12 +52,11 @@ func newTestServer(t testing.TB) (*Server, *Identity, testpki.CA) {
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(trust).Build()
 	id := &Identity{SpiffeID: webID, TrustDomain: "payments.example.com", Mesh: "payments"}
 	svids := &SVIDs{ids: map[string]*wanted{}, clock: clock.RealClock{}, wake: make(chan event.TypedGenericEvent[string], 16)}
-	keyPEM, err := pki.EncodePKCS8PrivateKey(key)
+	svid, err := newSVID(id, spiffeid.RequireFromString(webID), &issuance.Certificate{ChainPEM: chainPEM, Chain: chain, Key: key, Root: ca.Cert})
 	if err != nil {
 		t.Fatal(err)
 	}
-	svids.ids[webID] = &wanted{identity: id, users: 1, svid: &SVID{Identity: id, KeyPEM: keyPEM,
-		Cert: &issuance.Certificate{ChainPEM: chainPEM, Chain: chain, Key: key, Root: ca.Cert}}}
+	svids.ids[webID] = &wanted{identity: id, users: 1, svid: svid}
 	return &Server{SVIDs: svids, Bundles: &Bundles{Cache: c, SystemNamespace: "kong-mesh-system"}, Updates: NewUpdates()}, id, ca
 }
 
@@ -135,7 +135,7 @@ func TestSDSResources(t *testing.T) {
 
 func TestAnExpiredCertificateIsNeverServed(t *testing.T) {
 	s, id, _ := newTestServer(t)
-	leaf := s.SVIDs.ids[webID].svid.Cert.Leaf()
+	leaf := s.SVIDs.ids[webID].svid.Leaf()
 	for name, tc := range map[string]struct {
 		at    time.Time
 		ready bool

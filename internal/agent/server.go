@@ -10,6 +10,7 @@ import (
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/go-logr/logr"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	workloadv1 "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -94,7 +95,7 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 
 // bundlesFor are the trust domains a workload trusts: those of its mesh, and
 // always its own.
-func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]TrustDomainBundle, error) {
+func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]*x509bundle.Bundle, error) {
 	b, err := s.Bundles.ForMesh(ctx, svid.Identity.Mesh)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "reading the mesh's trust: %v", err)
