@@ -54,7 +54,7 @@ func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 // RunAgent runs the node agent until ctx is done.
 func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Config) error {
 	log := ctrl.Log.WithName("agent")
-	restConfig = clientLimits(restConfig, cfg.Config)
+	restConfig = clientLimits(restConfig, cfg.Common)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 Scheme(),
 		Cache:                  agentCacheOptions(cfg),
