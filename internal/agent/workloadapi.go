@@ -81,11 +81,11 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []*x509bundl
 	if err != nil {
 		return err
 	}
-	watch := w.s.watch(id)
-	defer watch.close()
+	conn := w.s.watch(id)
+	defer conn.close()
 	var last proto.Message
 	for {
-		if svid := watch.current().svid; svid != nil {
+		if svid := conn.current().svid; svid != nil {
 			bundles, err := w.s.bundlesFor(ctx, svid)
 			if err != nil {
 				return err
@@ -102,7 +102,7 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []*x509bundl
 			}
 		}
 		select {
-		case <-watch.changed:
+		case <-conn.changed:
 		case <-ctx.Done():
 			return nil
 		}
