@@ -20,11 +20,10 @@ const (
 	AttestorUnix       = "unix"
 )
 
-// AgentConfig is the node agent's configuration (meshcert agent). Config
-// holds what it shares with the controller: the cluster, the issuance, the
-// logs and the endpoints.
+// AgentConfig is the node agent's configuration (meshcert agent), with
+// what it shares with the controller in Common.
 type AgentConfig struct {
-	Config
+	Common
 	// NodeName is the node the agent serves: its pods, its requests.
 	NodeName string
 	// Socket is the Unix socket of SDS and the Workload API.
@@ -46,7 +45,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	var c AgentConfig
 	fs := flag.NewFlagSet("meshcert agent", flag.ContinueOnError)
 	fs.SetOutput(output)
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.")
+	c.addSharedFlags(fs)
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "kong-mesh-system", "The mesh's system namespace: where MeshIdentities, MeshTrusts and CertificateRequests live (kuma-system for Kuma).")
 	fs.StringVar(&c.Zone, "zone", "default", "The control plane's zone: the .Zone of a trust domain when the Dataplane has no kuma.io/zone label.")
 	fs.StringVar(&c.NodeName, "node-name", "", "The node this agent serves (in a DaemonSet, from spec.nodeName). Required.")
@@ -57,16 +56,10 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
 	fs.IntVar(&c.Workers, "workers", 10, "Identities issued in parallel.")
 	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 20, "CertificateRequests this agent keeps open at once; more identities wait their turn. Every node's agent adds its own to the signer's queue, which must drain within --request-timeout. 0 is no limit.")
-	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
-	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
 	var requestAnnotations string
 	fs.StringVar(&requestAnnotations, "certificate-request-annotations", "", "Annotations added to every CertificateRequest, as key=value pairs separated by commas.")
-	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", -1, "Client-side limit of API requests per second; -1 leaves rate limiting to the API server's priority and fairness.")
-	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 0, "Burst of the client-side limit, when --kube-api-qps is positive. Default: twice the QPS.")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", "0", "Address of the Prometheus metrics endpoint; 0 (the default) turns it off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8082", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
-	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "0", "Address of Go's pprof endpoints, for profiling; 0 (the default) turns them off.")
-	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
 	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every identity, 2 and up more detail.")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -102,6 +95,6 @@ func (c AgentConfig) validateAgent() error {
 	if c.Attestor != AttestorKubernetes && c.Attestor != AttestorUnix {
 		bad("attestor", c.Attestor, "must be kubernetes or unix")
 	}
-	c.validateIssuance(bad)
+	c.validateShared(bad)
 	return errors.Join(errs...)
 }

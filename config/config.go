@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,22 +22,16 @@ import (
 // also MESHCERT_WEBHOOK_PORT. A flag on the command line wins over its variable.
 const EnvPrefix = "MESHCERT_"
 
-// Config is meshcert's configuration.
+// Config is the controller's configuration (meshcert): the webhooks and the
+// reconcilers, with what it shares with the agent in Common.
 type Config struct {
-	Kubeconfig      string
-	SystemNamespace string
-	// Zone is the control plane's zone, the .Zone of a MeshIdentity's trust
-	// domain that has no kuma.io/zone label.
-	Zone string
+	Common
 	// DataplaneNamespaces limits meshcert to the Dataplanes, and so the
 	// Secrets, of these namespaces; empty means every namespace.
 	DataplaneNamespaces []string
 	// PublishTrustBundles keeps each mesh's roots in a ConfigMap of the
 	// system namespace, for clients outside the mesh.
 	PublishTrustBundles bool
-	// CertificateRequestAnnotations are added to every CertificateRequest,
-	// for the policies of external issuers that read them.
-	CertificateRequestAnnotations map[string]string
 
 	WebhookEnabled bool
 	WebhookHost    string
@@ -51,22 +44,10 @@ type Config struct {
 	// AllowUnsafeCASwitch lets a Mesh update enable the backend it adds.
 	AllowUnsafeCASwitch bool
 
-	MetricsAddr string
-	ProbeAddr   string
-	PprofAddr   string
-
 	ReconcilerEnabled bool
-	KeyAlgorithm      string
-	RequestTimeout    time.Duration
 	KeepRequests      bool
-	Workers           int
-	MaxInFlight       int
-	BackoffInitial    time.Duration
-	BackoffMax        time.Duration
 	SyncPeriod        time.Duration
 	SwitchWindow      time.Duration
-	KubeAPIQPS        float64
-	KubeAPIBurst      int
 
 	LeaderElect             bool
 	LeaderElectionNamespace string
@@ -76,9 +57,6 @@ type Config struct {
 	RetryPeriod             time.Duration
 	ShutdownTimeout         time.Duration
 	WebhookDrain            time.Duration
-
-	Dev      bool
-	LogLevel int
 
 	// ShowVersion asks for the version only; nothing else is validated.
 	ShowVersion bool
@@ -94,7 +72,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	var tlsMin, dataplaneNamespaces string
 	fs := flag.NewFlagSet("meshcert", flag.ContinueOnError)
 	fs.SetOutput(output)
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.")
+	c.addSharedFlags(fs)
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "kong-mesh-system", "The mesh's system namespace: where mesh Secrets and Issuers live (kuma-system for Kuma).")
 	fs.StringVar(&c.Zone, "zone", "default", "The control plane's zone: the .Zone of a MeshIdentity's trust domain when the identity has no kuma.io/zone label.")
 	fs.StringVar(&dataplaneNamespaces, "dataplane-namespaces", "", "Comma-separated namespaces whose Dataplanes get certificates; meshcert needs Secret rights only there. Empty: every namespace.")
@@ -108,7 +86,6 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.EnableHTTP2, "enable-http2", false, "Allow HTTP/2 on the webhook and metrics servers. Off by default (CVE-2023-44487, CVE-2023-39325).")
 	fs.BoolVar(&c.AllowUnsafeCASwitch, "allow-unsafe-ca-switch", false, "Let one Mesh update add a backend and enable it, skipping the two-step CA rotation. For emergencies, such as a compromised CA key.")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; 0 turns it off.")
-	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "0", "Address of Go's pprof endpoints, for profiling; 0 (the default) turns them off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
 	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
@@ -119,12 +96,8 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.StringVar(&requestAnnotations, "certificate-request-annotations", "", "Annotations added to every CertificateRequest, as key=value pairs separated by commas; some external issuers' policies read them.")
 	fs.IntVar(&c.Workers, "workers", 20, "Dataplanes reconciled in parallel.")
 	fs.IntVar(&c.MaxInFlight, "max-requests-in-flight", 500, "CertificateRequests open at once; more dataplanes wait their turn. 0 is no limit.")
-	fs.DurationVar(&c.BackoffInitial, "backoff-initial", 5*time.Second, "Wait after a failed issuance; it doubles with each failure.")
-	fs.DurationVar(&c.BackoffMax, "backoff-max", 5*time.Minute, "Longest wait between failed issuances.")
 	fs.DurationVar(&c.SwitchWindow, "switch-window", time.Minute, "When a Mesh's enabled backend changes, spread the dataplanes' reissues over this window.")
 	fs.DurationVar(&c.SyncPeriod, "sync-period", 10*time.Hour, "How often every watched object is reconciled again, changed or not.")
-	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", -1, "Client-side limit of API requests per second; -1 leaves rate limiting to the API server's priority and fairness.")
-	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 0, "Burst of the client-side limit, when --kube-api-qps is positive. Default: twice the QPS.")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "Elect a leader through a Lease before reconciling, so that only one replica issues.")
 	fs.StringVar(&c.LeaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease. Default: the system namespace.")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "meshcert-leader", "Name of the leader election Lease.")
@@ -133,7 +106,6 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.DurationVar(&c.RetryPeriod, "leader-election-retry-period", 2*time.Second, "How often replicas try to acquire or renew the Lease.")
 	fs.DurationVar(&c.WebhookDrain, "webhook-drain-period", 5*time.Second, "On SIGTERM, keep answering admissions this long, closing each connection after its answer, so the API server moves to other replicas before the server stops.")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "How long to drain in-flight work on SIGTERM before exiting.")
-	fs.BoolVar(&c.Dev, "dev", false, "Human-readable console logs instead of JSON.")
 	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every admission, 2 and up more detail.")
 
 	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
@@ -164,7 +136,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 
 // setRequestAnnotations reads key=value,key=value, and checks each key and
 // value as the API server would.
-func (c *Config) setRequestAnnotations(s string) error {
+func (c *Common) setRequestAnnotations(s string) error {
 	var errs []error
 	for _, pair := range strings.Split(s, ",") {
 		if pair = strings.TrimSpace(pair); pair == "" {
@@ -250,7 +222,7 @@ func (c Config) validate() error {
 	if !c.WebhookEnabled && !c.ReconcilerEnabled {
 		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))
 	}
-	c.validateIssuance(bad)
+	c.validateShared(bad)
 	for _, d := range []struct {
 		flag  string
 		value time.Duration
@@ -269,51 +241,6 @@ func (c Config) validate() error {
 		bad("shutdown-timeout", c.ShutdownTimeout, "must not be negative")
 	}
 	return errors.Join(errs...)
-}
-
-// validateIssuance checks what the controller and the agent share: the
-// cluster's names, the issuance settings, the client and the logs.
-func (c Config) validateIssuance(bad func(flagName string, value any, why string)) {
-	for _, msg := range validation.IsDNS1123Label(c.Zone) {
-		bad("zone", c.Zone, msg)
-	}
-	for _, msg := range validation.IsDNS1123Label(c.SystemNamespace) {
-		bad("system-namespace", c.SystemNamespace, msg)
-	}
-	if !slices.Contains(kuma.KeyAlgorithms, c.KeyAlgorithm) {
-		bad("key-algorithm", c.KeyAlgorithm, "must be one of "+strings.Join(kuma.KeyAlgorithms, ", "))
-	}
-	for _, d := range []struct {
-		flag  string
-		value time.Duration
-	}{{"request-timeout", c.RequestTimeout}, {"backoff-initial", c.BackoffInitial}, {"backoff-max", c.BackoffMax}} {
-		if d.value <= 0 {
-			bad(d.flag, d.value, "must be positive")
-		}
-	}
-	if c.BackoffMax < c.BackoffInitial {
-		bad("backoff-max", c.BackoffMax, "must not be shorter than --backoff-initial")
-	}
-	if c.Workers < 1 {
-		bad("workers", c.Workers, "must be at least 1")
-	}
-	if c.MaxInFlight < 0 {
-		bad("max-requests-in-flight", c.MaxInFlight, "must not be negative; 0 is no limit")
-	}
-	if c.KubeAPIQPS == 0 || c.KubeAPIQPS < -1 {
-		bad("kube-api-qps", c.KubeAPIQPS, "must be positive, or -1 for no client-side limit")
-	}
-	if c.KubeAPIBurst < 0 {
-		bad("kube-api-burst", c.KubeAPIBurst, "must not be negative")
-	}
-	for _, a := range []struct{ flag, value string }{{"metrics-bind-address", c.MetricsAddr}, {"health-probe-bind-address", c.ProbeAddr}, {"pprof-bind-address", c.PprofAddr}} {
-		if err := validateBindAddress(a.value); err != nil {
-			bad(a.flag, a.value, err.Error())
-		}
-	}
-	if c.LogLevel < 0 {
-		bad("log-level", c.LogLevel, "must not be negative")
-	}
 }
 
 func validateBindAddress(addr string) error {

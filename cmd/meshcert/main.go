@@ -45,7 +45,7 @@ func main() {
 		return
 	}
 	exitOnConfigError(err)
-	restConfig := setup(cfg)
+	restConfig := setup(cfg.Common)
 	if err := app.Run(ctrl.SetupSignalHandler(), cfg, restConfig); err != nil {
 		ctrl.Log.Error(err, "meshcert stopped")
 		os.Exit(1)
@@ -58,7 +58,7 @@ func runAgent(args []string) {
 		os.Exit(0)
 	}
 	exitOnConfigError(err)
-	restConfig := setup(cfg.Config)
+	restConfig := setup(cfg.Common)
 	if err := app.RunAgent(ctrl.SetupSignalHandler(), cfg, restConfig); err != nil {
 		ctrl.Log.Error(err, "meshcert agent stopped")
 		os.Exit(1)
@@ -92,7 +92,7 @@ func exitOnConfigError(err error) {
 }
 
 // setup starts the logs and loads the kubeconfig.
-func setup(cfg config.Config) *rest.Config {
+func setup(cfg config.Common) *rest.Config {
 	logger := zap.New(app.LogOptions(cfg)...)
 	ctrl.SetLogger(logger)
 	// client-go (leader election among others) logs through klog: same format.

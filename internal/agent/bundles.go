@@ -3,9 +3,11 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"sort"
+	"slices"
 	"sync"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,8 +28,9 @@ type Bundles struct {
 
 	mu sync.Mutex
 	// byMesh is the parsed MeshTrusts by mesh; nil until read, and again
-	// after any MeshTrust changes.
-	byMesh map[string][]TrustDomainBundle
+	// after any MeshTrust changes. Its bundles are shared: nobody changes
+	// them.
+	byMesh map[string][]*x509bundle.Bundle
 	// generation counts the changes of the MeshTrusts.
 	generation uint64
 }
@@ -40,16 +43,10 @@ func (b *Bundles) Generation() uint64 {
 	return b.generation
 }
 
-// TrustDomainBundle is one trust domain and its roots.
-type TrustDomainBundle struct {
-	TrustDomain string
-	Roots       []*x509.Certificate
-}
-
-// ForMesh returns the mesh's trust domains and their roots, sorted by trust
+// ForMesh returns the bundles of the mesh's trust domains, sorted by trust
 // domain. The roots of several MeshTrusts of one trust domain are joined.
-// The slice is the caller's to change.
-func (b *Bundles) ForMesh(ctx context.Context, mesh string) ([]TrustDomainBundle, error) {
+// The slice is the caller's to change; the bundles are not.
+func (b *Bundles) ForMesh(ctx context.Context, mesh string) ([]*x509bundle.Bundle, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.byMesh == nil {
@@ -59,26 +56,29 @@ func (b *Bundles) ForMesh(ctx context.Context, mesh string) ([]TrustDomainBundle
 		}
 		b.byMesh = parseMeshTrusts(list.Items)
 	}
-	return append([]TrustDomainBundle(nil), b.byMesh[mesh]...), nil
+	return slices.Clone(b.byMesh[mesh]), nil
 }
 
-func parseMeshTrusts(items []kuma.MeshTrustResource) map[string][]TrustDomainBundle {
-	byDomain := map[string]map[string][]*x509.Certificate{}
+// parseMeshTrusts reads the bundles of each mesh. A MeshTrust whose trust
+// domain is not one can vouch for no SPIFFE ID, and is left out.
+func parseMeshTrusts(items []kuma.MeshTrustResource) map[string][]*x509bundle.Bundle {
+	byDomain := map[string]map[spiffeid.TrustDomain][]*x509.Certificate{}
 	for i := range items {
 		mt := &items[i]
 		mesh := kuma.MeshOfSecret(mt.Labels)
-		if mt.Spec.TrustDomain == "" {
+		td, err := spiffeid.TrustDomainFromString(mt.Spec.TrustDomain)
+		if err != nil {
 			continue
 		}
 		if byDomain[mesh] == nil {
-			byDomain[mesh] = map[string][]*x509.Certificate{}
+			byDomain[mesh] = map[spiffeid.TrustDomain][]*x509.Certificate{}
 		}
-		byDomain[mesh][mt.Spec.TrustDomain] = append(byDomain[mesh][mt.Spec.TrustDomain], mt.Roots()...)
+		byDomain[mesh][td] = append(byDomain[mesh][td], mt.Roots()...)
 	}
-	out := map[string][]TrustDomainBundle{}
+	out := map[string][]*x509bundle.Bundle{}
 	for mesh, domains := range byDomain {
 		for td, roots := range domains {
-			out[mesh] = append(out[mesh], TrustDomainBundle{TrustDomain: td, Roots: trust.UniqueRoots(roots)})
+			out[mesh] = append(out[mesh], x509bundle.FromX509Authorities(td, trust.UniqueRoots(roots)))
 		}
 		sortByDomain(out[mesh])
 	}
@@ -93,17 +93,17 @@ func (b *Bundles) RootsPEM(mesh, trustDomain string) []byte {
 	if err != nil {
 		return nil
 	}
-	for _, tdb := range bundles {
-		if tdb.TrustDomain == trustDomain {
-			return trust.EncodeRoots(tdb.Roots)
+	for _, b := range bundles {
+		if b.TrustDomain().Name() == trustDomain {
+			return trust.EncodeRoots(b.X509Authorities())
 		}
 	}
 	return nil
 }
 
-// Watch forgets the parsed MeshTrusts and notifies changed whenever a
-// MeshTrust changes.
-func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier) error {
+// Watch forgets the parsed MeshTrusts and notifies every connection whenever
+// a MeshTrust changes.
+func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, updates *Updates) error {
 	inf, err := mgr.GetCache().GetInformer(ctx, &kuma.MeshTrustResource{})
 	if err != nil {
 		return err
@@ -113,7 +113,7 @@ func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier
 		b.byMesh = nil
 		b.generation++
 		b.mu.Unlock()
-		changed.NotifyAll()
+		updates.NotifyAll()
 	}
 	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { onChange() },
@@ -125,22 +125,23 @@ func (b *Bundles) Watch(ctx context.Context, mgr ctrl.Manager, changed *Notifier
 
 // withOwn adds the root an identity's certificate verified to, when no
 // MeshTrust names its trust domain yet: a workload always trusts its own.
-func withOwn(bundles []TrustDomainBundle, svid *SVID) []TrustDomainBundle {
+func withOwn(bundles []*x509bundle.Bundle, svid *SVID) []*x509bundle.Bundle {
+	own := x509bundle.FromX509Authorities(svid.ID.TrustDomain(), []*x509.Certificate{svid.Root})
 	for i, b := range bundles {
-		if b.TrustDomain == svid.Identity.TrustDomain {
-			if len(b.Roots) == 0 {
-				bundles[i].Roots = []*x509.Certificate{svid.Cert.Root}
+		if b.TrustDomain() == own.TrustDomain() {
+			if b.Empty() {
+				bundles[i] = own
 			}
 			return bundles
 		}
 	}
-	out := append(bundles, TrustDomainBundle{TrustDomain: svid.Identity.TrustDomain, Roots: []*x509.Certificate{svid.Cert.Root}})
+	out := append(bundles, own)
 	sortByDomain(out)
 	return out
 }
 
-func sortByDomain(bundles []TrustDomainBundle) {
-	sort.Slice(bundles, func(i, j int) bool { return bundles[i].TrustDomain < bundles[j].TrustDomain })
+func sortByDomain(bundles []*x509bundle.Bundle) {
+	slices.SortFunc(bundles, func(a, b *x509bundle.Bundle) int { return a.TrustDomain().Compare(b.TrustDomain()) })
 }
 
 func concatDER(certs []*x509.Certificate) []byte {

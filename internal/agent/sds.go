@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -13,6 +14,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -49,8 +51,8 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 	if err != nil {
 		return err
 	}
-	release := d.s.SVIDs.Want(id)
-	defer release()
+	w := d.s.watch(id)
+	defer w.close()
 
 	requests := make(chan *discoveryv3.DiscoveryRequest)
 	recvErr := make(chan error, 1)
@@ -78,13 +80,12 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 		// builtFrom is what the last answer was built from: a wake-up that
 		// changed neither, for another identity of the node, costs no
 		// rebuild; new names always do.
-		builtFrom answerInputs
+		builtFrom served
 		newNames  = true
 	)
 	log := d.s.Log.WithValues("spiffeID", id.SpiffeID)
 	for {
-		wake := d.s.Changed.C(id.SpiffeID)
-		if in := d.inputs(id); subscribed && (newNames || in != builtFrom) {
+		if in := w.current(); subscribed && (newNames || in != builtFrom) {
 			resources, ready, err := d.resources(ctx, id, names)
 			if err != nil {
 				return err
@@ -113,7 +114,7 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 				sent, newNames = nil, true // New names are answered at once.
 			}
 			names, subscribed = slices.Clone(req.ResourceNames), true
-		case <-wake:
+		case <-w.changed:
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -123,16 +124,6 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 			return nil
 		}
 	}
-}
-
-// answerInputs are what a stream's answer is built from, besides its names.
-type answerInputs struct {
-	svid    *SVID
-	bundles uint64
-}
-
-func (d *sds) inputs(id *Identity) answerInputs {
-	return answerInputs{svid: d.s.SVIDs.Get(id.SpiffeID), bundles: d.s.Bundles.Generation()}
 }
 
 // FetchSecrets answers one request, once the identity has a certificate or
@@ -147,9 +138,9 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 	if _, _, err := d.resources(ctx, id, req.ResourceNames); err != nil {
 		return nil, err
 	}
-	release := d.s.SVIDs.Want(id)
-	defer release()
-	if _, err := d.s.await(ctx, id); err != nil {
+	w := d.s.watch(id)
+	defer w.close()
+	if _, err := w.await(ctx); err != nil {
 		return nil, err
 	}
 	resources, _, err := d.resources(ctx, id, req.ResourceNames)
@@ -164,7 +155,7 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 // placeholder. A name the workload is not entitled to is InvalidArgument.
 func (d *sds) resources(ctx context.Context, id *Identity, names []string) ([]*anypb.Any, bool, error) {
 	svid := d.s.SVIDs.Get(id.SpiffeID)
-	var bundles []TrustDomainBundle
+	var bundles []*x509bundle.Bundle
 	if svid != nil {
 		var err error
 		if bundles, err = d.s.bundlesFor(ctx, svid); err != nil {
@@ -173,15 +164,15 @@ func (d *sds) resources(ctx context.Context, id *Identity, names []string) ([]*a
 	} else if b, err := d.s.Bundles.ForMesh(ctx, id.Mesh); err == nil {
 		bundles = b // To tell which names are the mesh's while waiting.
 	}
-	byName := map[string]TrustDomainBundle{}
+	byName := map[string]*x509bundle.Bundle{}
 	for _, b := range bundles {
-		byName["spiffe://"+b.TrustDomain] = b
+		byName[b.TrustDomain().IDString()] = b
 	}
 	if len(names) == 0 {
 		// No names is everything: the SVID and every bundle.
 		names = []string{id.SpiffeID, AllBundlesName}
 		for _, b := range bundles {
-			names = append(names, "spiffe://"+b.TrustDomain)
+			names = append(names, b.TrustDomain().IDString())
 		}
 	}
 	var refused []string
@@ -203,7 +194,7 @@ func (d *sds) resources(ctx context.Context, id *Identity, names []string) ([]*a
 		switch n {
 		case id.SpiffeID, DefaultSVIDName:
 			secret = &tlsv3.Secret{Name: n, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-				CertificateChain: inline(svid.Cert.ChainPEM),
+				CertificateChain: inline(svid.ChainPEM),
 				PrivateKey:       inline(svid.KeyPEM),
 			}}}
 		case OwnBundleName:
@@ -228,11 +219,11 @@ func (d *sds) resources(ctx context.Context, id *Identity, names []string) ([]*a
 
 // spiffeValidator is Envoy's SPIFFE certificate validator with each trust
 // domain and its roots, sorted by trust domain.
-func spiffeValidator(bundles []TrustDomainBundle) (*tlsv3.CertificateValidationContext, error) {
+func spiffeValidator(bundles []*x509bundle.Bundle) (*tlsv3.CertificateValidationContext, error) {
 	conf := &tlsv3.SPIFFECertValidatorConfig{}
 	for _, b := range bundles {
 		conf.TrustDomains = append(conf.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
-			Name: b.TrustDomain, TrustBundle: inline(trust.EncodeRoots(b.Roots)),
+			Name: b.TrustDomain().Name(), TrustBundle: inline(trust.EncodeRoots(b.X509Authorities())),
 		})
 	}
 	typed, err := anypb.New(conf)
@@ -242,9 +233,14 @@ func spiffeValidator(bundles []TrustDomainBundle) (*tlsv3.CertificateValidationC
 	return &tlsv3.CertificateValidationContext{CustomValidatorConfig: &corev3.TypedExtensionConfig{Name: SPIFFEValidatorKey, TypedConfig: typed}}, nil
 }
 
-func trustedCA(name string, b TrustDomainBundle) *tlsv3.Secret {
+// trustedCA is a secret of a bundle's roots; of none when there is no bundle.
+func trustedCA(name string, b *x509bundle.Bundle) *tlsv3.Secret {
+	var roots []*x509.Certificate
+	if b != nil {
+		roots = b.X509Authorities()
+	}
 	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(trust.EncodeRoots(b.Roots)),
+		TrustedCa: inline(trust.EncodeRoots(roots)),
 	}}}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
@@ -49,14 +51,13 @@ func newTestServer(t testing.TB) (*Server, *Identity, testpki.CA) {
 	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(trust).Build()
 	id := &Identity{SpiffeID: webID, TrustDomain: "payments.example.com", Mesh: "payments"}
-	svids := &SVIDs{ids: map[string]*wanted{}, clock: clock.RealClock{}}
-	keyPEM, err := pki.EncodePKCS8PrivateKey(key)
+	svids := &SVIDs{ids: map[string]*wanted{}, clock: clock.RealClock{}, wake: make(chan event.TypedGenericEvent[string], 16)}
+	svid, err := newSVID(id, spiffeid.RequireFromString(webID), &issuance.Certificate{ChainPEM: chainPEM, Chain: chain, Key: key, Root: ca.Cert})
 	if err != nil {
 		t.Fatal(err)
 	}
-	svids.ids[webID] = &wanted{identity: id, users: 1, svid: &SVID{Identity: id, KeyPEM: keyPEM,
-		Cert: &issuance.Certificate{ChainPEM: chainPEM, Chain: chain, Key: key, Root: ca.Cert}}}
-	return &Server{SVIDs: svids, Bundles: &Bundles{Cache: c, SystemNamespace: "kong-mesh-system"}, Changed: NewNotifier()}, id, ca
+	svids.ids[webID] = &wanted{identity: id, users: 1, svid: svid}
+	return &Server{SVIDs: svids, Bundles: &Bundles{Cache: c, SystemNamespace: "kong-mesh-system"}, Updates: NewUpdates()}, id, ca
 }
 
 func TestSDSResources(t *testing.T) {
@@ -134,7 +135,7 @@ func TestSDSResources(t *testing.T) {
 
 func TestAnExpiredCertificateIsNeverServed(t *testing.T) {
 	s, id, _ := newTestServer(t)
-	leaf := s.SVIDs.ids[webID].svid.Cert.Leaf()
+	leaf := s.SVIDs.ids[webID].svid.Leaf()
 	for name, tc := range map[string]struct {
 		at    time.Time
 		ready bool

@@ -10,6 +10,7 @@ import (
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/go-logr/logr"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	workloadv1 "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,7 +26,7 @@ type Server struct {
 	Resolver *Resolver
 	SVIDs    *SVIDs
 	Bundles  *Bundles
-	Changed  *Notifier
+	Updates  *Updates
 	Log      logr.Logger
 }
 
@@ -50,8 +51,10 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 	}
 	// A node's workloads hold a connection each, open for their life, that
 	// carries a few kilobytes an hour: a read buffer of 8 KiB, not grpc-go's
-	// 32 KiB. Shared write buffers, which would save as much again, made a
-	// first certificate 4 to 6 times slower in the bench (P8).
+	// 32 KiB. The write buffer stays each connection's own: a shared one is
+	// taken from a pool and given back at every flush, a cost paid on the
+	// answer a starting workload waits for, its first certificate, to save
+	// memory on connections that are idle anyway.
 	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}), grpc.ReadBufferSize(8<<10))
 	secretv3.RegisterSecretDiscoveryServiceServer(g, &sds{s: s})
 	workloadv1.RegisterSpiffeWorkloadAPIServer(g, &workloadAPI{s: s})
@@ -90,24 +93,9 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 	return id, nil
 }
 
-// await waits until the identity has a certificate.
-func (s *Server) await(ctx context.Context, id *Identity) (*SVID, error) {
-	for {
-		wake := s.Changed.C(id.SpiffeID)
-		if svid := s.SVIDs.Get(id.SpiffeID); svid != nil {
-			return svid, nil
-		}
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
-	}
-}
-
 // bundlesFor are the trust domains a workload trusts: those of its mesh, and
 // always its own.
-func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]TrustDomainBundle, error) {
+func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]*x509bundle.Bundle, error) {
 	b, err := s.Bundles.ForMesh(ctx, svid.Identity.Mesh)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "reading the mesh's trust: %v", err)

@@ -2,13 +2,15 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -30,12 +32,29 @@ import (
 // agent caches its own only.
 const NodeLabel = "meshcert.io/agent-node"
 
-// SVID is an identity's current certificate, as it is served.
+// SVID is an identity's current certificate, as it is served: go-spiffe's
+// X509-SVID, which the Workload API serves, with what SDS serves, the chain
+// as the issuer returned it and the key, in PEM, and the root it verified to.
 type SVID struct {
-	Identity *Identity
-	Cert     *issuance.Certificate
-	KeyPEM   []byte
+	x509svid.SVID
+	Identity         *Identity
+	ChainPEM, KeyPEM []byte
+	Root             *x509.Certificate
 }
+
+func newSVID(id *Identity, spiffeID spiffeid.ID, c *issuance.Certificate) (*SVID, error) {
+	key, err := c.KeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	return &SVID{
+		SVID:     x509svid.SVID{ID: spiffeID, Certificates: c.Chain, PrivateKey: c.Key},
+		Identity: id, ChainPEM: c.ChainPEM, KeyPEM: key, Root: c.Root,
+	}, nil
+}
+
+// Leaf is the certificate itself.
+func (s *SVID) Leaf() *x509.Certificate { return s.Certificates[0] }
 
 // idleGrace is how long an identity's certificate outlives its last
 // connection, so that a reconnecting workload gets it at once.
@@ -52,7 +71,7 @@ type SVIDs struct {
 	clock    clock.PassiveClock
 	timeout  time.Duration
 	bundles  *Bundles
-	changed  *Notifier
+	updates  *Updates
 	wake     chan event.TypedGenericEvent[string]
 	retries  issuance.BackoffPolicy
 
@@ -82,26 +101,24 @@ type SVIDOptions struct {
 	Backoff         issuance.BackoffPolicy
 	Annotations     map[string]string
 	Bundles         *Bundles
-	Changed         *Notifier
+	Updates         *Updates
 }
 
 // NewSVIDs returns SVIDs.
 func NewSVIDs(o SVIDOptions) *SVIDs {
 	s := &SVIDs{
 		node: o.Node, recorder: o.Recorder, clock: o.Clock, timeout: o.RequestTimeout,
-		bundles: o.Bundles, changed: o.Changed, retries: o.Backoff,
+		bundles: o.Bundles, updates: o.Updates, retries: o.Backoff,
 		wake: make(chan event.TypedGenericEvent[string], 1024),
 		ids:  map[string]*wanted{},
 	}
 	s.issuer = issuance.New(issuance.Options{
 		Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, MaxInFlight: o.MaxInFlight,
 		Backoff: issuance.NewBackoff(o.Backoff), Annotations: o.Annotations,
-		OnTurn: func(owner string) { s.enqueue(strings.TrimPrefix(owner, s.ownerPrefix())) },
+		OnTurn: func(owner issuance.Owner) { s.enqueue(owner.Name) },
 	})
 	return s
 }
-
-func (s *SVIDs) ownerPrefix() string { return "Agent:" + s.node + "/" }
 
 func (s *SVIDs) enqueue(id string) {
 	select {
@@ -146,7 +163,7 @@ func (s *SVIDs) Want(id *Identity) (release func()) {
 func (s *SVIDs) Get(spiffeID string) *SVID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if w := s.ids[spiffeID]; w != nil && w.svid != nil && s.clock.Now().Before(w.svid.Cert.Leaf().NotAfter) {
+	if w := s.ids[spiffeID]; w != nil && w.svid != nil && s.clock.Now().Before(w.svid.Leaf().NotAfter) {
 		return w.svid
 	}
 	return nil
@@ -161,11 +178,11 @@ func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
 		}))).
 		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			id, ok := strings.CutPrefix(o.GetAnnotations()[issuance.OwnerAnnotation], s.ownerPrefix())
-			if !ok {
+			owner, ok := issuance.OwnerOf(o)
+			if !ok || owner.Kind != issuance.OwnerAgent || owner.Scope != s.node {
 				return nil
 			}
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: id}}}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: owner.Name}}}
 		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: s.retries.RateLimiter()}).
 		Complete(s)
@@ -175,7 +192,7 @@ func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
 // or, once nobody wants it, drop it.
 func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	spiffeID := req.Name
-	owner := s.ownerPrefix() + spiffeID
+	owner := issuance.AgentOwner(s.node, spiffeID)
 	now := s.clock.Now()
 	s.mu.Lock()
 	w := s.ids[spiffeID]
@@ -194,7 +211,6 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	}
 	s.mu.Unlock()
 	if w == nil {
-		s.changed.Notify(spiffeID) // Nobody waits; this frees its channel.
 		return ctrl.Result{}, s.issuer.Cleanup(ctx, owner)
 	}
 	dropIn := time.Duration(0)
@@ -205,24 +221,24 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	var replaces string
 	expiresIn := time.Duration(0)
 	if current != nil {
-		leaf := current.Cert.Leaf()
+		leaf := current.Leaf()
 		if renewAt := issuance.RenewalTime(leaf, s.node+spiffeID); now.Before(renewAt) {
 			return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(now), dropIn)}, nil
 		}
 		replaces = leaf.SerialNumber.String()
 		if expiresIn = leaf.NotAfter.Sub(now); expiresIn <= 0 {
 			// Expired while its renewal failed: streams stop getting it now.
-			s.changed.Notify(spiffeID)
+			s.updates.Notify(spiffeID)
 		}
 	}
-	uri, err := url.Parse(spiffeID)
+	sid, err := spiffeid.FromString(spiffeID)
 	if err != nil {
-		return ctrl.Result{}, nil // Rendered by model, so never; nothing to retry.
+		return ctrl.Result{}, nil // Checked as it was rendered, so never; nothing to retry.
 	}
 	out, err := s.issuer.Step(ctx, issuance.Request{
 		Owner:        owner,
 		NamePrefix:   "agent." + s.node,
-		URIs:         []*url.URL{uri},
+		URIs:         []*url.URL{sid.URL()},
 		KeyAlgorithm: id.KeyAlgorithm,
 		Usages:       issuance.SVIDUsages(id.KeyAlgorithm),
 		IssuerRef:    id.IssuerRef,
@@ -233,16 +249,16 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		Labels:       map[string]string{NodeLabel: kuma.LabelValue(s.node), kuma.ManagedMeshLabel: kuma.LabelValue(id.Mesh)},
 		Annotations:  map[string]string{kuma.MeshIdentityAnnotation: id.MeshIdentity.Name},
 	}, func(_ context.Context, c *issuance.Certificate) error {
-		key, err := c.KeyPEM()
+		svid, err := newSVID(id, sid, c)
 		if err != nil {
 			return err
 		}
 		s.mu.Lock()
 		if w := s.ids[spiffeID]; w != nil {
-			w.svid = &SVID{Identity: id, Cert: c, KeyPEM: key}
+			w.svid = svid
 		}
 		s.mu.Unlock()
-		s.changed.Notify(spiffeID)
+		s.updates.Notify(spiffeID)
 		return nil
 	})
 	switch {
@@ -269,7 +285,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 // workload, that a certificate due for renewal is not renewed yet and when
 // its workloads lose their identity.
 func (s *SVIDs) warnExpiry(spiffeID string, current *SVID, why string) {
-	serial := current.Cert.Leaf().SerialNumber.String()
+	serial := current.Leaf().SerialNumber.String()
 	s.mu.Lock()
 	w := s.ids[spiffeID]
 	first := w != nil && w.warned != serial
@@ -282,7 +298,7 @@ func (s *SVIDs) warnExpiry(spiffeID string, current *SVID, why string) {
 	}
 	id := current.Identity
 	note := fmt.Sprintf("%s: the certificate expires at %s and is not renewed yet (%s); its workloads lose their identity then unless the issuer recovers",
-		id.SpiffeID, current.Cert.Leaf().NotAfter.UTC().Format(time.RFC3339), why)
+		id.SpiffeID, current.Leaf().NotAfter.UTC().Format(time.RFC3339), why)
 	mid := meshIdentityRef(id)
 	if id.Workload != nil {
 		s.recorder.Eventf(id.Workload, nil, corev1.EventTypeWarning, "IdentityExpiring", "RenewIdentity", "%s", note)

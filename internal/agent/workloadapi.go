@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	workloadv1 "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,41 +33,47 @@ func checkSecurityHeader(ctx context.Context) error {
 // FetchX509SVID streams the workload's X509-SVID, again on every renewal and
 // every change of its trust.
 func (w *workloadAPI) FetchX509SVID(_ *workloadv1.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadv1.X509SVIDResponse]) error {
-	return w.stream(stream.Context(), func(svid *SVID, bundles []TrustDomainBundle) (proto.Message, error) {
-		key, err := x509.MarshalPKCS8PrivateKey(svid.Cert.Key)
-		if err != nil {
-			return nil, err
-		}
-		resp := &workloadv1.X509SVIDResponse{FederatedBundles: map[string][]byte{}}
-		for _, b := range bundles {
-			if b.TrustDomain == svid.Identity.TrustDomain {
-				resp.Svids = []*workloadv1.X509SVID{{
-					SpiffeId:    svid.Identity.SpiffeID,
-					X509Svid:    concatDER(svid.Cert.Chain),
-					X509SvidKey: key,
-					Bundle:      concatDER(b.Roots),
-				}}
-			} else {
-				resp.FederatedBundles["spiffe://"+b.TrustDomain] = concatDER(b.Roots)
-			}
-		}
-		return resp, nil
+	return w.stream(stream.Context(), func(svid *SVID, bundles []*x509bundle.Bundle) (proto.Message, error) {
+		return x509SVIDResponse(svid, bundles)
 	}, func(m proto.Message) error { return stream.Send(m.(*workloadv1.X509SVIDResponse)) })
+}
+
+// x509SVIDResponse is the SVID with the bundle of its trust domain, and the
+// other trust domains' bundles as federated ones.
+func x509SVIDResponse(svid *SVID, bundles []*x509bundle.Bundle) (*workloadv1.X509SVIDResponse, error) {
+	chain, key, err := svid.MarshalRaw()
+	if err != nil {
+		return nil, err
+	}
+	resp := &workloadv1.X509SVIDResponse{FederatedBundles: map[string][]byte{}}
+	for _, b := range bundles {
+		if b.TrustDomain() == svid.ID.TrustDomain() {
+			resp.Svids = []*workloadv1.X509SVID{{
+				SpiffeId:    svid.ID.String(),
+				X509Svid:    chain,
+				X509SvidKey: key,
+				Bundle:      concatDER(b.X509Authorities()),
+			}}
+		} else {
+			resp.FederatedBundles[b.TrustDomain().IDString()] = concatDER(b.X509Authorities())
+		}
+	}
+	return resp, nil
 }
 
 // FetchX509Bundles streams the trust domains the workload trusts.
 func (w *workloadAPI) FetchX509Bundles(_ *workloadv1.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadv1.X509BundlesResponse]) error {
-	return w.stream(stream.Context(), func(_ *SVID, bundles []TrustDomainBundle) (proto.Message, error) {
+	return w.stream(stream.Context(), func(_ *SVID, bundles []*x509bundle.Bundle) (proto.Message, error) {
 		resp := &workloadv1.X509BundlesResponse{Bundles: map[string][]byte{}}
 		for _, b := range bundles {
-			resp.Bundles["spiffe://"+b.TrustDomain] = concatDER(b.Roots)
+			resp.Bundles[b.TrustDomain().IDString()] = concatDER(b.X509Authorities())
 		}
 		return resp, nil
 	}, func(m proto.Message) error { return stream.Send(m.(*workloadv1.X509BundlesResponse)) })
 }
 
 // stream attests the caller, then sends build's answer whenever it changes.
-func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []TrustDomainBundle) (proto.Message, error), send func(proto.Message) error) error {
+func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []*x509bundle.Bundle) (proto.Message, error), send func(proto.Message) error) error {
 	if err := checkSecurityHeader(ctx); err != nil {
 		return err
 	}
@@ -75,12 +81,11 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []TrustDomai
 	if err != nil {
 		return err
 	}
-	release := w.s.SVIDs.Want(id)
-	defer release()
+	conn := w.s.watch(id)
+	defer conn.close()
 	var last proto.Message
 	for {
-		wake := w.s.Changed.C(id.SpiffeID)
-		if svid := w.s.SVIDs.Get(id.SpiffeID); svid != nil {
+		if svid := conn.current().svid; svid != nil {
 			bundles, err := w.s.bundlesFor(ctx, svid)
 			if err != nil {
 				return err
@@ -97,7 +102,7 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []TrustDomai
 			}
 		}
 		select {
-		case <-wake:
+		case <-conn.changed:
 		case <-ctx.Done():
 			return nil
 		}

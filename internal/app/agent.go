@@ -54,7 +54,7 @@ func agentCacheOptions(cfg config.AgentConfig) cache.Options {
 // RunAgent runs the node agent until ctx is done.
 func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Config, opts ...ManagerOption) error {
 	log := ctrl.Log.WithName("agent")
-	restConfig = clientLimits(restConfig, cfg.Config)
+	restConfig = clientLimits(restConfig, cfg.Common)
 	mgrOpts := ctrl.Options{
 		Scheme:                 Scheme(),
 		Cache:                  agentCacheOptions(cfg),
@@ -93,9 +93,9 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		}
 		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: mgr.GetAPIReader()}
 	}
-	changed := agent.NewNotifier()
+	updates := agent.NewUpdates()
 	bundles := &agent.Bundles{Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace}
-	if err := bundles.Watch(ctx, mgr, changed); err != nil {
+	if err := bundles.Watch(ctx, mgr, updates); err != nil {
 		return err
 	}
 	svids := agent.NewSVIDs(agent.SVIDOptions{
@@ -109,7 +109,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
 		Annotations:     cfg.CertificateRequestAnnotations,
 		Bundles:         bundles,
-		Changed:         changed,
+		Updates:         updates,
 	})
 	if err := svids.SetupWithManager(mgr, cfg.Workers); err != nil {
 		return err
@@ -119,7 +119,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 			Attestor: attestor, Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace,
 			Zone: cfg.Zone, KeyAlgorithm: issuance.KeyAlgorithm(cfg.KeyAlgorithm), Procfs: procfs,
 		},
-		SVIDs: svids, Bundles: bundles, Changed: changed, Log: log,
+		SVIDs: svids, Bundles: bundles, Updates: updates, Log: log,
 	}
 	serving := make(chan struct{})
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {

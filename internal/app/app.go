@@ -114,7 +114,7 @@ func stripThen[T any](trim func(T)) toolscache.TransformFunc {
 
 // clientLimits applies the client-side rate limit of the configuration to a
 // copy of restConfig.
-func clientLimits(restConfig *rest.Config, cfg config.Config) *rest.Config {
+func clientLimits(restConfig *rest.Config, cfg config.Common) *rest.Config {
 	restConfig = rest.CopyConfig(restConfig)
 	restConfig.QPS = float32(cfg.KubeAPIQPS)
 	restConfig.Burst = cfg.KubeAPIBurst
@@ -132,7 +132,7 @@ type ManagerOption func(*ctrl.Options)
 // Run starts meshcert and blocks until ctx is done, then shuts down gracefully.
 func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts ...ManagerOption) error {
 	log := ctrl.Log.WithName("setup")
-	restConfig = clientLimits(restConfig, cfg)
+	restConfig = clientLimits(restConfig, cfg.Common)
 	webhookServer := webhook.NewServer(webhook.ServerOptions{
 		Host:          cfg.WebhookHost,
 		Port:          cfg.WebhookPort,

@@ -9,7 +9,7 @@ import (
 
 // LogOptions configures zap: JSON by default, console with --dev, and the
 // verbosity of --log-level.
-func LogOptions(cfg config.Config) []zap.Opts {
+func LogOptions(cfg config.Common) []zap.Opts {
 	return []zap.Opts{
 		zap.UseDevMode(cfg.Dev),
 		zap.Level(zapcore.Level(-cfg.LogLevel)),

@@ -28,7 +28,7 @@ func (p BackoffPolicy) RateLimiter() workqueue.TypedRateLimiter[reconcile.Reques
 type Backoff struct {
 	policy BackoffPolicy
 	mu     sync.Mutex
-	byKey  map[string]*failure
+	byKey  map[Owner]*failure
 }
 
 type failure struct {
@@ -39,11 +39,11 @@ type failure struct {
 
 // NewBackoff returns an empty Backoff with the policy.
 func NewBackoff(policy BackoffPolicy) *Backoff {
-	return &Backoff{policy: policy, byKey: map[string]*failure{}}
+	return &Backoff{policy: policy, byKey: map[Owner]*failure{}}
 }
 
 // Record counts a failure and returns how long to wait before the next try.
-func (b *Backoff) Record(owner, cause string, now time.Time) time.Duration {
+func (b *Backoff) Record(owner Owner, cause string, now time.Time) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f := b.byKey[owner]
@@ -63,7 +63,7 @@ func (b *Backoff) Record(owner, cause string, now time.Time) time.Duration {
 
 // Wait returns how long the owner must still wait, or 0. A different cause
 // clears the backoff.
-func (b *Backoff) Wait(owner, cause string, now time.Time) time.Duration {
+func (b *Backoff) Wait(owner Owner, cause string, now time.Time) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f := b.byKey[owner]
@@ -78,7 +78,7 @@ func (b *Backoff) Wait(owner, cause string, now time.Time) time.Duration {
 }
 
 // Known tells whether the owner's last failure had this cause.
-func (b *Backoff) Known(owner, cause string) bool {
+func (b *Backoff) Known(owner Owner, cause string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f := b.byKey[owner]
@@ -86,7 +86,7 @@ func (b *Backoff) Known(owner, cause string) bool {
 }
 
 // Forget ends the owner's backoff.
-func (b *Backoff) Forget(owner string) {
+func (b *Backoff) Forget(owner Owner) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.byKey, owner)

@@ -3,11 +3,13 @@ package issuance
 import (
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 func TestBackoff(t *testing.T) {
 	b := NewBackoff(BackoffPolicy{Initial: time.Second, Max: 5 * time.Second})
-	const owner = "Dataplane:ns/web"
+	owner := DataplaneOwner(types.NamespacedName{Namespace: "ns", Name: "web"})
 	var got []time.Duration
 	for range 5 {
 		got = append(got, b.Record(owner, "cause", now))

@@ -14,15 +14,15 @@ import (
 // up.
 type inFlight struct {
 	mu      sync.Mutex
-	byOwner map[string]*pending
+	byOwner map[Owner]*pending
 	// reserved are the owners admitted whose request is not made yet: they
 	// hold a place, so that owners admitted at once cannot pass the cap.
-	reserved map[string]bool
+	reserved map[Owner]bool
 	max      int
-	waiting  []string
-	queued   map[string]bool
+	waiting  []Owner
+	queued   map[Owner]bool
 	// onTurn is told of each owner whose turn has come. It must not block.
-	onTurn func(owner string)
+	onTurn func(Owner)
 }
 
 // pending is one request in flight.
@@ -32,14 +32,14 @@ type pending struct {
 	created time.Time
 }
 
-func newInFlight(maxInFlight int, onTurn func(owner string)) *inFlight {
+func newInFlight(maxInFlight int, onTurn func(Owner)) *inFlight {
 	if onTurn == nil {
-		onTurn = func(string) {}
+		onTurn = func(Owner) {}
 	}
-	return &inFlight{byOwner: map[string]*pending{}, reserved: map[string]bool{}, max: maxInFlight, queued: map[string]bool{}, onTurn: onTurn}
+	return &inFlight{byOwner: map[Owner]*pending{}, reserved: map[Owner]bool{}, max: maxInFlight, queued: map[Owner]bool{}, onTurn: onTurn}
 }
 
-func (f *inFlight) get(owner string) *pending {
+func (f *inFlight) get(owner Owner) *pending {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.byOwner[owner]
@@ -48,7 +48,7 @@ func (f *inFlight) get(owner string) *pending {
 // admit tells whether a new request may start, or puts owner in line. An
 // owner admitted holds its place until it starts its request, or gives the
 // place up with end.
-func (f *inFlight) admit(owner string) bool {
+func (f *inFlight) admit(owner Owner) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.max <= 0 {
@@ -65,7 +65,7 @@ func (f *inFlight) admit(owner string) bool {
 	return false
 }
 
-func (f *inFlight) start(owner string, p *pending) {
+func (f *inFlight) start(owner Owner, p *pending) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.reserved, owner)
@@ -80,7 +80,7 @@ func (f *inFlight) open() int { return len(f.byOwner) + len(f.reserved) }
 
 // end ends owner's request, or gives up the place it was admitted to, and
 // gives as many waiting owners their turn as there are free places.
-func (f *inFlight) end(owner string) {
+func (f *inFlight) end(owner Owner) {
 	f.mu.Lock()
 	_, started := f.byOwner[owner]
 	if !started && !f.reserved[owner] {
@@ -92,7 +92,7 @@ func (f *inFlight) end(owner string) {
 		delete(f.byOwner, owner)
 	}
 	delete(f.reserved, owner)
-	var next []string
+	var next []Owner
 	for len(f.waiting) > 0 && len(next) < f.max-f.open() {
 		next = append(next, f.waiting[0])
 		delete(f.queued, f.waiting[0])

@@ -60,18 +60,19 @@ func TestInFlightCap(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			var woken []string
-			f := newInFlight(tc.max, func(owner string) { woken = append(woken, owner) })
+			f := newInFlight(tc.max, func(o Owner) { woken = append(woken, o.Name) })
+			owner := func(name string) Owner { return ProbeOwner("mesh", name) }
 			for i, s := range tc.steps {
 				woken = nil
 				switch {
 				case s.admit != "":
-					if got := f.admit(s.admit); got != s.admitted {
+					if got := f.admit(owner(s.admit)); got != s.admitted {
 						t.Fatalf("step %d: admit(%s) = %v, want %v", i, s.admit, got, s.admitted)
 					}
 				case s.start != "":
-					f.start(s.start, &pending{name: s.start})
+					f.start(owner(s.start), &pending{name: s.start})
 				case s.end != "":
-					f.end(s.end)
+					f.end(owner(s.end))
 				}
 				if !slices.Equal(woken, s.woken) {
 					t.Fatalf("step %d: woken %v, want %v", i, woken, s.woken)

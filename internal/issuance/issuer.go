@@ -58,7 +58,7 @@ type Options struct {
 	MaxInFlight int
 	// OnTurn is told, without blocking, of an owner turned away at the cap
 	// whose turn has come.
-	OnTurn func(owner string)
+	OnTurn func(Owner)
 	// Backoff spaces out an owner's attempts after failures.
 	Backoff *Backoff
 	// Annotations are added to every request, for the policies of external
@@ -108,9 +108,7 @@ func ownerOf(o client.Object) []string {
 
 // Request is what to issue, and for whom.
 type Request struct {
-	// Owner is who asks: the in-flight place, the backoff and the cleanup are
-	// per owner.
-	Owner string
+	Owner Owner
 	// NamePrefix begins the request's name, for people to read.
 	NamePrefix string
 	// URIs are the certificate's URI SANs, in order.
@@ -141,7 +139,7 @@ type Request struct {
 // name is deterministic in what is asked, so a restarted caller finds its
 // own request instead of adding another.
 func (r Request) name() string {
-	parts := append([]string{r.Owner, r.IssuerRef.Group, r.IssuerRef.Kind, r.IssuerRef.Name, string(r.Roots), r.Replaces}, pki.URLsToString(r.URIs)...)
+	parts := append([]string{r.Owner.String(), r.IssuerRef.Group, r.IssuerRef.Kind, r.IssuerRef.Name, string(r.Roots), r.Replaces}, pki.URLsToString(r.URIs)...)
 	return kuma.LimitName(r.NamePrefix, "-"+kuma.Hash(parts...)[:10])
 }
 
@@ -299,7 +297,7 @@ func (i *Issuer) create(ctx context.Context, req Request, name string) (Outcome,
 	}
 	maps.Copy(annotations, req.Annotations)
 	// meshcert's own come last: no fixed annotation may hide them.
-	annotations[OwnerAnnotation] = req.Owner
+	annotations[OwnerAnnotation] = req.Owner.String()
 	annotations[IdentitiesAnnotation] = strings.Join(pki.URLsToString(req.URIs), ",")
 	if req.KeepIssued {
 		annotations[AuditAnnotation] = "true"
@@ -386,7 +384,7 @@ func (i *Issuer) check(req Request, cr *cmapi.CertificateRequest, p *pending) (*
 }
 
 // fail ends an attempt: it deletes the owner's requests and backs off.
-func (i *Issuer) fail(ctx context.Context, owner, cause string, f *Failure) (Outcome, error) {
+func (i *Issuer) fail(ctx context.Context, owner Owner, cause string, f *Failure) (Outcome, error) {
 	if err := i.cleanup(ctx, owner, ""); err != nil {
 		return Outcome{}, err
 	}
@@ -397,18 +395,18 @@ func (i *Issuer) fail(ctx context.Context, owner, cause string, f *Failure) (Out
 // Cleanup deletes the owner's requests and forgets its request in flight:
 // the owner is gone, up to date, or no longer to be issued for. Issued
 // requests kept for auditing stay.
-func (i *Issuer) Cleanup(ctx context.Context, owner string) error {
+func (i *Issuer) Cleanup(ctx context.Context, owner Owner) error {
 	return i.cleanup(ctx, owner, "")
 }
 
 // cleanup deletes the owner's requests except keep, and forgets a request in
 // flight that is not keep.
-func (i *Issuer) cleanup(ctx context.Context, owner, keep string) error {
+func (i *Issuer) cleanup(ctx context.Context, owner Owner, keep string) error {
 	if p := i.inFlight.get(owner); p != nil && p.name != keep {
 		i.inFlight.end(owner)
 	}
 	var list cmapi.CertificateRequestList
-	if err := i.client.List(ctx, &list, client.InNamespace(i.namespace), client.MatchingFields{OwnerIndex: owner}); err != nil {
+	if err := i.client.List(ctx, &list, client.InNamespace(i.namespace), client.MatchingFields{OwnerIndex: owner.String()}); err != nil {
 		return err
 	}
 	for n := range list.Items {

@@ -10,6 +10,7 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -43,7 +44,7 @@ func newHarness(t *testing.T, maxInFlight int) *harness {
 	h.client = fake.NewClientBuilder().WithScheme(scheme).WithIndex(&cmapi.CertificateRequest{}, OwnerIndex, ownerOf).Build()
 	h.issuer = New(Options{
 		Client: h.client, Namespace: namespace, Clock: h.clock, MaxInFlight: maxInFlight,
-		OnTurn:  func(owner string) { h.turns = append(h.turns, owner) },
+		OnTurn:  func(o Owner) { h.turns = append(h.turns, o.Name) },
 		Backoff: NewBackoff(BackoffPolicy{Initial: 5 * time.Second, Max: time.Minute}),
 	})
 	return h
@@ -51,7 +52,7 @@ func newHarness(t *testing.T, maxInFlight int) *harness {
 
 func request(owner string) Request {
 	return Request{
-		Owner: owner, NamePrefix: "ns." + owner,
+		Owner: DataplaneOwner(types.NamespacedName{Namespace: "ns", Name: owner}), NamePrefix: "ns." + owner,
 		URIs:         testpki.URLs("spiffe://demo/web", "kuma://kuma.io/service/web"),
 		KeyAlgorithm: ECDSAP256,
 		IssuerRef:    cmmeta.IssuerReference{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"},
@@ -295,7 +296,7 @@ func TestRequestNamesAndCleanup(t *testing.T) {
 	if len(crs) != 1 || crs[0].Name != changed.name() {
 		t.Fatalf("requests %v, want only %s", crs, changed.name())
 	}
-	if err := h.issuer.Cleanup(context.Background(), "web"); err != nil {
+	if err := h.issuer.Cleanup(context.Background(), request("web").Owner); err != nil {
 		t.Fatal(err)
 	}
 	if len(h.requests()) != 0 || len(h.issuer.inFlight.byOwner) != 0 {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/template"
 	"text/template/parse"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Kuma's defaults for a MeshIdentity's SPIFFE ID on Kubernetes (v2.14.3,
@@ -54,7 +56,10 @@ func RenderTrustDomain(tmpl, mesh, localZone string, labels map[string]string) (
 	if err != nil {
 		return "", err
 	}
-	return td, CheckSpiffeID("spiffe://" + td)
+	// Checked as the host of a SPIFFE ID, as an ID of that trust domain is
+	// checked next.
+	_, err = spiffeid.FromString("spiffe://" + td)
+	return td, err
 }
 
 // RenderSpiffeID renders a workload's SPIFFE ID as Kuma does: the path
@@ -85,7 +90,7 @@ func renderSpiffeID(trustDomain, pathTmpl string, labels map[string]string, labe
 		return "", fmt.Errorf("the path %q: path must have a leading slash", path)
 	}
 	id := "spiffe://" + trustDomain + path
-	if err := CheckSpiffeID(id); err != nil {
+	if _, err := spiffeid.FromString(id); err != nil {
 		return "", fmt.Errorf("%q is not a SPIFFE ID: %w", id, err)
 	}
 	return id, nil
@@ -204,44 +209,4 @@ func (w *boundedWriter) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("renders more than %d bytes", w.max)
 	}
 	return w.Builder.Write(p)
-}
-
-// CheckSpiffeID checks the SPIFFE ID syntax, in go-spiffe's words.
-func CheckSpiffeID(id string) error {
-	if id == "" {
-		return errors.New("cannot be empty")
-	}
-	rest, ok := strings.CutPrefix(id, "spiffe://")
-	if !ok {
-		return errors.New("scheme is missing or invalid")
-	}
-	td, path, _ := strings.Cut(rest, "/")
-	if td == "" {
-		return errors.New("trust domain is missing")
-	}
-	for _, c := range td {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return errors.New("trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores")
-		}
-	}
-	if len(rest) == len(td) {
-		return nil // No path.
-	}
-	segments := strings.Split(path, "/")
-	for i, seg := range segments {
-		switch {
-		case seg == "" && i == len(segments)-1:
-			return errors.New("path cannot have a trailing slash")
-		case seg == "":
-			return errors.New("path cannot contain empty segments")
-		case seg == "." || seg == "..":
-			return errors.New("path cannot contain dot segments")
-		}
-		for _, c := range seg {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-				return errors.New("path segment characters are limited to letters, numbers, dots, dashes, and underscores")
-			}
-		}
-	}
-	return nil
 }

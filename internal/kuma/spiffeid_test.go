@@ -6,30 +6,34 @@ import (
 	"testing"
 )
 
-func TestCheckSpiffeID(t *testing.T) {
+// TestSpiffeIDSyntax: an invalid trust domain or SPIFFE ID is refused in
+// go-spiffe's words, which the webhook shows.
+func TestSpiffeIDSyntax(t *testing.T) {
 	tests := map[string]struct {
-		id      string
-		wantErr string
+		trustDomain, path string
+		wantErr           string
 	}{
-		"trust domain only":          {id: "spiffe://example.org"},
-		"with a path":                {id: "spiffe://payments.zone-1.mesh.local/ns/app/sa/web"},
-		"path characters":            {id: "spiffe://td/a.b-c_D9"},
-		"empty":                      {wantErr: "cannot be empty"},
-		"another scheme":             {id: "https://example.org/x", wantErr: "scheme is missing or invalid"},
-		"no trust domain":            {id: "spiffe:///x", wantErr: "trust domain is missing"},
-		"an upper-case trust domain": {id: "spiffe://Example.org", wantErr: "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"},
-		"a port":                     {id: "spiffe://example.org:443/x", wantErr: "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"},
-		"a trailing slash":           {id: "spiffe://td/x/", wantErr: "path cannot have a trailing slash"},
-		"only a slash":               {id: "spiffe://td/", wantErr: "path cannot have a trailing slash"},
-		"an empty segment":           {id: "spiffe://td/ns//sa/x", wantErr: "path cannot contain empty segments"},
-		"a dot segment":              {id: "spiffe://td/a/../b", wantErr: "path cannot contain dot segments"},
-		"a space":                    {id: "spiffe://td/a b", wantErr: "path segment characters are limited to letters, numbers, dots, dashes, and underscores"},
+		"trust domain only":          {trustDomain: "example.org", path: ""},
+		"with a path":                {trustDomain: "payments.zone-1.mesh.local", path: "/ns/app/sa/web"},
+		"path characters":            {trustDomain: "td", path: "/a.b-c_D9"},
+		"no trust domain":            {trustDomain: "", path: "/x", wantErr: "trust domain is missing"},
+		"an upper-case trust domain": {trustDomain: "Example.org", wantErr: "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"},
+		"a port":                     {trustDomain: "example.org:443", wantErr: "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"},
+		"no leading slash":           {trustDomain: "td", path: "x", wantErr: `the path "x": path must have a leading slash`},
+		"a trailing slash":           {trustDomain: "td", path: "/x/", wantErr: `"spiffe://td/x/" is not a SPIFFE ID: path cannot have a trailing slash`},
+		"only a slash":               {trustDomain: "td", path: "/", wantErr: `"spiffe://td/" is not a SPIFFE ID: path cannot have a trailing slash`},
+		"an empty segment":           {trustDomain: "td", path: "/ns//sa/x", wantErr: `"spiffe://td/ns//sa/x" is not a SPIFFE ID: path cannot contain empty segments`},
+		"a dot segment":              {trustDomain: "td", path: "/a/../b", wantErr: `"spiffe://td/a/../b" is not a SPIFFE ID: path cannot contain dot segments`},
+		"a space":                    {trustDomain: "td", path: "/a b", wantErr: `"spiffe://td/a b" is not a SPIFFE ID: path segment characters are limited to letters, numbers, dots, dashes, and underscores`},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			err := CheckSpiffeID(tc.id)
+			td, err := RenderTrustDomain(tc.trustDomain, "mesh", "zone", nil)
+			if err == nil {
+				_, err = RenderSpiffeID(td, tc.path, nil)
+			}
 			if got := errString(err); got != tc.wantErr {
-				t.Errorf("CheckSpiffeID(%q) = %q, want %q", tc.id, got, tc.wantErr)
+				t.Errorf("%q and %q: %q, want %q", tc.trustDomain, tc.path, got, tc.wantErr)
 			}
 		})
 	}

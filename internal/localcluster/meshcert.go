@@ -50,7 +50,7 @@ func (c *Cluster) StartMeshcert(ctx context.Context, cfg config.Config, opts Mes
 		return nil, err
 	}
 	cfg.ProbeAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
-	ctrl.SetLogger(zap.New(append(app.LogOptions(cfg), zap.WriteTo(opts.Logs))...))
+	ctrl.SetLogger(zap.New(append(app.LogOptions(cfg.Common), zap.WriteTo(opts.Logs))...))
 
 	ctx, cancel := context.WithCancel(ctx)
 	m := &Meshcert{cancel: cancel, done: make(chan error, 1)}

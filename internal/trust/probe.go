@@ -40,7 +40,7 @@ type Probe struct {
 	Key BackendKey
 	// Owner, NamePrefix, Labels and Annotations are the probe's request's,
 	// as issuance.Request has them.
-	Owner      string
+	Owner      issuance.Owner
 	NamePrefix string
 	// TrustDomain is the host of the probe's SPIFFE ID: one that an approval
 	// policy admits for the issuer's certificates admits its probe too.
@@ -105,6 +105,6 @@ func (p *Prober) Step(ctx context.Context, probe Probe) (ProbeOutcome, error) {
 }
 
 // Cleanup ends an owner's probe: it is done, or no longer wanted.
-func (p *Prober) Cleanup(ctx context.Context, owner string) error {
+func (p *Prober) Cleanup(ctx context.Context, owner issuance.Owner) error {
 	return p.issuer.Cleanup(ctx, owner)
 }

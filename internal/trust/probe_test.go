@@ -30,7 +30,7 @@ func TestProberStep(t *testing.T) {
 	ca := testpki.NewCA(t, "ca", now)
 	key := BackendKey{Mesh: "demo", Backend: "next", Config: "c1"}
 	probe := Probe{
-		Key: key, Owner: "Probe:demo/next", NamePrefix: "probe.demo.next", TrustDomain: "demo",
+		Key: key, Owner: issuance.ProbeOwner("demo", "next"), NamePrefix: "probe.demo.next", TrustDomain: "demo",
 		KeyAlgorithm: issuance.ECDSAP256,
 		IssuerRef:    cmmeta.IssuerReference{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"},
 		Timeout:      10 * time.Second,
@@ -108,7 +108,7 @@ func TestProberStep(t *testing.T) {
 			if got := pki.URLsToString(csr.URIs); !cmp.Equal(got, []string{"spiffe://demo/meshcert-probe"}) {
 				t.Errorf("the probe asks for %v, want spiffe://demo/meshcert-probe", got)
 			}
-			if cr.Labels["meshcert.io/probe"] != "true" || cr.Annotations["meshcert.io/mesh"] != "demo" || cr.Annotations[issuance.OwnerAnnotation] != probe.Owner {
+			if cr.Labels["meshcert.io/probe"] != "true" || cr.Annotations["meshcert.io/mesh"] != "demo" || cr.Annotations[issuance.OwnerAnnotation] != "Probe:demo/next" {
 				t.Errorf("the request lacks the probe's labels or annotations: %v, %v", cr.Labels, cr.Annotations)
 			}
 			if d := cr.Spec.Duration; d == nil || d.Duration != time.Hour {

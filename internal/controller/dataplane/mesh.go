@@ -48,7 +48,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	roots := r.meshRoots(mesh.Name, spec)
 	r.roots.Prune(mesh.Name, roots.Keys)
 
-	probing := map[string]bool{}
+	probing := map[issuance.Owner]bool{}
 	var next time.Duration
 	soonest := func(d time.Duration) {
 		if d > 0 && (next == 0 || d < next) {
@@ -61,7 +61,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 			return ctrl.Result{}, err
 		}
 		if !done {
-			probing[probeOwnerOf(mesh.Name, b.Name)] = true
+			probing[issuance.ProbeOwner(mesh.Name, b.Name)] = true
 		}
 		soonest(wait)
 	}
@@ -91,15 +91,13 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	return ctrl.Result{RequeueAfter: next}, nil
 }
 
-func probeOwnerOf(mesh, backend string) string { return probeOwner + mesh + "/" + backend }
-
 // probe drives one backend's probe a step. done says the probe has ended,
 // learning the root or failing to; wait is when to look again.
 func (r *Reconciler) probe(ctx context.Context, mesh *kuma.MeshResource, b kuma.Backend) (wait time.Duration, done bool, err error) {
 	log := logf.FromContext(ctx).WithValues("backend", b.Name)
 	out, err := r.prober.Step(ctx, trust.Probe{
 		Key:         trust.CertManagerKey(mesh.Name, b, nil),
-		Owner:       probeOwnerOf(mesh.Name, b.Name),
+		Owner:       issuance.ProbeOwner(mesh.Name, b.Name),
 		NamePrefix:  "probe." + mesh.Name + "." + b.Name,
 		TrustDomain: mesh.Name,
 		// The mesh's own algorithm, so that a policy that admits its
@@ -131,15 +129,15 @@ func (r *Reconciler) probe(ctx context.Context, mesh *kuma.MeshResource, b kuma.
 
 // cleanupProbes ends a mesh's probes whose owner is not probing any more:
 // done, or its backend gone.
-func (r *Reconciler) cleanupProbes(ctx context.Context, mesh string, probing map[string]bool) error {
+func (r *Reconciler) cleanupProbes(ctx context.Context, mesh string, probing map[issuance.Owner]bool) error {
 	var list cmapi.CertificateRequestList
 	if err := r.Client.List(ctx, &list, client.InNamespace(r.SystemNamespace),
 		client.MatchingLabels{ProbeLabel: "true", kuma.ManagedMeshLabel: kuma.LabelValue(mesh)}); err != nil {
 		return err
 	}
 	for _, cr := range list.Items {
-		owner := cr.Annotations[issuance.OwnerAnnotation]
-		if cr.Annotations[kuma.MeshAnnotation] != mesh || owner == "" || probing[owner] {
+		owner, ok := issuance.OwnerOf(&cr)
+		if cr.Annotations[kuma.MeshAnnotation] != mesh || !ok || probing[owner] {
 			continue
 		}
 		if err := r.prober.Cleanup(ctx, owner); err != nil {

@@ -8,7 +8,6 @@ package dataplane
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -102,27 +101,16 @@ func New(o Options) *Reconciler {
 	return r
 }
 
-// The owners of CertificateRequests, as issuance knows them: a dataplane, or
-// a backend's root probe.
-const (
-	dataplaneOwner = "Dataplane:"
-	probeOwner     = "Probe:"
-)
-
-func dataplaneOwnerOf(key types.NamespacedName) string { return dataplaneOwner + key.String() }
-
 // onTurn wakes an owner whose turn has come, without blocking: if enough are
 // awake already, the others' timers bring them back.
-func (r *Reconciler) onTurn(owner string) {
+func (r *Reconciler) onTurn(owner issuance.Owner) {
 	var ch chan event.GenericEvent
 	var obj client.Object
-	switch {
-	case strings.HasPrefix(owner, dataplaneOwner):
-		ns, name, _ := strings.Cut(strings.TrimPrefix(owner, dataplaneOwner), "/")
-		ch, obj = r.dataplaneTurns, &kuma.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	case strings.HasPrefix(owner, probeOwner):
-		mesh, _, _ := strings.Cut(strings.TrimPrefix(owner, probeOwner), "/")
-		ch, obj = r.meshTurns, &kuma.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: mesh}}
+	switch owner.Kind {
+	case issuance.OwnerDataplane:
+		ch, obj = r.dataplaneTurns, &kuma.DataplaneResource{ObjectMeta: metav1.ObjectMeta{Namespace: owner.Scope, Name: owner.Name}}
+	case issuance.OwnerProbe:
+		ch, obj = r.meshTurns, &kuma.MeshResource{ObjectMeta: metav1.ObjectMeta{Name: owner.Scope}}
 	default:
 		return
 	}
@@ -137,7 +125,7 @@ const conflictCause = "SecretConflict"
 // Reconcile brings one dataplane's Secret in line with its Mesh.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	key := req.NamespacedName
-	owner := dataplaneOwnerOf(key)
+	owner := issuance.DataplaneOwner(key)
 	var dp kuma.DataplaneResource
 	if err := r.Client.Get(ctx, key, &dp); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -219,7 +207,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 // delivers it as the dataplane's Secret.
 func (r *Reconciler) issue(ctx context.Context, dp *kuma.DataplaneResource, p *plan, secret *corev1.Secret) (ctrl.Result, error) {
 	req := issuance.Request{
-		Owner:        dataplaneOwnerOf(p.dataplane),
+		Owner:        issuance.DataplaneOwner(p.dataplane),
 		NamePrefix:   p.dataplane.Namespace + "." + p.dataplane.Name,
 		URIs:         p.uris,
 		KeyAlgorithm: p.keyAlgorithm,
@@ -304,7 +292,7 @@ func (r *Reconciler) reportFailure(ctx context.Context, dp *kuma.DataplaneResour
 // backoff; a dataplane's own problem waits for the dataplane to change.
 func (r *Reconciler) reportProblem(ctx context.Context, dp *kuma.DataplaneResource, prob *problem) (ctrl.Result, error) {
 	key := types.NamespacedName{Namespace: dp.Namespace, Name: dp.Name}
-	owner := dataplaneOwnerOf(key)
+	owner := issuance.DataplaneOwner(key)
 	if err := r.issuer.Cleanup(ctx, owner); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -341,7 +329,7 @@ func (r *Reconciler) reportProblem(ctx context.Context, dp *kuma.DataplaneResour
 // exists. The owner reference would let the garbage collector do it, but a
 // cluster may run none, and it can lag.
 func (r *Reconciler) dataplaneGone(ctx context.Context, key types.NamespacedName) error {
-	owner := dataplaneOwnerOf(key)
+	owner := issuance.DataplaneOwner(key)
 	r.backoff.Forget(owner)
 	r.conflicts.Delete(key)
 	if err := r.issuer.Cleanup(ctx, owner); err != nil {

@@ -72,7 +72,7 @@ type Reconciler struct {
 	roots  *trust.Store
 	// reported is the last condition reported on each identity, so that
 	// resyncs add no Events.
-	reported map[string]string
+	reported map[issuance.Owner]string
 }
 
 // New returns a Reconciler, with the prober of its issuers' roots.
@@ -86,15 +86,13 @@ func New(o Options) *Reconciler {
 		Options:  o,
 		prober:   trust.NewProber(issuer, roots, o.Clock),
 		roots:    roots,
-		reported: map[string]string{},
+		reported: map[issuance.Owner]string{},
 	}
 }
 
-const identityOwner = "MeshIdentity:"
-
 // Reconcile brings one MeshIdentity's MeshTrust in line with its issuer.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	owner := identityOwner + req.NamespacedName.String()
+	owner := issuance.MeshIdentityOwner(req.NamespacedName)
 	var mid kuma.MeshIdentityResource
 	if err := r.Client.Get(ctx, req.NamespacedName, &mid); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -150,7 +148,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 // rootRefresh. The probe asks for an identity in the trust domain td, so an
 // approval policy on the identity's trust domain covers it. nil roots mean not
 // known yet; wait says when to look again.
-func (r *Reconciler) issuerRoots(ctx context.Context, mid *kuma.MeshIdentityResource, mesh, td string, conf kuma.CertManagerConf, owner string) ([]*x509.Certificate, time.Duration, error) {
+func (r *Reconciler) issuerRoots(ctx context.Context, mid *kuma.MeshIdentityResource, mesh, td string, conf kuma.CertManagerConf, owner issuance.Owner) ([]*x509.Certificate, time.Duration, error) {
 	env := lookup.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup}
 	if ds := conf.CACert; ds != nil {
 		ca := lookup.ResolveCACert(mesh, *ds, env)
@@ -171,8 +169,8 @@ func (r *Reconciler) issuerRoots(ctx context.Context, mid *kuma.MeshIdentityReso
 		version = state.ResourceVersion
 	}
 	// The store is per mesh; here each identity is a "mesh" of its own.
-	key := trust.BackendKey{Mesh: owner, Backend: mesh, Config: kuma.Hash(ref.Group, ref.Kind, ref.Name, version)}
-	r.roots.Prune(owner, map[trust.BackendKey]bool{key: true})
+	key := trust.BackendKey{Mesh: owner.String(), Backend: mesh, Config: kuma.Hash(ref.Group, ref.Kind, ref.Name, version)}
+	r.roots.Prune(owner.String(), map[trust.BackendKey]bool{key: true})
 	now := r.Clock.Now()
 	known, learnedAt, ok := r.roots.Roots(key)
 	if ok && now.Sub(learnedAt) < rootRefresh {
@@ -353,7 +351,7 @@ func (r *Reconciler) foreignMeshTrust(ctx context.Context, mesh, td string) stri
 // report tells of a condition of an identity once, not again on every
 // reconcile while it lasts.
 func (r *Reconciler) report(mid *kuma.MeshIdentityResource, eventType, reason, format string, args ...any) {
-	owner := identityOwner + mid.Namespace + "/" + mid.Name
+	owner := issuance.MeshIdentityOwner(client.ObjectKeyFromObject(mid))
 	msg := fmt.Sprintf(format, args...)
 	if r.reported[owner] == reason+": "+msg {
 		return
@@ -363,8 +361,8 @@ func (r *Reconciler) report(mid *kuma.MeshIdentityResource, eventType, reason, f
 }
 
 // forget deletes the MeshTrust meshcert kept for an identity, and its probes.
-func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner string) error {
-	r.roots.Prune(owner, nil)
+func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner issuance.Owner) error {
+	r.roots.Prune(owner.String(), nil)
 	if err := r.prober.Cleanup(ctx, owner); err != nil {
 		return err
 	}

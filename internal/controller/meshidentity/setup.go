@@ -2,7 +2,6 @@ package meshidentity
 
 import (
 	"context"
-	"strings"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -48,12 +47,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&cmapi.Issuer{}, handler.EnqueueRequestsFromMapFunc(r.identitiesOfIssuer(cmapi.IssuerKind))).
 		Watches(&cmapi.ClusterIssuer{}, handler.EnqueueRequestsFromMapFunc(r.identitiesOfIssuer(cmapi.ClusterIssuerKind))).
 		Watches(&cmapi.CertificateRequest{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			owner, ok := strings.CutPrefix(o.GetAnnotations()[issuance.OwnerAnnotation], identityOwner)
-			if !ok {
+			owner, ok := issuance.OwnerOf(o)
+			if !ok || owner.Kind != issuance.OwnerMeshIdentity {
 				return nil
 			}
-			ns, name, _ := strings.Cut(owner, "/")
-			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}}
+			return []reconcile.Request{{NamespacedName: owner.NamespacedName()}}
 		})).
 		Complete(r)
 }
