@@ -106,7 +106,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		Clock:           clock.RealClock{},
 		RequestTimeout:  cfg.RequestTimeout,
 		MaxInFlight:     cfg.MaxInFlight,
-		Backoff:         issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+		Backoff:         backoffPolicy(cfg.Common),
 		Annotations:     cfg.CertificateRequestAnnotations,
 		Bundles:         bundles,
 		Updates:         updates,

@@ -124,6 +124,12 @@ func clientLimits(restConfig *rest.Config, cfg config.Common) *rest.Config {
 	return restConfig
 }
 
+// backoffPolicy is the one retry policy of every issuer and controller of a
+// process, from its --backoff-initial and --backoff-max.
+func backoffPolicy(c config.Common) issuance.BackoffPolicy {
+	return issuance.BackoffPolicy{Initial: c.BackoffInitial, Max: c.BackoffMax}
+}
+
 // ManagerOption changes the options of the controller manager that Run or
 // RunAgent builds, for a caller that runs meshcert inside a process of its
 // own, such as the local runner.
@@ -213,7 +219,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts .
 			KeyAlgorithm:        issuance.KeyAlgorithm(cfg.KeyAlgorithm),
 			RequestTimeout:      cfg.RequestTimeout,
 			KeepRequests:        cfg.KeepRequests,
-			Backoff:             issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+			Backoff:             backoffPolicy(cfg.Common),
 			SwitchWindow:        cfg.SwitchWindow,
 			MaxInFlight:         cfg.MaxInFlight,
 			RequestAnnotations:  cfg.CertificateRequestAnnotations,
@@ -232,7 +238,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts .
 				Zone:               cfg.Zone,
 				KeyAlgorithm:       issuance.KeyAlgorithm(cfg.KeyAlgorithm),
 				RequestTimeout:     cfg.RequestTimeout,
-				Backoff:            issuance.BackoffPolicy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
+				Backoff:            backoffPolicy(cfg.Common),
 				RequestAnnotations: cfg.CertificateRequestAnnotations,
 			})
 			if err := mt.SetupWithManager(mgr); err != nil {
