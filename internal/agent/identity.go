@@ -29,10 +29,6 @@ import (
 // that dataplane, for the unix attestor.
 const UnixUIDAnnotation = "meshcert.io/unix-uid"
 
-// DefaultDuration is an identity's certificate lifetime without a
-// meshcert.io/duration annotation.
-const DefaultDuration = 24 * time.Hour
-
 // Identity is what a caller is entitled to: one SPIFFE ID, of one
 // MeshIdentity, and how to issue it.
 type Identity struct {
@@ -67,7 +63,7 @@ type Attestor interface {
 }
 
 // Resolver decides a caller's identity: its Dataplane, by the attestor, then
-// the MeshIdentity that selects it by Kuma's rule, of those meshcert serves.
+// the MeshIdentity Kuma gives it, when that is one meshcert serves.
 type Resolver struct {
 	Attestor Attestor
 	// Cache holds the MeshIdentities of the system namespace.
@@ -88,32 +84,32 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 	if err := r.Cache.List(ctx, &list, client.InNamespace(r.SystemNamespace)); err != nil {
 		return nil, err
 	}
-	var served []*kuma.MeshIdentityResource
+	// Kuma selects among every MeshIdentity of the mesh, whatever serves it;
+	// meshcert answers only when the one Kuma gives the Dataplane is its own.
+	identities := make([]*kuma.MeshIdentityResource, len(list.Items))
 	for i := range list.Items {
-		if list.Items[i].ServedBy() == kuma.ServedByAgent {
-			served = append(served, &list.Items[i])
-		}
+		identities[i] = &list.Items[i]
 	}
-	mesh := dp.MeshName()
-	mid := kuma.SelectMeshIdentity(served, mesh, dp.Labels)
+	mesh, labels := dp.MeshName(), dp.LabelView()
+	mid := kuma.SelectMeshIdentity(identities, mesh, labels)
 	if mid == nil {
-		return nil, notEntitled("no MeshIdentity that meshcert serves selects Dataplane %s/%s of mesh %q", dp.Namespace, dp.Name, mesh)
+		return nil, notEntitled("no MeshIdentity selects Dataplane %s/%s of mesh %q", dp.Namespace, dp.Name, mesh)
 	}
-	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, dp.Labels)
+	if mid.ServedBy() != kuma.ServedByAgent {
+		return nil, notEntitled("Kuma gives Dataplane %s/%s the identity of MeshIdentity %s, which meshcert does not serve", dp.Namespace, dp.Name, mid.Name)
+	}
+	// The trust domain reads the MeshIdentity's labels, the path the
+	// Dataplane's label view, as Kuma's Spire provider renders them (v2.14.3,
+	// pkg/core/resources/apis/meshidentity/providers/spire/spire.go).
+	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, mid.Labels)
 	if err != nil {
 		return nil, notEntitled("MeshIdentity %s: the trust domain: %v", mid.Name, err)
 	}
-	id, err := kuma.RenderSpiffeID(td, mid.Spec.SpiffeID.PathTemplate(), dp.Labels)
+	id, err := kuma.RenderSpiffeID(td, mid.Spec.SpiffeID.PathTemplate(), labels)
 	if err != nil {
 		return nil, notEntitled("MeshIdentity %s: the SPIFFE ID of Dataplane %s/%s: %v", mid.Name, dp.Namespace, dp.Name, err)
 	}
 	conf, _ := mid.CertManagerConf()
-	duration := DefaultDuration
-	if v, ok := mid.Annotations[kuma.DurationAnnotation]; ok {
-		if d, err := time.ParseDuration(v); err == nil && d > 0 {
-			duration = d
-		}
-	}
 	// The kernel said who connected; what was read since must still be
 	// about that process, not one that took its PID.
 	if err := r.Procfs.StillSame(c); err != nil {
@@ -126,7 +122,7 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 		MeshIdentity: types.NamespacedName{Namespace: mid.Namespace, Name: mid.Name},
 		Workload:     workload,
 		IssuerRef:    defaults.IssuerRef(conf.IssuerRef),
-		Duration:     duration,
+		Duration:     mid.Lifetime(),
 		KeyAlgorithm: issuance.KeyAlgorithmFor(mid.Annotations, r.KeyAlgorithm),
 	}, nil
 }

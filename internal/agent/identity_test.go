@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
@@ -23,6 +24,25 @@ func unixDataplane(name, uid string, labels map[string]string) *kuma.DataplaneRe
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "vms", Labels: labels, Annotations: map[string]string{UnixUIDAnnotation: uid}},
 		Mesh:       "billing",
 	}
+}
+
+// withAnnotations adds annotations to a Dataplane, as Kuma's store keeps the
+// service account and workload.
+func withAnnotations(dp *kuma.DataplaneResource, annotations map[string]string) *kuma.DataplaneResource {
+	for k, v := range annotations {
+		dp.Annotations[k] = v
+	}
+	return dp
+}
+
+// withTemplates gives an identity its own templates (nil: Kuma's default)
+// and labels of its own.
+func withTemplates(mid *kuma.MeshIdentityResource, td, path *string, labels map[string]string) *kuma.MeshIdentityResource {
+	mid.Spec.SpiffeID = &kuma.SpiffeID{TrustDomain: td, Path: path}
+	for k, v := range labels {
+		mid.Labels[k] = v
+	}
+	return mid
 }
 
 func spireIdentity(name string, annotations, matchLabels map[string]string) *kuma.MeshIdentityResource {
@@ -61,9 +81,43 @@ func TestResolveWithTheUnixAttestor(t *testing.T) {
 			objects:    []client.Object{unixDataplane("a", uid, invoices), unixDataplane("b", uid, invoices), spireIdentity("billing", served, map[string]string{})},
 			notEntitle: "2 Dataplanes are annotated",
 		},
+		"no identity selects it": {
+			objects:    []client.Object{unixDataplane("invoices", uid, invoices), spireIdentity("billing", served, map[string]string{"app": "orders"})},
+			notEntitle: `no MeshIdentity selects Dataplane vms/invoices of mesh "billing"`,
+		},
 		"an identity meshcert does not serve": {
 			objects:    []client.Object{unixDataplane("invoices", uid, invoices), spireIdentity("billing", nil, map[string]string{"app": "invoices"})},
-			notEntitle: `no MeshIdentity that meshcert serves selects Dataplane vms/invoices of mesh "billing"`,
+			notEntitle: `Kuma gives Dataplane vms/invoices the identity of MeshIdentity billing, which meshcert does not serve`,
+		},
+		// Kuma selects among every MeshIdentity of the mesh (v2.14.3,
+		// helpers.go BestMatched): a served one that loses gives nothing.
+		"Kuma's choice is not meshcert's, though meshcert's selects it too": {
+			objects: []client.Object{unixDataplane("invoices", uid, invoices), spireIdentity("billing", served, map[string]string{"app": "invoices"}),
+				spireIdentity("bundled", nil, map[string]string{"app": "invoices", kuma.WorkloadLabel: "invoices"})},
+			notEntitle: `the identity of MeshIdentity bundled, which meshcert does not serve`,
+		},
+		"a tie goes to the smaller <name>.<namespace>, as in Kuma's store": {
+			objects: []client.Object{unixDataplane("invoices", uid, invoices),
+				withTemplates(spireIdentity("web", served, map[string]string{"app": "invoices"}), nil, ptr.To("/from/web"), nil),
+				withTemplates(spireIdentity("web-v2", served, map[string]string{"app": "invoices"}), nil, ptr.To("/from/web-v2"), nil)},
+			want: &Identity{SpiffeID: "spiffe://billing.default.mesh.local/from/web-v2", TrustDomain: "billing.default.mesh.local", Mesh: "billing",
+				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
+		},
+		"the trust domain reads the MeshIdentity's zone and labels, not the Dataplane's": {
+			objects: []client.Object{unixDataplane("invoices", uid, map[string]string{"app": "invoices", kuma.WorkloadLabel: "invoices", kuma.ZoneLabel: "west", "tier": "gold"}),
+				withTemplates(spireIdentity("billing", served, map[string]string{"app": "invoices"}), ptr.To(`{{ label "tier" }}.{{ .Mesh }}.{{ .Zone }}.mesh.local`), ptr.To("/w/{{ .Workload }}"),
+					map[string]string{kuma.ZoneLabel: "east", "tier": "silver"})},
+			want: &Identity{SpiffeID: "spiffe://silver.billing.east.mesh.local/w/invoices", TrustDomain: "silver.billing.east.mesh.local", Mesh: "billing",
+				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
+		},
+		"the service account from its annotation, as Kuma's store keeps it": {
+			objects: []client.Object{
+				withAnnotations(unixDataplane("invoices", uid, map[string]string{"app": "invoices", kuma.NamespaceLabel: "vms"}),
+					map[string]string{kuma.ServiceAccountLabel: "invoicer", kuma.WorkloadLabel: "invoicer"}),
+				withTemplates(spireIdentity("billing", served, map[string]string{"app": "invoices", kuma.ServiceAccountLabel: "invoicer"}), nil, nil,
+					map[string]string{kuma.ZoneLabel: "east"})},
+			want: &Identity{SpiffeID: "spiffe://billing.east.mesh.local/ns/vms/sa/invoicer", TrustDomain: "billing.east.mesh.local", Mesh: "billing",
+				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
 		},
 		"a path template its labels cannot fill": {
 			objects:    []client.Object{unixDataplane("invoices", uid, map[string]string{"app": "invoices"}), spireIdentity("billing", served, map[string]string{"app": "invoices"})},
