@@ -19,7 +19,14 @@ type fakeLookup struct {
 	issuers map[cmmeta.IssuerReference]lookup.IssuerState
 	// issued counts certificates by "mesh/backend".
 	issued map[string]int
-	err    error
+	// meshServices is each Mesh's spec.meshServices.mode.
+	meshServices map[string]string
+	err          error
+}
+
+func (f fakeLookup) MeshServicesMode(mesh string) (string, bool, error) {
+	mode, ok := f.meshServices[mesh]
+	return mode, ok, f.err
 }
 
 func (f fakeLookup) IssuedBy(mesh, backend string) (int, error) {

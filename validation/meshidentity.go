@@ -25,6 +25,9 @@ func ValidateMeshIdentity(mid *kuma.MeshIdentityResource, env Env) Result {
 	}
 	mesh := mid.MeshName()
 	res.add(validateSpiffeID(mid, mesh, env))
+	if env.Lookup != nil {
+		res.add(warnMeshServices(mesh, env))
+	}
 
 	conf, errs := mid.CertManagerConf()
 	res.Errors = append(res.Errors, errs...)
@@ -93,6 +96,24 @@ func validateSpiffeID(mid *kuma.MeshIdentityResource, mesh string, env Env) Resu
 		res.Errors = append(res.Errors, field.Invalid(pathPath, pathTmpl, "couldn't parse template: "+err.Error()))
 	} else if _, err := kuma.SampleSpiffeID(td, pathTmpl); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(pathPath, pathTmpl, fmt.Sprintf("does not give a valid SPIFFE ID for a workload: %v", err)))
+	}
+	return res
+}
+
+// warnMeshServices warns when the identity's Mesh does not run MeshServices in
+// Exclusive mode: Kuma 2.14 then never marks a MeshIdentity Ready (its
+// DependenciesReady condition says MeshServicesDisabled, v2.14.3
+// pkg/core/resources/apis/meshidentity/status/updater.go), and no workload
+// gets it. Kuma's later versions drop the check, so it is a warning.
+func warnMeshServices(mesh string, env Env) Result {
+	var res Result
+	p := kuma.MetadataPath.Child("labels").Key(kuma.MeshLabel)
+	mode, found, err := env.Lookup.MeshServicesMode(mesh)
+	switch {
+	case err != nil:
+		res.warn(p, "could not look up Mesh %s: %v", mesh, err)
+	case found && mode != kuma.MeshServicesExclusive:
+		res.warn(p, "Mesh %s has spec.meshServices.mode %q, not %q: Kuma 2.14 never marks this MeshIdentity Ready (reason MeshServicesDisabled), so no workload gets its identity", mesh, mode, kuma.MeshServicesExclusive)
 	}
 	return res
 }

@@ -27,6 +27,7 @@ func TestValidateMeshIdentity(t *testing.T) {
 		issuers: map[cmmeta.IssuerReference]lookup.IssuerState{
 			{Name: "ca", Kind: "Issuer", Group: "cert-manager.io"}: {Ready: true},
 		},
+		meshServices: map[string]string{"payments": "Exclusive", "legacy": "Disabled", "unset": ""},
 	}
 	str := func(s string) *string { return &s }
 	extension := func(config string) *kuma.MeshIdentityResource {
@@ -54,6 +55,17 @@ func TestValidateMeshIdentity(t *testing.T) {
 		"Kong Mesh's shape, valid":      {mid: extension(`{"issuerRef":{"name":"ca"},"caCert":{"secret":"payments-ca"}}`)},
 		"Kong Mesh's shape, inline CA":  {mid: extension(`{"issuerRef":{"name":"ca"},"caCert":{"inlineString":` + quote(caPEM) + `}}`)},
 		"meshcert's annotations, valid": {mid: spire(map[string]string{kuma.IssuerNameAnnotation: "ca", kuma.CACertSecretAnnotation: "payments-ca"})},
+		"a Mesh without meshServices Exclusive, warned in Kuma 2.14's terms": {
+			mid:          with(spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}), func(m *kuma.MeshIdentityResource) { m.Labels[kuma.MeshLabel] = "legacy" }),
+			wantWarnings: []string{`metadata.labels[kuma.io/mesh]: Mesh legacy has spec.meshServices.mode "Disabled", not "Exclusive": Kuma 2.14 never marks this MeshIdentity Ready (reason MeshServicesDisabled), so no workload gets its identity`},
+		},
+		"a Mesh with no meshServices at all": {
+			mid:          with(spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}), func(m *kuma.MeshIdentityResource) { m.Labels[kuma.MeshLabel] = "unset" }),
+			wantWarnings: []string{`metadata.labels[kuma.io/mesh]: Mesh unset has spec.meshServices.mode "", not "Exclusive": Kuma 2.14 never marks this MeshIdentity Ready (reason MeshServicesDisabled), so no workload gets its identity`},
+		},
+		"a Mesh not created yet: nothing to say of it": {
+			mid: with(spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}), func(m *kuma.MeshIdentityResource) { m.Labels[kuma.MeshLabel] = "later" }),
+		},
 		"Spire without provider.spire, in Kuma's words": {
 			mid:      with(spire(map[string]string{kuma.IssuerNameAnnotation: "ca"}), func(m *kuma.MeshIdentityResource) { m.Spec.Provider.Spire = nil }),
 			wantErrs: []string{"spec.provider.spire: Required value: configuration needs to be defined"},

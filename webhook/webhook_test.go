@@ -27,6 +27,8 @@ func (emptyCluster) Issuer(cmmeta.IssuerReference) (*lookup.IssuerState, error) 
 }
 func (emptyCluster) IssuedBy(string, string) (int, error) { return 0, nil }
 
+func (emptyCluster) MeshServicesMode(string) (string, bool, error) { return "", false, nil }
+
 func testValidator() *Validator {
 	return &Validator{
 		SystemNamespace: "kong-mesh-system",

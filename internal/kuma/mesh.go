@@ -29,6 +29,25 @@ type MeshSpec struct {
 	MTLS *MTLS
 }
 
+// MeshServicesExclusive is the spec.meshServices.mode without which Kuma
+// 2.14 never marks a MeshIdentity of the mesh Ready.
+const MeshServicesExclusive = "Exclusive"
+
+// MeshServicesMode reads spec.meshServices.mode of a Mesh's raw spec: "" when
+// it is unset or not a string.
+func MeshServicesMode(spec []byte) string {
+	var s struct {
+		MeshServices struct {
+			Mode any `json:"mode"`
+		} `json:"meshServices"`
+	}
+	if json.Unmarshal(spec, &s) != nil {
+		return ""
+	}
+	mode, _ := s.MeshServices.Mode.(string)
+	return mode
+}
+
 // MTLS is spec.mtls.
 type MTLS struct {
 	EnabledBackend string

@@ -102,3 +102,25 @@ func errorStrings(errs field.ErrorList) []string {
 func cmmetaRef(name, kind, group string) cmmeta.IssuerReference {
 	return cmmeta.IssuerReference{Name: name, Kind: kind, Group: group}
 }
+
+func TestMeshServicesMode(t *testing.T) {
+	tests := map[string]struct {
+		spec string
+		want string
+	}{
+		"Exclusive":         {spec: `{"meshServices":{"mode":"Exclusive"}}`, want: "Exclusive"},
+		"Disabled":          {spec: `{"meshServices":{"mode":"Disabled"}}`, want: "Disabled"},
+		"no meshServices":   {spec: `{"mtls":{}}`},
+		"no spec":           {},
+		"not a string":      {spec: `{"meshServices":{"mode":3}}`},
+		"meshServices null": {spec: `{"meshServices":null}`},
+		"not JSON":          {spec: `{`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := MeshServicesMode([]byte(tc.spec)); got != tc.want {
+				t.Errorf("MeshServicesMode(%s) = %q, want %q", tc.spec, got, tc.want)
+			}
+		})
+	}
+}

@@ -31,6 +31,8 @@ type Index struct {
 	mu        sync.RWMutex
 	secrets   map[string]*corev1.Secret
 	issuers   map[issuerKey]IssuerState
+	// meshServices is each Mesh's spec.meshServices.mode.
+	meshServices map[string]string
 	inventory *Inventory
 
 	registrations []toolscache.ResourceEventHandlerRegistration
@@ -47,12 +49,14 @@ func NewIndex(ctx context.Context, c cache.Cache, systemNamespace string) (*Inde
 		systemNamespace: systemNamespace,
 		secrets:         map[string]*corev1.Secret{},
 		issuers:         map[issuerKey]IssuerState{},
+		meshServices:    map[string]string{},
 		inventory:       newInventory(),
 	}
 	for obj, handler := range map[client.Object]func(obj any, deleted bool){
 		&corev1.Secret{}:       x.onSecret,
 		&cmapi.Issuer{}:        x.onIssuer,
 		&cmapi.ClusterIssuer{}: x.onIssuer,
+		&kuma.MeshResource{}:   x.onMesh,
 	} {
 		informer, err := c.GetInformer(ctx, obj)
 		if err != nil {
@@ -129,6 +133,20 @@ func (x *Index) onIssuer(obj any, deleted bool) {
 	x.issuers[key] = state
 }
 
+func (x *Index) onMesh(obj any, deleted bool) {
+	m, ok := obj.(*kuma.MeshResource)
+	if !ok {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if deleted {
+		delete(x.meshServices, m.Name)
+		return
+	}
+	x.meshServices[m.Name] = kuma.MeshServicesMode(m.Spec)
+}
+
 // SystemSecret implements Lookup.
 func (x *Index) SystemSecret(name string) (*corev1.Secret, error) {
 	x.mu.RLock()
@@ -150,6 +168,14 @@ func (x *Index) Issuer(ref cmmeta.IssuerReference) (*IssuerState, error) {
 // IssuedBy implements Lookup.
 func (x *Index) IssuedBy(mesh, backend string) (int, error) {
 	return x.inventory.count(mesh, backend), nil
+}
+
+// MeshServicesMode implements Lookup.
+func (x *Index) MeshServicesMode(mesh string) (string, bool, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	mode, ok := x.meshServices[mesh]
+	return mode, ok, nil
 }
 
 // Inventory is what meshcert knows of the certificates it delivered.

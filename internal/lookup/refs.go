@@ -19,6 +19,9 @@ type Lookup interface {
 	// IssuedBy counts the dataplanes of a mesh whose current certificate,
 	// as meshcert delivered it, came from the backend.
 	IssuedBy(mesh, backend string) (int, error)
+	// MeshServicesMode returns the spec.meshServices.mode of the Mesh of
+	// that name ("" when it sets none), and whether the Mesh exists.
+	MeshServicesMode(mesh string) (mode string, found bool, err error)
 }
 
 // IssuerState is what meshcert needs of an Issuer or ClusterIssuer.
