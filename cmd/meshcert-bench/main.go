@@ -3,7 +3,6 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -19,12 +18,10 @@ import (
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == "load" {
 		// A load run of the bench, in a process of its own.
-		var spec bench.LoadSpec
-		if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+		if err := bench.Load(ctrl.SetupSignalHandler(), os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "meshcert-bench load: %v\n", err)
 			os.Exit(1)
 		}
-		_ = json.NewEncoder(os.Stdout).Encode(bench.RunLoad(ctrl.SetupSignalHandler(), spec))
 		return
 	}
 	// The bench's own informers log only what goes wrong.

@@ -34,14 +34,11 @@ const firstUID = 20000
 // attestor), at a steady arrival rate, against bare CertificateRequests at
 // the same rate in the same cluster; and P10, the agent's memory with many
 // identities held.
-func agentIdentities(ctx context.Context, o Options, progress func(string, ...any)) ([]Row, error) {
+func agentIdentities(ctx context.Context, o Options, progress progressFunc) ([]Row, error) {
 	// 300 workloads, so that the p99 is the third slowest, not the slowest.
 	latencyN, memoryN := 300, 1000
 	if o.Quick {
 		latencyN, memoryN = 100, 300
-	}
-	if os.Geteuid() != 0 {
-		return []Row{{ID: "P8", Measure: "first certificate through the agent", Ours: "not run: each workload connects as a Unix user of its own, which needs root"}}, nil
 	}
 	progress("P8: %d workloads at %.0f/s through the agent, in turns with %d bare CertificateRequests at the same rate", latencyN, agentRate, latencyN)
 	run, err := startAgentRun(ctx, memoryN, 1, "", "--max-requests-in-flight", "500", "--workers", "50")
@@ -62,7 +59,7 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 		return nil, err
 	}
 	progress("P10: %d identities held by one agent", memoryN)
-	if _, err := run.fetchAtRate(ctx, latencyN, memoryN); err != nil {
+	if _, err := atRate(latencyN, memoryN, run.firstCertificate(ctx)); err != nil {
 		return nil, err
 	}
 	held, err := residentBytes(run.agents[0].Pid())
@@ -73,14 +70,13 @@ func agentIdentities(ctx context.Context, o Options, progress func(string, ...an
 	slices.Sort(bare)
 	p50, p99 := percentile(first, 0.50), percentile(first, 0.99)
 	b50, b99 := percentile(bare, 0.50), percentile(bare, 0.99)
-	progress("P8: p50 %s, p99 %s (bare: %s, %s)", ms(p50), ms(p99), ms(b50), ms(b99))
 	return []Row{
 		{ID: "P8", Measure: fmt.Sprintf("first certificate through the agent, %d workloads at %.0f/s, vs bare CertificateRequests: p50", latencyN, agentRate),
-			Ours: ms(p50), Baseline: ms(b50), Ratio: fmt.Sprintf("%.2f×", float64(p50)/float64(b50))},
-		{ID: "P8", Measure: "the same: p99", Ours: ms(p99), Baseline: ms(b99), Ratio: fmt.Sprintf("%.2f×", float64(p99)/float64(b99)),
+			Ours: ms(p50), Baseline: ms(b50), Ratio: times(float64(p50) / float64(b50))},
+		{ID: "P8", Measure: "the same: p99", Ours: ms(p99), Baseline: ms(b99), Ratio: times(float64(p99) / float64(b99)),
 			Target: "≤ 1.5×", Met: met(float64(p99) <= 1.5*float64(b99))},
 		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities held, vs idle", memoryN), Ours: mib(held),
-			Baseline: mib(idle), Ratio: fmt.Sprintf("%.1f KiB per identity", (float64(held)-float64(idle))/float64(memoryN)/1024),
+			Baseline: mib(idle), Ratio: kib(float64(held)-float64(idle), float64(memoryN)) + " per identity",
 			Note: "an identity is held a minute after its last connection ends, so those of workloads that fetched and left still count."},
 	}, nil
 }
@@ -95,25 +91,52 @@ const p8Rounds = 10
 // alternateFirstCertificates times first certificates through the agent and
 // bare round trips in the one cluster, in alternating rounds at agentRate,
 // each side first in every other round: both sides so meet the same API
-// server, and neither adds to the other's load.
+// server, and neither adds to the other's load. A bare round trip lasts from
+// the request's creation until an informer sees it Ready, the way the agent
+// learns of its own.
 func alternateFirstCertificates(ctx context.Context, run *agentRun, csrs [][]byte) (first, bare []time.Duration, err error) {
+	const ns = "bench-bare"
+	c := run.e.c.Client
+	if err := localcluster.EnsureNamespace(ctx, c, ns); err != nil {
+		return nil, nil, err
+	}
 	followCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	b, err := followBareRequests(followCtx, run.e)
-	if err != nil {
+	ready := &firstSeen{at: map[string]time.Time{}}
+	if err := follow(followCtx, run.e, &cmapi.CertificateRequest{}, ns, func(o client.Object) {
+		if isReady(o.(*cmapi.CertificateRequest).Status.Conditions) {
+			ready.see(o.GetName())
+		}
+	}); err != nil {
 		return nil, nil, err
+	}
+	bareRoundTrip := func(i int) (time.Duration, error) {
+		name, start := fmt.Sprintf("b-%d", i), time.Now()
+		if err := c.Create(ctx, &cmapi.CertificateRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: cmapi.CertificateRequestSpec{Request: csrs[i], IssuerRef: clusterIssuer, Duration: &metav1.Duration{Duration: 24 * time.Hour},
+				Usages: svidUsages},
+		}); err != nil {
+			return 0, err
+		}
+		for deadline := start.Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if at, ok := ready.when(name); ok {
+				return at.Sub(start), nil
+			}
+		}
+		return 0, fmt.Errorf("bare CertificateRequest %s not ready after a minute", name)
 	}
 	n := len(csrs)
 	for r := range p8Rounds {
 		from, to := r*n/p8Rounds, (r+1)*n/p8Rounds
 		sides := []func() error{
 			func() error {
-				d, err := b.roundTrips(ctx, csrs[from:to], from)
+				d, err := atRate(from, to, bareRoundTrip)
 				bare = append(bare, d...)
 				return err
 			},
 			func() error {
-				d, err := run.fetchAtRate(ctx, from, to)
+				d, err := atRate(from, to, run.firstCertificate(ctx))
 				first = append(first, d...)
 				return err
 			},
@@ -130,90 +153,46 @@ func alternateFirstCertificates(ctx context.Context, run *agentRun, csrs [][]byt
 	return first, bare, nil
 }
 
-// bareRequests creates bare CertificateRequests and learns of their
-// signing through an informer, the way the agent learns of its own.
-type bareRequests struct {
-	c     client.Client
-	ready *nameTimes
-}
-
-const bareNamespace = "bench-bare"
-
-func followBareRequests(ctx context.Context, e *env) (*bareRequests, error) {
-	if err := localcluster.EnsureNamespace(ctx, e.c.Client, bareNamespace); err != nil {
-		return nil, err
-	}
-	b := &bareRequests{c: e.c.Client, ready: &nameTimes{times: map[string]time.Time{}}}
-	return b, follow(ctx, e, &cmapi.CertificateRequest{}, bareNamespace, func(o client.Object) {
-		if ready(o.(*cmapi.CertificateRequest).Status.Conditions) {
-			b.ready.see(o.GetName())
-		}
-	})
-}
-
-// roundTrips creates a CertificateRequest for each CSR at agentRate, named
-// from the index given, and returns each one's time from its creation to its
-// Ready condition, in the order of the CSRs.
-func (b *bareRequests) roundTrips(ctx context.Context, csrs [][]byte, from int) ([]time.Duration, error) {
+// atRate calls measure for from..to-1 at agentRate, each in a goroutine of
+// its own whatever the others' pace, and returns what they measured.
+func atRate(from, to int, measure func(i int) (time.Duration, error)) ([]time.Duration, error) {
+	out, errs := make([]time.Duration, to-from), make([]error, to-from)
 	tick := time.NewTicker(time.Duration(float64(time.Second) / agentRate))
 	defer tick.Stop()
-	started := make([]time.Time, len(csrs))
-	for i, csr := range csrs {
+	var wg sync.WaitGroup
+	for i := from; i < to; i++ {
 		<-tick.C
-		started[i] = time.Now()
-		if err := b.c.Create(ctx, &cmapi.CertificateRequest{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("b-%d", from+i), Namespace: bareNamespace},
-			Spec: cmapi.CertificateRequestSpec{Request: csr, IssuerRef: clusterIssuer, Duration: &metav1.Duration{Duration: 24 * time.Hour},
-				Usages: svidUsages},
-		}); err != nil {
-			return nil, err
-		}
+		wg.Go(func() { out[i-from], errs[i-from] = measure(i) })
 	}
-	out := make([]time.Duration, len(csrs))
-	deadline := time.Now().Add(time.Minute)
-	for i := range csrs {
-		for {
-			if at, ok := b.ready.get(fmt.Sprintf("b-%d", from+i)); ok {
-				out[i] = at.Sub(started[i])
-				break
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("bare CertificateRequest b-%d not ready after a minute", from+i)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	return out, nil
+	wg.Wait()
+	return out, firstError(errs)
 }
 
+// agentRun is a cluster serving mesh bench through agents.
 type agentRun struct {
 	e       *env
 	agents  []*localcluster.Process
 	sockets []string
 }
 
-// startAgentRun starts a cluster, a MeshIdentity for
-// mesh bench whose certificates last duration (the default if ""), n
-// Dataplanes each annotated with a Unix user of its own, and the agents, each
-// a process with a socket of its own, as on a node of its own, with the flags
-// given.
-func startAgentRun(ctx context.Context, n, agents int, duration string, flags ...string) (*agentRun, error) {
+// startAgentRun starts a cluster, a MeshIdentity for mesh bench whose
+// certificates last duration (the default if ""), n Dataplanes each
+// annotated with a Unix user of its own, and the agents, each a process with
+// a socket of its own, as on a node of its own, with the flags given.
+func startAgentRun(ctx context.Context, n, agents int, duration string, flags ...string) (_ *agentRun, err error) {
 	e, err := newEnv(ctx, localcluster.Options{}, signerControllers...)
 	if err != nil {
 		return nil, err
 	}
 	r := &agentRun{e: e}
-	if err := r.setup(ctx, n, agents, duration, flags); err != nil {
-		r.stop()
-		return nil, err
-	}
-	return r, nil
-}
-
-func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, flags []string) error {
-	c := r.e.c.Client
+	defer func() {
+		if err != nil {
+			r.stop()
+		}
+	}()
+	c := e.c.Client
 	if err := localcluster.EnsureNamespace(ctx, c, benchNamespace); err != nil {
-		return err
+		return nil, err
 	}
 	path, td := "/workload/{{ .Workload }}", "bench.example.com"
 	mid := &kuma.MeshIdentityResource{
@@ -229,7 +208,7 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 		mid.Annotations[kuma.DurationAnnotation] = duration
 	}
 	if err := c.Create(ctx, mid); err != nil {
-		return err
+		return nil, err
 	}
 	if err := parallel(n, func(i int) error {
 		return c.Create(ctx, &kuma.DataplaneResource{
@@ -240,26 +219,25 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 			Spec: kumaDataplaneSpec(benchNamespace, workloadName(i), i),
 		})
 	}); err != nil {
-		return err
+		return nil, err
 	}
-
 	for k := range agents {
 		dir, err := os.MkdirTemp("", "bench-agent")
-		if err != nil {
-			return err
+		if err == nil {
+			err = os.Chmod(dir, 0o755) // each workload's user reaches the socket
 		}
-		if err := os.Chmod(dir, 0o755); err != nil {
-			return err
+		if err != nil {
+			return nil, err
 		}
 		socket := filepath.Join(dir, "socket")
 		args := []string{"--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k), "--socket", socket, "--attestor", "unix"}
-		p, err := r.e.c.StartAgentProcess(filepath.Join(dir, "agent.log"), "", append(args, flags...)...)
+		p, err := e.c.StartAgentProcess(filepath.Join(dir, "agent.log"), "", append(args, flags...)...)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		r.agents, r.sockets = append(r.agents, p), append(r.sockets, socket)
 	}
-	return nil
+	return r, nil
 }
 
 func workloadName(i int) string { return fmt.Sprintf("w-%d", i) }
@@ -267,40 +245,25 @@ func workloadName(i int) string { return fmt.Sprintf("w-%d", i) }
 // spiffeID is workload i's identity under the bench MeshIdentity.
 func spiffeID(i int) string { return "spiffe://bench.example.com/workload/" + workloadName(i) }
 
-// fetchAtRate starts the workloads from..to-1 at agentRate, each an
-// Envoy-shaped SDS client connecting as a Unix user of its own, and returns
-// each one's time from its first request to its verified certificate.
-func (r *agentRun) fetchAtRate(ctx context.Context, from, to int) ([]time.Duration, error) {
-	out := make([]time.Duration, to-from)
-	errs := make(chan error, to-from)
-	var wg sync.WaitGroup
-	tick := time.NewTicker(time.Duration(float64(time.Second) / agentRate))
-	defer tick.Stop()
-	for i := from; i < to; i++ {
-		<-tick.C
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w := &sdsclient.Workload{Socket: r.sockets[0], UID: uint32(firstUID + i), SpiffeID: spiffeID(i)}
-			conn, err := sdsclient.Conn(w.Socket, w.UID)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer conn.Close()
-			callCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-			defer cancel()
-			start := time.Now()
-			if _, err := w.Once(callCtx, secretv3.NewSecretDiscoveryServiceClient(conn)); err != nil {
-				errs <- fmt.Errorf("workload %d: %w", i, err)
-				return
-			}
-			out[i-from] = time.Since(start)
-		}()
+// firstCertificate measures workload i, an Envoy-shaped SDS client
+// connecting as a Unix user of its own: the time from its first request to
+// its verified certificate.
+func (r *agentRun) firstCertificate(ctx context.Context) func(i int) (time.Duration, error) {
+	return func(i int) (time.Duration, error) {
+		w := &sdsclient.Workload{Socket: r.sockets[0], UID: uint32(firstUID + i), SpiffeID: spiffeID(i)}
+		conn, err := sdsclient.Conn(w.Socket, w.UID)
+		if err != nil {
+			return 0, err
+		}
+		defer conn.Close()
+		callCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		start := time.Now()
+		if _, err := w.Once(callCtx, secretv3.NewSecretDiscoveryServiceClient(conn)); err != nil {
+			return 0, fmt.Errorf("workload %d: %w", i, err)
+		}
+		return time.Since(start), nil
 	}
-	wg.Wait()
-	close(errs)
-	return out, <-errs
 }
 
 func (r *agentRun) stop() {
@@ -308,4 +271,246 @@ func (r *agentRun) stop() {
 		p.Kill()
 	}
 	r.e.stop()
+}
+
+// fleetAgents is how many agents P7 spreads its workloads over, as on as
+// many nodes.
+const fleetAgents = 10
+
+// renewalLifetime is the certificates' lifetime in P9.
+const renewalLifetime = 2 * time.Minute
+
+// agentFleet is P7, issuance through 10 agents, each a process with a socket
+// of its own, to N Envoy-shaped SDS clients, each connecting as a Unix user
+// of its own, against (a) cert-manager's CA signer alone on N bare requests;
+// and, at the first size, P9: the renewals of those certificates pushed on
+// the open streams.
+func agentFleet(ctx context.Context, o Options, progress progressFunc) ([]Row, error) {
+	sizes := []int{1000, 10000}
+	if o.Quick {
+		sizes = []int{300}
+	}
+	var rows []Row
+	for i, n := range sizes {
+		progress("P7: N=%d: (a) cert-manager's CA signer alone", n)
+		a, err := signerAlone(ctx, n)
+		if err != nil {
+			return nil, fmt.Errorf("P7 (a): %w", err)
+		}
+		duration := ""
+		if i == 0 {
+			duration = renewalLifetime.String()
+		}
+		run, err := startAgentRun(ctx, n, fleetAgents, duration)
+		if err != nil {
+			return nil, err
+		}
+		progress("P7: N=%d: %d workloads over %d agents", n, n, fleetAgents)
+		took, renewals, err := run.fleet(ctx, n, i == 0, progress)
+		run.stop()
+		if err != nil {
+			return nil, err
+		}
+		ratio := a.Seconds() / took.Seconds()
+		rows = append(rows, Row{ID: "P7",
+			Measure: fmt.Sprintf("%d workloads over %d agents to verified SVIDs, vs (a) the CA signer alone on bare requests", n, fleetAgents),
+			Ours:    rate(took, n), Baseline: rate(a, n), Ratio: times(ratio), Target: "≥ 0.8×", Met: met(ratio >= 0.8)})
+		rows = append(rows, renewals...)
+	}
+	return rows, nil
+}
+
+// fleet starts n workloads, workload i on agent i mod the agents, and
+// times them to their SVIDs; with renewals, it then keeps their streams
+// open through a lifetime and measures the renewals pushed on them (P9).
+func (r *agentRun) fleet(ctx context.Context, n int, renewals bool, progress progressFunc) (time.Duration, []Row, error) {
+	start := time.Now()
+	workloads, stop := r.runWorkloads(ctx, n)
+	defer stop()
+	if err := waitHolding(workloads, 30*time.Minute); err != nil {
+		return 0, nil, fmt.Errorf("P7: %w", err)
+	}
+	took := time.Since(start)
+	if !renewals {
+		return took, nil, nil
+	}
+
+	progress("P9: keeping %d streams open through their certificates' lifetime of %s", n, renewalLifetime)
+	var lastExpiry time.Time
+	for _, w := range workloads {
+		if expiry := w.History()[0].Leaf.NotAfter; expiry.After(lastExpiry) {
+			lastExpiry = expiry
+		}
+	}
+	unrenewed := func(w *sdsclient.Workload) bool { return len(w.History()) < 2 }
+	for time.Now().Before(lastExpiry.Add(5*time.Second)) && slices.ContainsFunc(workloads, unrenewed) {
+		time.Sleep(time.Second)
+	}
+	var pushedAt []float64 // in fractions of the lifetime
+	var renewedAt []time.Time
+	for _, w := range workloads {
+		h := w.History()
+		first := h[0].Leaf
+		if len(h) < 2 || !h[1].Received.Before(first.NotAfter) {
+			continue
+		}
+		pushedAt = append(pushedAt, float64(h[1].Received.Sub(first.NotBefore))/float64(first.NotAfter.Sub(first.NotBefore)))
+		renewedAt = append(renewedAt, h[1].Received)
+	}
+	return took, []Row{{ID: "P9",
+		Measure: fmt.Sprintf("renewals pushed on %d open streams, certificates of %s", n, renewalLifetime),
+		Ours:    fmt.Sprintf("%d of %d before expiry; %s", len(pushedAt), n, spread(pushedAt, renewedAt)),
+		Target:  "every one before expiry", Met: met(len(pushedAt) == n),
+	}}, nil
+}
+
+// runWorkloads runs n workloads, each an Envoy-shaped SDS client of a Unix
+// user of its own, workload i on agent i mod the agents, until stopped.
+func (r *agentRun) runWorkloads(ctx context.Context, n int) (workloads []*sdsclient.Workload, stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	workloads = make([]*sdsclient.Workload, n)
+	for i := range workloads {
+		w := &sdsclient.Workload{Socket: r.sockets[i%len(r.sockets)], UID: uint32(firstUID + i), SpiffeID: spiffeID(i)}
+		workloads[i] = w
+		wg.Go(func() { w.Run(ctx) })
+	}
+	return workloads, func() { cancel(); wg.Wait() }
+}
+
+// waitHolding waits until every workload holds an SVID.
+func waitHolding(workloads []*sdsclient.Workload, limit time.Duration) error {
+	for deadline := time.Now().Add(limit); ; time.Sleep(20 * time.Millisecond) {
+		held := 0
+		for _, w := range workloads {
+			if _, ok := w.Current(); ok {
+				held++
+			}
+		}
+		if held == len(workloads) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d workloads hold an SVID after %s", held, len(workloads), limit)
+		}
+	}
+}
+
+// idleAgent is the rest of P10, what an agent costs once its workloads are
+// served: its memory with N identities on N open streams, its API writes
+// while idle, and kube-apiserver's CPU with 100 idle agents against an idle
+// cluster without them.
+func idleAgent(ctx context.Context, o Options, progress progressFunc) ([]Row, error) {
+	n, window, idleAgents, cpuWindow := 1000, 10*time.Minute, 100, 2*time.Minute
+	if o.Quick {
+		n, window, idleAgents, cpuWindow = 300, time.Minute, 20, 30*time.Second
+	}
+	port, err := localcluster.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", port)
+	run, err := startAgentRun(ctx, n, 1, "", "--metrics-bind-address", metrics)
+	if err != nil {
+		return nil, err
+	}
+	defer run.stop()
+	pid := run.agents[0].Pid()
+	idle, err := residentBytes(pid)
+	if err != nil {
+		return nil, err
+	}
+
+	progress("P10: %d workloads on open streams to one agent", n)
+	workloads, stop := run.runWorkloads(ctx, n)
+	defer stop()
+	if err := waitHolding(workloads, 10*time.Minute); err != nil {
+		return nil, fmt.Errorf("P10: %w", err)
+	}
+	time.Sleep(2 * time.Second) // the last requests deleted
+	serving, err := residentBytes(pid)
+	if err != nil {
+		return nil, err
+	}
+
+	progress("P10: the agent idle for %s", window)
+	before, err := scrape(metrics)
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(window)
+	after, err := scrape(metrics)
+	if err != nil {
+		return nil, err
+	}
+	writes := after.writes - before.writes
+	stop()
+	run.stop()
+
+	progress("P10: kube-apiserver's CPU, idle, then with %d idle agents", idleAgents)
+	alone, withAgents, err := idleAgentsCPU(ctx, idleAgents, cpuWindow)
+	if err != nil {
+		return nil, err
+	}
+	cpuRatio := withAgents / alone
+	return []Row{
+		{ID: "P10", Measure: fmt.Sprintf("agent's resident memory with %d identities on open SDS streams, vs idle", n), Ours: mib(serving),
+			Baseline: mib(idle), Ratio: kib(float64(serving)-float64(idle), float64(n)) + " per identity and stream"},
+		{ID: "P10", Measure: fmt.Sprintf("the agent's API writes in %s idle, %d open streams", window, n),
+			Ours: fmt.Sprintf("%.0f (of %.0f requests)", writes, after.requests-before.requests), Target: "0", Met: met(writes == 0)},
+		{ID: "P10", Measure: fmt.Sprintf("kube-apiserver's CPU with %d idle agents (kubernetes attestor), vs none", idleAgents),
+			Ours: fmt.Sprintf("%.2f CPU s/s", withAgents), Baseline: fmt.Sprintf("%.2f CPU s/s", alone), Ratio: fmt.Sprintf("%.1f×", cpuRatio),
+			Target: "≤ 2×", Met: met(cpuRatio <= 2)},
+	}, nil
+}
+
+// idleAgentsCPU is kube-apiserver's CPU per second over window in an idle
+// cluster, then again once agents idle agents run, each for a node of its
+// own with no pods.
+func idleAgentsCPU(ctx context.Context, agents int, window time.Duration) (alone, withAgents float64, err error) {
+	e, err := newEnv(ctx, localcluster.Options{}, signerControllers...)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer e.stop()
+	apiserver, err := pidUsing("kube-apiserver", e.c.Dir())
+	if err != nil {
+		return 0, 0, err
+	}
+	cpuPerSecond := func() (float64, error) {
+		time.Sleep(10 * time.Second) // settle
+		before, err := cpuSeconds(apiserver)
+		if err != nil {
+			return 0, err
+		}
+		time.Sleep(window)
+		after, err := cpuSeconds(apiserver)
+		return (after - before) / window.Seconds(), err
+	}
+	if alone, err = cpuPerSecond(); err != nil {
+		return 0, 0, err
+	}
+	dir, err := os.MkdirTemp("", "bench-idle")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	procs := make([]*localcluster.Process, agents)
+	defer func() {
+		for _, p := range procs {
+			if p != nil {
+				p.Kill()
+			}
+		}
+	}()
+	if err := parallel(agents, func(k int) error {
+		var err error
+		procs[k], err = e.c.StartAgentProcess(filepath.Join(dir, fmt.Sprintf("agent-%d.log", k)), "",
+			"--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("idle-%d", k), "--socket", filepath.Join(dir, fmt.Sprintf("agent-%d.sock", k)))
+		return err
+	}); err != nil {
+		return 0, 0, err
+	}
+	withAgents, err = cpuPerSecond()
+	return alone, withAgents, err
 }

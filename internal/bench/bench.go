@@ -8,14 +8,17 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -31,24 +34,24 @@ type Options struct {
 	Only []string
 }
 
+type progressFunc func(format string, args ...any)
+
 // measure runs a group of measures that share a setup.
 type measure struct {
 	ids []string
-	run func(context.Context, Options, func(string, ...any)) ([]Row, error)
+	// root: each workload connects to the agent as a Unix user of its own.
+	root bool
+	run  func(context.Context, Options, progressFunc) ([]Row, error)
 }
 
 var measures = []measure{
-	{[]string{"P1"}, admissionLatency},
-	{[]string{"P2"}, apiCreate},
-	{[]string{"P3", "P4", "P5"}, secretIssuance},
-	{[]string{"P6"}, renewalStorm},
-	{[]string{"P7", "P9"}, agentFleet},
-	{[]string{"P8", "P10"}, agentIdentities},
-	{[]string{"P10"}, idleAgent},
-}
-
-func (o Options) wants(m measure) bool {
-	return len(o.Only) == 0 || slices.ContainsFunc(m.ids, func(id string) bool { return slices.Contains(o.Only, id) })
+	{[]string{"P1"}, false, admissionLatency},
+	{[]string{"P2"}, false, apiCreate},
+	{[]string{"P3", "P4", "P5"}, false, secretIssuance},
+	{[]string{"P6"}, false, renewalStorm},
+	{[]string{"P7", "P9"}, true, agentFleet},
+	{[]string{"P8", "P10"}, true, agentIdentities},
+	{[]string{"P10"}, true, idleAgent},
 }
 
 // Row is one line of the results table.
@@ -70,7 +73,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	var rows []Row
 	for _, m := range measures {
-		if !o.wants(m) {
+		if len(o.Only) > 0 && !slices.ContainsFunc(m.ids, func(id string) bool { return slices.Contains(o.Only, id) }) {
+			continue
+		}
+		if m.root && os.Geteuid() != 0 {
+			rows = append(rows, Row{ID: m.ids[0], Measure: "through the agent", Ours: "not run: each workload connects as a Unix user of its own, which needs root"})
 			continue
 		}
 		r, err := m.run(ctx, o, progress)
@@ -79,10 +86,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 		rows = append(rows, r...)
 	}
-	mode := "Full"
-	if o.Quick {
-		mode = "Quick"
-	}
+	mode := map[bool]string{false: "Full", true: "Quick"}[o.Quick]
 	header := fmt.Sprintf("%s run of `make bench`, %s (%s), on %s.", mode, start.UTC().Format("2006-01-02 15:04 MST"), time.Since(start).Round(time.Second), machine())
 	report := Report(header, rows)
 	fmt.Fprint(o.Out, "\n"+report)
@@ -99,36 +103,105 @@ func Run(ctx context.Context, o Options) error {
 // a header line, one table, and at most a line of note per row.
 func Report(header string, rows []Row) string {
 	rows = slices.Clone(rows)
-	slices.SortStableFunc(rows, func(a, b Row) int { return idNumber(a.ID) - idNumber(b.ID) })
-	var b strings.Builder
+	idNumber := func(r Row) int { n, _ := strconv.Atoi(strings.TrimPrefix(r.ID, "P")); return n }
+	slices.SortStableFunc(rows, func(a, b Row) int { return idNumber(a) - idNumber(b) })
+	var b, notes strings.Builder
 	fmt.Fprintf(&b, "# meshcert benchmarks\n\n%s Every baseline is measured in the same run; the method is in [docs/performance.md](../docs/performance.md).\n\n", header)
 	b.WriteString("| measure | meshcert | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n")
-	var notes []string
 	for _, r := range rows {
 		verdict := "—"
 		if r.Met != nil {
 			verdict = map[bool]string{true: "yes", false: "**no**"}[*r.Met]
 		}
-		fmt.Fprintf(&b, "| %s %s | %s | %s | %s | %s | %s |\n", r.ID, r.Measure, orDash(r.Ours), orDash(r.Baseline), orDash(r.Ratio), orDash(r.Target), verdict)
+		cells := []string{r.ID + " " + r.Measure, r.Ours, r.Baseline, r.Ratio, r.Target, verdict}
+		for i, c := range cells {
+			cells[i] = cmp.Or(c, "—")
+		}
+		fmt.Fprintf(&b, "| %s |\n", strings.Join(cells, " | "))
 		if r.Note != "" {
-			notes = append(notes, fmt.Sprintf("- %s: %s\n", r.ID, r.Note))
+			fmt.Fprintf(&notes, "- %s: %s\n", r.ID, r.Note)
 		}
 	}
-	if len(notes) > 0 {
-		b.WriteString("\n" + strings.Join(notes, ""))
+	if notes.Len() > 0 {
+		b.WriteString("\n" + notes.String())
 	}
 	return b.String()
 }
 
-// idNumber is the number of an id such as P10, for ordering.
-func idNumber(id string) int {
-	n, _ := strconv.Atoi(strings.TrimPrefix(id, "P"))
-	return n
+// machine describes where the run happened: CPU, cores, Go.
+func machine() string {
+	cpu := "unknown CPU"
+	info, _ := os.ReadFile("/proc/cpuinfo")
+	for line := range strings.Lines(string(info)) {
+		if name, ok := strings.CutPrefix(line, "model name"); ok {
+			cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+			break
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s %s/%s", cpu, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "—"
+// percentile is the p-th (0 to 1) of sorted values, or zero for none.
+func percentile[T cmp.Ordered](sorted []T, p float64) T {
+	if len(sorted) == 0 {
+		var zero T
+		return zero
 	}
-	return s
+	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
+
+// median is the middle of values, in any order.
+func median[T cmp.Ordered](values []T) T {
+	return percentile(slices.Sorted(slices.Values(values)), 0.5)
+}
+
+func mean(d []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, x := range d {
+		sum += x
+	}
+	return sum / time.Duration(max(1, len(d)))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+func mib(b uint64) string       { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+func times(r float64) string    { return fmt.Sprintf("%.2f×", r) }
+
+// kib is bytes b per n things, in KiB.
+func kib(b, n float64) string        { return fmt.Sprintf("%.1f KiB", b/n/1024) }
+func rounded(d time.Duration) string { return d.Round(100 * time.Millisecond).String() }
+
+// rate is a time to do n things, with their rate.
+func rate(took time.Duration, n int) string {
+	return fmt.Sprintf("%s (%.0f/s)", rounded(took), float64(n)/took.Seconds())
+}
+
+// parallel runs fn for 0..n-1 on 32 workers, as a busy client would, and
+// returns the first error.
+func parallel(n int, fn func(i int) error) error {
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for i := range next {
+				errs[i] = fn(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return firstError(errs)
+}
+
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -22,16 +22,13 @@ func residentBytes(pid int) (uint64, error) {
 
 // parseResident reads VmRSS from the text of /proc/<pid>/status.
 func parseResident(status string) (uint64, error) {
-	for _, line := range strings.Split(status, "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024, err
-		}
+	_, rest, ok := strings.Cut(status, "VmRSS:")
+	var kb uint64
+	if _, err := fmt.Sscanf(rest, "%d kB", &kb); !ok || err != nil {
+		return 0, fmt.Errorf("no VmRSS in %q", status)
 	}
-	return 0, fmt.Errorf("no VmRSS")
+	return kb * 1024, nil
 }
-
-func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
 // cpuSeconds reads the CPU time a process has used, user and system.
 func cpuSeconds(pid int) (float64, error) {
@@ -45,19 +42,15 @@ func cpuSeconds(pid int) (float64, error) {
 // parseCPUSeconds reads utime and stime, in clock ticks of 1/100 s
 // (USER_HZ), from the text of /proc/<pid>/stat.
 func parseCPUSeconds(stat string) (float64, error) {
-	// The command may hold spaces; the fields counted follow its ')'.
+	// The command may hold spaces; the fields counted follow its last ')'.
 	end := strings.LastIndexByte(stat, ')')
-	if end < 0 {
-		return 0, fmt.Errorf("no command in %q", stat)
-	}
 	fields := strings.Fields(stat[end+1:])
-	if len(fields) < 13 {
+	var utime, stime float64
+	if end < 0 || len(fields) < 13 {
 		return 0, fmt.Errorf("too few fields in %q", stat)
 	}
-	utime, err1 := strconv.ParseFloat(fields[11], 64)
-	stime, err2 := strconv.ParseFloat(fields[12], 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("no utime and stime in %q", stat)
+	if _, err := fmt.Sscan(fields[11]+" "+fields[12], &utime, &stime); err != nil {
+		return 0, fmt.Errorf("no utime and stime in %q: %w", stat, err)
 	}
 	return (utime + stime) / 100, nil
 }
@@ -67,76 +60,57 @@ func parseCPUSeconds(stat string) (float64, error) {
 func pidUsing(program, dir string) (int, error) {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), dir) && filepath.Base(strings.SplitN(string(cmdline), "\x00", 2)[0]) == program {
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		name, _, _ := strings.Cut(string(cmdline), "\x00")
+		if pid, err := strconv.Atoi(e.Name()); err == nil && strings.Contains(string(cmdline), dir) && filepath.Base(name) == program {
 			return pid, nil
 		}
 	}
 	return 0, fmt.Errorf("no %s process using %s", program, dir)
 }
 
-// scrape reads the samples of one metric family from a Prometheus text
-// endpoint, by their label set.
-func scrape(addr, name string) (map[string]float64, error) {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	return parseMetric(resp.Body, name)
+// counters are the sums of the metrics of a meshcert process that the
+// bench reads.
+type counters struct {
+	// requests are client-go's requests to the API server; writes those of
+	// them that change something.
+	requests, writes float64
+	reconciles       float64
 }
 
-// parseMetric reads the samples of one metric family from Prometheus text,
-// by their label set.
-func parseMetric(r io.Reader, name string) (map[string]float64, error) {
-	out := map[string]float64{}
+// scrape reads the counters at a Prometheus text endpoint.
+func scrape(addr string) (counters, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return counters{}, err
+	}
+	defer resp.Body.Close()
+	return parseCounters(resp.Body)
+}
+
+// parseCounters reads the counters from Prometheus text.
+func parseCounters(r io.Reader) (counters, error) {
+	var c counters
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 1<<20), 1<<20)
 	for s.Scan() {
-		rest, ok := strings.CutPrefix(s.Text(), name)
-		if !ok {
+		line := s.Text()
+		end := strings.IndexAny(line, "{ ")
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if end < 0 || err != nil {
 			continue
 		}
-		labels := ""
-		if strings.HasPrefix(rest, "{") {
-			end := strings.Index(rest, "}")
-			if end < 0 {
-				continue
+		switch line[:end] {
+		case "rest_client_requests_total":
+			c.requests += v
+			for _, method := range []string{"POST", "PUT", "PATCH", "DELETE"} {
+				if strings.Contains(line[end:], `method="`+method+`"`) {
+					c.writes += v
+				}
 			}
-			labels, rest = rest[1:end], rest[end+1:]
-		} else if !strings.HasPrefix(rest, " ") {
-			continue // another metric whose name starts alike
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
-			out[labels] += v
+		case "controller_runtime_reconcile_total":
+			c.reconciles += v
 		}
 	}
-	return out, s.Err()
-}
-
-// writesOf sums client-go's requests (rest_client_requests_total) whose
-// method changes something.
-func writesOf(samples map[string]float64) float64 {
-	sum := 0.0
-	for labels, v := range samples {
-		for _, method := range []string{"POST", "PUT", "PATCH", "DELETE"} {
-			if strings.Contains(labels, `method="`+method+`"`) {
-				sum += v
-			}
-		}
-	}
-	return sum
-}
-
-// total sums samples.
-func total(samples map[string]float64) float64 {
-	sum := 0.0
-	for _, v := range samples {
-		sum += v
-	}
-	return sum
+	return c, s.Err()
 }

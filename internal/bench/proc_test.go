@@ -58,7 +58,7 @@ func TestParseCPUSeconds(t *testing.T) {
 	}
 }
 
-func TestParseMetricAndWrites(t *testing.T) {
+func TestParseCounters(t *testing.T) {
 	const text = `# HELP rest_client_requests_total Number of HTTP requests.
 # TYPE rest_client_requests_total counter
 rest_client_requests_total{code="200",host="127.0.0.1",method="GET"} 40
@@ -67,19 +67,13 @@ rest_client_requests_total{code="200",host="127.0.0.1",method="PUT"} 2
 rest_client_requests_total{code="200",host="127.0.0.1",method="DELETE"} 1
 rest_client_requests_total_other{method="POST"} 100
 rest_client_requests_totally 7
+controller_runtime_reconcile_total{controller="dataplane",result="success"} 10
+controller_runtime_reconcile_total{controller="meshidentity",result="error"} 2
+controller_runtime_reconcile_time_seconds_count 99
 `
-	samples, err := parseMetric(strings.NewReader(text), "rest_client_requests_total")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(samples) != 4 {
-		t.Errorf("read %d samples, want the family's 4: %v", len(samples), samples)
-	}
-	if got := writesOf(samples); got != 6 {
-		t.Errorf("writesOf = %v, want 6 (POST, PUT, DELETE)", got)
-	}
-	if got := total(samples); got != 46 {
-		t.Errorf("total = %v, want 46", got)
+	got, err := parseCounters(strings.NewReader(text))
+	if want := (counters{requests: 46, writes: 6, reconciles: 12}); err != nil || got != want {
+		t.Errorf("parseCounters = %+v, %v; want %+v", got, err, want)
 	}
 }
 
