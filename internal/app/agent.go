@@ -79,7 +79,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		return err
 	}
 
-	procfs := attest.Procfs{Root: cfg.ProcRoot}
+	procfs := attest.Procfs{Root: cfg.ProcRoot, KubeletCgroupRoot: cfg.KubeletCgroupRoot}
 	var attestor agent.Attestor
 	switch cfg.Attestor {
 	case config.AttestorUnix:
