@@ -86,7 +86,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		if err := agent.IndexUnixUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
-		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache()}
+		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache(), Node: cfg.NodeName}
 	default:
 		if err := agent.IndexPodUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err

@@ -231,11 +231,12 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 	if err := c.Create(ctx, mid); err != nil {
 		return err
 	}
+	// Workload i is bound to the node of agent i mod agents, which it calls.
 	if err := parallel(n, func(i int) error {
 		return c.Create(ctx, &kuma.DataplaneResource{
 			ObjectMeta: metav1.ObjectMeta{Name: workloadName(i), Namespace: benchNamespace,
 				Labels:      map[string]string{"app": "bench", kuma.WorkloadLabel: workloadName(i)},
-				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i)}},
+				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i), agent.NodeNameAnnotation: benchNode(i % agents)}},
 			Mesh: "bench",
 			Spec: kumaDataplaneSpec(benchNamespace, workloadName(i), i),
 		})
@@ -252,7 +253,7 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 			return err
 		}
 		socket := filepath.Join(dir, "socket")
-		args := []string{"--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k), "--socket", socket, "--attestor", "unix"}
+		args := []string{"--system-namespace", systemNamespace, "--node-name", benchNode(k), "--socket", socket, "--attestor", "unix"}
 		p, err := r.e.c.StartAgentProcess(filepath.Join(dir, "agent.log"), "", append(args, flags...)...)
 		if err != nil {
 			return err
@@ -263,6 +264,9 @@ func (r *agentRun) setup(ctx context.Context, n, agents int, duration string, fl
 }
 
 func workloadName(i int) string { return fmt.Sprintf("w-%d", i) }
+
+// benchNode is the node of agent k, to which its workloads are bound.
+func benchNode(k int) string { return fmt.Sprintf("bench-%d", k) }
 
 // spiffeID is workload i's identity under the bench MeshIdentity.
 func spiffeID(i int) string { return "spiffe://bench.example.com/workload/" + workloadName(i) }
