@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,6 +35,9 @@ type AgentConfig struct {
 	Attestor string
 	// ProcRoot is the proc filesystem the caller's process is read from.
 	ProcRoot string
+	// KubeletCgroupRoot is the kubelet's --cgroup-root: a caller's cgroup
+	// names a pod only under it.
+	KubeletCgroupRoot string
 }
 
 // DefaultAgentSocket is where the agent serves: the file name is the one
@@ -50,8 +55,9 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.StringVar(&c.Zone, "zone", "default", "The control plane's zone: the .Zone of a trust domain when the Dataplane has no kuma.io/zone label.")
 	fs.StringVar(&c.NodeName, "node-name", "", "The node this agent serves (in a DaemonSet, from spec.nodeName). Required.")
 	fs.StringVar(&c.Socket, "socket", DefaultAgentSocket, "Unix socket of Envoy's SDS and the SPIFFE Workload API.")
-	fs.StringVar(&c.Attestor, "attestor", AttestorKubernetes, "How a caller is known: kubernetes (its pod, from its cgroup) or unix (its user, matched to the Dataplane annotated meshcert.io/unix-uid; for VMs and a local run).")
+	fs.StringVar(&c.Attestor, "attestor", AttestorKubernetes, "How a caller is known: kubernetes (its pod, from its cgroup) or unix (its user, matched to the Dataplane annotated meshcert.io/unix-uid and meshcert.io/node-name=<node-name>; for VMs and a local run).")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "The proc filesystem of the node's processes (the agent runs with hostPID).")
+	fs.StringVar(&c.KubeletCgroupRoot, "kubelet-cgroup-root", "/", "The kubelet's --cgroup-root (cgroupRoot), as the agent reads cgroup paths: a caller is in a pod only where the kubelet puts pods, under <root>/kubepods (the systemd driver's slices named after it). /kubelet on kind's nodes.")
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+".")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
 	fs.IntVar(&c.Workers, "workers", 10, "Identities issued in parallel.")
@@ -91,6 +97,9 @@ func (c AgentConfig) validateAgent() error {
 	}
 	if !filepath.IsAbs(c.ProcRoot) {
 		bad("proc-root", c.ProcRoot, "must be an absolute path")
+	}
+	if root := c.KubeletCgroupRoot; !strings.HasPrefix(root, "/") || path.Clean(root) != root || slices.Contains(strings.Split(root, "/"), "..") {
+		bad("kubelet-cgroup-root", root, "must be an absolute, clean cgroup path, such as / or /kubelet")
 	}
 	if c.Attestor != AttestorKubernetes && c.Attestor != AttestorUnix {
 		bad("attestor", c.Attestor, "must be kubernetes or unix")

@@ -16,16 +16,16 @@ func TestParseAgent(t *testing.T) {
 		"defaults, the node from the environment": {
 			env: map[string]string{"MESHCERT_NODE_NAME": "node-a"},
 			check: func(t *testing.T, c AgentConfig) {
-				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" ||
+				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" || c.KubeletCgroupRoot != "/" ||
 					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" || c.PprofAddr != "0" {
 					t.Errorf("unexpected defaults: %+v", c)
 				}
 			},
 		},
 		"flags": {
-			args: []string{"--node-name=vm-1", "--attestor=unix", "--socket=/tmp/agent/socket", "--key-algorithm=rsa-2048", "--certificate-request-annotations=team=billing"},
+			args: []string{"--node-name=vm-1", "--attestor=unix", "--socket=/tmp/agent/socket", "--key-algorithm=rsa-2048", "--certificate-request-annotations=team=billing", "--kubelet-cgroup-root=/kubelet"},
 			check: func(t *testing.T, c AgentConfig) {
-				if c.NodeName != "vm-1" || c.Attestor != AttestorUnix || c.Socket != "/tmp/agent/socket" || c.KeyAlgorithm != "rsa-2048" ||
+				if c.NodeName != "vm-1" || c.Attestor != AttestorUnix || c.Socket != "/tmp/agent/socket" || c.KeyAlgorithm != "rsa-2048" || c.KubeletCgroupRoot != "/kubelet" ||
 					c.CertificateRequestAnnotations["team"] != "billing" {
 					t.Errorf("flags not applied: %+v", c)
 				}
@@ -45,7 +45,11 @@ func TestParseAgent(t *testing.T) {
 			},
 		},
 		"a node name that is no DNS name": {args: []string{"--node-name=Node A"}, wantErr: []string{`invalid --node-name "Node A"`}},
-		"an argument":                     {args: []string{"--node-name=a", "serve"}, wantErr: []string{`unexpected argument "serve": meshcert agent takes only flags`}},
+		"a kubelet cgroup root that is not a clean absolute path": {
+			args: []string{"--node-name=a", "--kubelet-cgroup-root=kubelet/../x"}, wantErr: []string{`invalid --kubelet-cgroup-root "kubelet/../x": must be an absolute, clean cgroup path`},
+		},
+		"a kubelet cgroup root that climbs": {args: []string{"--node-name=a", "--kubelet-cgroup-root=/.."}, wantErr: []string{`invalid --kubelet-cgroup-root "/.."`}},
+		"an argument":                       {args: []string{"--node-name=a", "serve"}, wantErr: []string{`unexpected argument "serve": meshcert agent takes only flags`}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -11,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -25,9 +27,13 @@ import (
 	"github.com/meshcert/meshcert/internal/kuma"
 )
 
-// UnixUIDAnnotation on a Dataplane names the Unix user whose processes are
-// that dataplane, for the unix attestor.
-const UnixUIDAnnotation = "meshcert.io/unix-uid"
+// For the unix attestor, a Dataplane's annotations name the Unix user whose
+// processes are that dataplane, and the node (the agent's --node-name) where
+// they are: an agent serves only the Dataplanes bound to its node.
+const (
+	UnixUIDAnnotation  = "meshcert.io/unix-uid"
+	NodeNameAnnotation = "meshcert.io/node-name"
+)
 
 // Identity is what a caller is entitled to: one SPIFFE ID, of one
 // MeshIdentity, and how to issue it.
@@ -135,9 +141,12 @@ func IndexPodUIDs(ctx context.Context, indexer client.FieldIndexer) error {
 	return indexer.IndexField(ctx, &corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} })
 }
 
-// PodAttestor is the Kubernetes attestor: the caller's cgroup names its pod,
-// which must be a Pod of this node, and the Dataplane Kuma made for it has
-// the Pod's namespace and name.
+// PodAttestor is the Kubernetes attestor: the caller's cgroup names its
+// pod and container where the kubelet puts them; the pod must be a Pod of
+// this node, and the container one of its current containers; the Dataplane
+// of the Pod's namespace and name must be the Pod's: controlled by it, as
+// Kuma's pod converter makes it, and naming the Pod's own namespace and
+// service account.
 type PodAttestor struct {
 	Procfs attest.Procfs
 	// Pods reads the Pods of this node only, from a cache limited to them
@@ -155,7 +164,7 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.Dat
 	case errors.Is(err, attest.ErrProcessGone):
 		return nil, nil, notEntitled("%v", err)
 	case err != nil:
-		return nil, nil, notEntitled("reading the caller's cgroup: %v", err)
+		return nil, nil, notEntitled("process %d: %v", c.PID, err)
 	case !ok:
 		return nil, nil, notEntitled("process %d is not in a pod", c.PID)
 	}
@@ -167,6 +176,9 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.Dat
 		return nil, nil, notEntitled("process %d is in pod %s, which is not a pod of this node", c.PID, w.PodUID)
 	}
 	pod := &pods.Items[0]
+	if !hasContainer(pod, w.ContainerID) {
+		return nil, nil, notEntitled("process %d is in container %s, which is none of pod %s/%s's current containers", c.PID, w.ContainerID, pod.Namespace, pod.Name)
+	}
 	dp := &kuma.DataplaneResource{}
 	err = a.Dataplanes.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, dp)
 	if apierrors.IsNotFound(err) {
@@ -175,42 +187,90 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.Dat
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := belongsTo(dp, pod); err != nil {
+		return nil, nil, err
+	}
 	return dp, pod, nil
 }
 
+// hasContainer tells whether id is one of the pod's current containers, as
+// its status gives them (<runtime>://<id>): a sandbox, a container gone from
+// the status, or another pod's is not.
+func hasContainer(pod *corev1.Pod, id string) bool {
+	for _, statuses := range [][]corev1.ContainerStatus{pod.Status.ContainerStatuses, pod.Status.InitContainerStatuses, pod.Status.EphemeralContainerStatuses} {
+		for _, s := range statuses {
+			if _, statusID, ok := strings.Cut(s.ContainerID, "://"); ok && statusID == id {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// belongsTo checks that the Dataplane is the Pod's: Kuma's pod converter
+// makes the Pod its controller (SetControllerReference), and its label view
+// must name the Pod's namespace and service account, which a pod author can
+// otherwise choose (Kuma sets k8s.kuma.io/namespace only where the Pod's
+// labels do not).
+func belongsTo(dp *kuma.DataplaneResource, pod *corev1.Pod) error {
+	owner := metav1.GetControllerOf(dp)
+	if owner == nil || owner.APIVersion != "v1" || owner.Kind != "Pod" || owner.UID != pod.UID {
+		return notEntitled("Dataplane %s/%s is not controlled by pod %s (UID %s)", dp.Namespace, dp.Name, pod.Name, pod.UID)
+	}
+	labels := dp.LabelView()
+	if ns := labels[kuma.NamespaceLabel]; ns != pod.Namespace {
+		return notEntitled("Dataplane %s/%s names namespace %q (%s), not its Pod's", dp.Namespace, dp.Name, ns, kuma.NamespaceLabel)
+	}
+	if sa := labels[kuma.ServiceAccountLabel]; sa != pod.Spec.ServiceAccountName {
+		return notEntitled("Dataplane %s/%s names service account %q (%s), not its Pod's %q", dp.Namespace, dp.Name, sa, kuma.ServiceAccountLabel, pod.Spec.ServiceAccountName)
+	}
+	return nil
+}
+
 // UnixAttestor, for VMs and a local run, matches the caller's Unix user to
-// the Dataplane annotated with it. It reads the Dataplanes from a cache
-// indexed by IndexUnixUIDs: where this attestor runs, on VMs and a laptop,
+// the Dataplane of the agent's node annotated with it. Its trust rests on
+// who may write Dataplanes: whoever can annotate one chooses which user of
+// that node gets its identity. It reads the Dataplanes from a cache indexed
+// by IndexUnixUIDs: where this attestor runs, on VMs and a laptop,
 // Dataplanes are few.
 type UnixAttestor struct {
 	Dataplanes client.Reader
+	// Node is the agent's node: only Dataplanes annotated with it are its.
+	Node string
 }
 
-// UnixUIDIndex indexes Dataplanes by their meshcert.io/unix-uid annotation.
+// UnixUIDIndex indexes Dataplanes by their meshcert.io/node-name and
+// meshcert.io/unix-uid annotations, as <node>/<uid>.
 const UnixUIDIndex = "agent.unix-uid"
 
 // IndexUnixUIDs adds the index the UnixAttestor reads through.
 func IndexUnixUIDs(ctx context.Context, indexer client.FieldIndexer) error {
-	return indexer.IndexField(ctx, &kuma.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string {
-		if uid, ok := o.GetAnnotations()[UnixUIDAnnotation]; ok {
-			return []string{uid}
-		}
-		return nil
-	})
+	return indexer.IndexField(ctx, &kuma.DataplaneResource{}, UnixUIDIndex, unixUIDKeys)
 }
+
+func unixUIDKeys(o client.Object) []string {
+	node, onNode := o.GetAnnotations()[NodeNameAnnotation]
+	uid, ok := o.GetAnnotations()[UnixUIDAnnotation]
+	if !onNode || !ok {
+		return nil
+	}
+	return []string{unixUIDKey(node, uid)}
+}
+
+func unixUIDKey(node, uid string) string { return node + "/" + uid }
 
 // Dataplane implements Attestor.
 func (a *UnixAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
 	uid := strconv.FormatUint(uint64(c.UID), 10)
 	var list kuma.DataplaneResourceList
-	if err := a.Dataplanes.List(ctx, &list, client.MatchingFields{UnixUIDIndex: uid}); err != nil {
+	if err := a.Dataplanes.List(ctx, &list, client.MatchingFields{UnixUIDIndex: unixUIDKey(a.Node, uid)}); err != nil {
 		return nil, nil, err
 	}
 	switch len(list.Items) {
 	case 0:
-		return nil, nil, notEntitled("no Dataplane is annotated %s: %q", UnixUIDAnnotation, uid)
+		return nil, nil, notEntitled("no Dataplane is annotated %s: %q and %s: %q", UnixUIDAnnotation, uid, NodeNameAnnotation, a.Node)
 	case 1:
 		return &list.Items[0], &list.Items[0], nil
 	}
-	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q; a user must be one dataplane", len(list.Items), UnixUIDAnnotation, uid)
+	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q and %s: %q; a user must be one dataplane", len(list.Items), UnixUIDAnnotation, uid, NodeNameAnnotation, a.Node)
 }

@@ -19,11 +19,23 @@ import (
 	"github.com/meshcert/meshcert/internal/kuma"
 )
 
+// unixNode is the node of the unix attestor's agent in these tests.
+const unixNode = "vm-1"
+
 func unixDataplane(name, uid string, labels map[string]string) *kuma.DataplaneResource {
 	return &kuma.DataplaneResource{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "vms", Labels: labels, Annotations: map[string]string{UnixUIDAnnotation: uid}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "vms", Labels: labels, Annotations: map[string]string{UnixUIDAnnotation: uid, NodeNameAnnotation: unixNode}},
 		Mesh:       "billing",
 	}
+}
+
+// onNode binds a Dataplane to node, or to none for "".
+func onNode(dp *kuma.DataplaneResource, node string) *kuma.DataplaneResource {
+	delete(dp.Annotations, NodeNameAnnotation)
+	if node != "" {
+		dp.Annotations[NodeNameAnnotation] = node
+	}
+	return dp
 }
 
 // withAnnotations adds annotations to a Dataplane, as Kuma's store keeps the
@@ -75,7 +87,23 @@ func TestResolveWithTheUnixAttestor(t *testing.T) {
 		},
 		"no dataplane of its user": {
 			objects:    []client.Object{unixDataplane("invoices", "1000", invoices), spireIdentity("billing", served, map[string]string{})},
-			notEntitle: `no Dataplane is annotated meshcert.io/unix-uid: "4242"`,
+			notEntitle: `no Dataplane is annotated meshcert.io/unix-uid: "4242" and meshcert.io/node-name: "vm-1"`,
+		},
+		// Whoever writes a Dataplane for another VM must not choose a user
+		// of this one.
+		"its user's dataplane, of another node": {
+			objects:    []client.Object{onNode(unixDataplane("invoices", uid, invoices), "vm-2"), spireIdentity("billing", served, map[string]string{})},
+			notEntitle: `no Dataplane is annotated meshcert.io/unix-uid: "4242" and meshcert.io/node-name: "vm-1"`,
+		},
+		"its user's dataplane, of no node": {
+			objects:    []client.Object{onNode(unixDataplane("invoices", uid, invoices), ""), spireIdentity("billing", served, map[string]string{})},
+			notEntitle: `no Dataplane is annotated meshcert.io/unix-uid: "4242" and meshcert.io/node-name: "vm-1"`,
+		},
+		"its user's dataplane on this node, another's on another node": {
+			objects: []client.Object{unixDataplane("invoices", uid, invoices), onNode(unixDataplane("elsewhere", uid, invoices), "vm-2"),
+				spireIdentity("billing", served, map[string]string{"app": "invoices"})},
+			want: &Identity{SpiffeID: "spiffe://billing.example.com/workload/invoices", TrustDomain: "billing.example.com", Mesh: "billing",
+				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
 		},
 		"two dataplanes of one user": {
 			objects:    []client.Object{unixDataplane("a", uid, invoices), unixDataplane("b", uid, invoices), spireIdentity("billing", served, map[string]string{})},
@@ -131,18 +159,13 @@ func TestResolveWithTheUnixAttestor(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(tc.objects...).
-				WithIndex(&kuma.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string {
-					if v, ok := o.GetAnnotations()[UnixUIDAnnotation]; ok {
-						return []string{v}
-					}
-					return nil
-				}).Build()
+				WithIndex(&kuma.DataplaneResource{}, UnixUIDIndex, unixUIDKeys).Build()
 			procfs := attest.Procfs{Root: "/proc"}
 			start, err := procfs.StartTime(int32(os.Getpid()))
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := &Resolver{Attestor: &UnixAttestor{Dataplanes: c}, Cache: c, SystemNamespace: "kong-mesh-system", Zone: "default",
+			r := &Resolver{Attestor: &UnixAttestor{Dataplanes: c, Node: unixNode}, Cache: c, SystemNamespace: "kong-mesh-system", Zone: "default",
 				KeyAlgorithm: issuance.ECDSAP256, Procfs: procfs}
 			got, err := r.Resolve(context.Background(), attest.Caller{PID: int32(os.Getpid()), UID: 4242, StartTime: start})
 			var ne *NotEntitled
@@ -169,8 +192,8 @@ func TestResolveWithTheUnixAttestor(t *testing.T) {
 		scheme := runtime.NewScheme()
 		_ = kuma.AddToScheme(scheme)
 		c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(unixDataplane("invoices", uid, invoices), spireIdentity("billing", served, map[string]string{})).
-			WithIndex(&kuma.DataplaneResource{}, UnixUIDIndex, func(o client.Object) []string { return []string{o.GetAnnotations()[UnixUIDAnnotation]} }).Build()
-		r := &Resolver{Attestor: &UnixAttestor{Dataplanes: c}, Cache: c, SystemNamespace: "kong-mesh-system", Zone: "default", Procfs: attest.Procfs{Root: "/proc"}}
+			WithIndex(&kuma.DataplaneResource{}, UnixUIDIndex, unixUIDKeys).Build()
+		r := &Resolver{Attestor: &UnixAttestor{Dataplanes: c, Node: unixNode}, Cache: c, SystemNamespace: "kong-mesh-system", Zone: "default", Procfs: attest.Procfs{Root: "/proc"}}
 		_, err := r.Resolve(context.Background(), attest.Caller{PID: int32(os.Getpid()), UID: 4242, StartTime: 1})
 		var ne *NotEntitled
 		if !errors.As(err, &ne) || !strings.Contains(ne.Reason, "PID belongs to another process") {

@@ -79,14 +79,14 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		return err
 	}
 
-	procfs := attest.Procfs{Root: cfg.ProcRoot}
+	procfs := attest.Procfs{Root: cfg.ProcRoot, KubeletCgroupRoot: cfg.KubeletCgroupRoot}
 	var attestor agent.Attestor
 	switch cfg.Attestor {
 	case config.AttestorUnix:
 		if err := agent.IndexUnixUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
-		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache()}
+		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache(), Node: cfg.NodeName}
 	default:
 		if err := agent.IndexPodUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err

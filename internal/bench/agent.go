@@ -210,11 +210,12 @@ func startAgentRun(ctx context.Context, n, agents int, duration string, flags ..
 	if err := c.Create(ctx, mid); err != nil {
 		return nil, err
 	}
+	// Workload i is bound to the node of agent i mod agents, which it calls.
 	if err := parallel(n, func(i int) error {
 		return c.Create(ctx, &kuma.DataplaneResource{
 			ObjectMeta: metav1.ObjectMeta{Name: workloadName(i), Namespace: benchNamespace,
 				Labels:      map[string]string{"app": "bench", kuma.WorkloadLabel: workloadName(i)},
-				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i)}},
+				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i), agent.NodeNameAnnotation: benchNode(i % agents)}},
 			Mesh: "bench",
 			Spec: kumaDataplaneSpec(benchNamespace, workloadName(i), i),
 		})
@@ -230,7 +231,7 @@ func startAgentRun(ctx context.Context, n, agents int, duration string, flags ..
 			return nil, err
 		}
 		socket := filepath.Join(dir, "socket")
-		args := []string{"--system-namespace", systemNamespace, "--node-name", fmt.Sprintf("bench-%d", k), "--socket", socket, "--attestor", "unix"}
+		args := []string{"--system-namespace", systemNamespace, "--node-name", benchNode(k), "--socket", socket, "--attestor", "unix"}
 		p, err := e.c.StartAgentProcess(filepath.Join(dir, "agent.log"), "", append(args, flags...)...)
 		if err != nil {
 			return nil, err
@@ -241,6 +242,9 @@ func startAgentRun(ctx context.Context, n, agents int, duration string, flags ..
 }
 
 func workloadName(i int) string { return fmt.Sprintf("w-%d", i) }
+
+// benchNode is the node of agent k, to which its workloads are bound.
+func benchNode(k int) string { return fmt.Sprintf("bench-%d", k) }
 
 // spiffeID is workload i's identity under the bench MeshIdentity.
 func spiffeID(i int) string { return "spiffe://bench.example.com/workload/" + workloadName(i) }

@@ -57,7 +57,7 @@ func newFleet(t *testing.T, ns, app string, n, streamsEach int) *fleet {
 		name := fmt.Sprintf("w-%d", i)
 		dp := newDataplane(ns, name, "fleet", map[string]string{"kuma.io/service": name})
 		dp.Labels = map[string]string{"app": app, kuma.NamespaceLabel: ns, kuma.ServiceAccountLabel: name}
-		dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i)}
+		dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i), agent.NodeNameAnnotation: agentNode}
 		return dp
 	})
 	for i := range n {
@@ -158,7 +158,7 @@ func TestAgentSurvivesKills(t *testing.T) {
 	applyAgentIdentities(t)
 	f := newFleet(t, ns, "agent-fleet", identities, streamsEach)
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns+"-spiffe")})
-	agentWorkload(t, ns+"-spiffe", "watched", agentNode, "agent-web", map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(os.Getuid())})
+	agentWorkload(t, ns+"-spiffe", "watched", agentNode, "agent-web", map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(os.Getuid()), agent.NodeNameAnnotation: agentNode})
 	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, kuma.ManagedMeshLabel: "fleet"}
 	created := watchRequests(t, fleetRequests)
 

@@ -29,6 +29,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshcert/meshcert/config"
@@ -113,8 +114,9 @@ func dialAgent(t *testing.T, socket string) *grpc.ClientConn {
 }
 
 // fakeProc is a proc folder for this test process's PID, as the node's
-// /proc would show it for a process of a pod; its stat is the real one, so
-// the start time check stays real, as the peer credentials do.
+// /proc would show it for a process of a pod; its stat and status are the
+// real ones, so the start time and credential checks stay real, as the peer
+// credentials do.
 type fakeProc struct {
 	root string
 	dir  string
@@ -127,17 +129,23 @@ func newFakeProc(t *testing.T) *fakeProc {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	stat, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "stat"), stat, 0o644); err != nil {
-		t.Fatal(err)
+	for _, file := range []string{"stat", "status"} {
+		b, err := os.ReadFile("/proc/self/" + file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return &fakeProc{root: root, dir: dir}
 }
 
-// inPod makes the process's cgroup that of a container of the pod, as
+// fakeContainerID is the container of every pod agentWorkload makes, as its
+// status and fakeProc's cgroup name it.
+var fakeContainerID = strings.Repeat("ab", 32)
+
+// inPod makes the process's cgroup that of the pod's container, as
 // containerd with the systemd driver on cgroup v2 writes it; "" makes it a
 // host process.
 func (p *fakeProc) inPod(t *testing.T, podUID string) {
@@ -145,25 +153,32 @@ func (p *fakeProc) inPod(t *testing.T, podUID string) {
 	line := "0::/system.slice/kubelet.service\n"
 	if podUID != "" {
 		line = "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + strings.ReplaceAll(podUID, "-", "_") +
-			".slice/cri-containerd-" + strings.Repeat("ab", 32) + ".scope\n"
+			".slice/cri-containerd-" + fakeContainerID + ".scope\n"
 	}
 	if err := os.WriteFile(filepath.Join(p.dir, "cgroup"), []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// agentWorkload creates a Pod on node, and the Dataplane Kuma would make for
-// it, in mesh agents.
+// agentWorkload creates a Pod on node, running as service account name, its
+// container fakeContainerID, and the Dataplane Kuma would make for it, in
+// mesh agents: controlled by the Pod, naming its namespace and service
+// account.
 func agentWorkload(t *testing.T, ns, name, node, app string, annotations map[string]string) *corev1.Pod {
 	t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
+		Spec:       corev1.PodSpec{NodeName: node, ServiceAccountName: name, Containers: []corev1.Container{{Name: "app", Image: "example"}}},
 	}
 	createObject(t, pod)
+	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", Image: "example", ContainerID: "containerd://" + fakeContainerID}}
+	if err := testEnv.cluster.Client.Status().Update(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
 	dp := newDataplane(ns, name, "agents", map[string]string{"kuma.io/service": name})
 	dp.Labels = map[string]string{"app": app, kuma.NamespaceLabel: ns, kuma.ServiceAccountLabel: name, "kuma.io/mesh": "agents"}
 	dp.Annotations = annotations
+	dp.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
 	createObject(t, dp)
 	return pod
 }

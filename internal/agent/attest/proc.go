@@ -27,6 +27,9 @@ type Caller struct {
 // laid out like it.
 type Procfs struct {
 	Root string
+	// KubeletCgroupRoot is the kubelet's --cgroup-root, under which it puts
+	// pods; empty is DefaultKubeletCgroupRoot.
+	KubeletCgroupRoot string
 }
 
 // ErrProcessGone is returned when the caller's process has exited, or its
@@ -35,31 +38,66 @@ var ErrProcessGone = errors.New("the calling process is gone, or its PID belongs
 
 // Peer returns the kernel's credentials of conn's peer (SO_PEERCRED) and the
 // start time of its process.
+//
+// Where the kernel has SO_PEERPIDFD (Linux 6.5+), the start time is bound to
+// the process that connected: the pidfd refers to that process, not to its
+// PID, and while it lives its PID is no other's, so a start time read while
+// it still lives is its own. A peer that is gone by then (its PID perhaps
+// another's already) is ErrProcessGone. Older kernels give only the PID, and
+// the start time is that of whichever process has it at the handshake.
 func (p Procfs) Peer(conn *net.UnixConn) (Caller, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return Caller{}, err
 	}
 	var cred *unix.Ucred
-	var credErr error
+	var credErr, pidfdErr error
+	pidfd := -1
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		pidfd, pidfdErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
 	}); err != nil {
 		return Caller{}, err
 	}
 	if credErr != nil {
 		return Caller{}, fmt.Errorf("reading the peer's credentials: %w", credErr)
 	}
+	switch {
+	case pidfdErr == nil:
+		defer unix.Close(pidfd)
+	case errors.Is(pidfdErr, unix.ENOPROTOOPT):
+		pidfd = -1 // A kernel before 6.5.
+	default:
+		// The kernel has SO_PEERPIDFD but no process for the peer: it has
+		// exited and been reaped.
+		return Caller{}, ErrProcessGone
+	}
 	start, err := p.StartTime(cred.Pid)
 	if err != nil {
 		return Caller{}, err
 	}
+	if pidfd >= 0 && !alive(pidfd) {
+		return Caller{}, ErrProcessGone
+	}
 	return Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, StartTime: start}, nil
 }
 
+// alive tells whether the process of a pidfd still exists, by sending it
+// signal 0, which delivers nothing. EPERM (the agent may not signal it)
+// still says it exists; ESRCH says it is gone.
+func alive(pidfd int) bool {
+	err := unix.PidfdSendSignal(pidfd, 0, nil, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
 // Workload returns the pod and container of the caller's process; ok is
-// false for a process outside any pod.
+// false for a process outside any pod. The process at the caller's PID must
+// run as the caller's user and group, or it is not the caller's: its cgroup
+// would say nothing about the caller.
 func (p Procfs) Workload(c Caller) (Workload, bool, error) {
+	if err := p.SameCredentials(c); err != nil {
+		return Workload{}, false, err
+	}
 	b, err := os.ReadFile(filepath.Join(p.Root, strconv.Itoa(int(c.PID)), "cgroup"))
 	if errors.Is(err, os.ErrNotExist) {
 		return Workload{}, false, ErrProcessGone
@@ -67,7 +105,64 @@ func (p Procfs) Workload(c Caller) (Workload, bool, error) {
 	if err != nil {
 		return Workload{}, false, err
 	}
-	return ParseCgroup(b)
+	root := p.KubeletCgroupRoot
+	if root == "" {
+		root = DefaultKubeletCgroupRoot
+	}
+	return ParseCgroup(b, root)
+}
+
+// SameCredentials checks that the process at the caller's PID runs as the
+// user and group the kernel gave for the connection. SO_PEERCRED holds the
+// effective IDs of the process when it connected, so the effective IDs of
+// its status file are compared: a process now at that PID under other IDs is
+// another process (or one that changed its IDs since), and is refused.
+func (p Procfs) SameCredentials(c Caller) error {
+	b, err := os.ReadFile(filepath.Join(p.Root, strconv.Itoa(int(c.PID)), "status"))
+	if errors.Is(err, os.ErrNotExist) {
+		return ErrProcessGone
+	}
+	if err != nil {
+		return err
+	}
+	uid, gid, err := ParseStatusIDs(b)
+	if err != nil {
+		return err
+	}
+	if uid != c.UID || gid != c.GID {
+		return fmt.Errorf("process %d runs as uid %d gid %d, but connected as uid %d gid %d", c.PID, uid, gid, c.UID, c.GID)
+	}
+	return nil
+}
+
+// ParseStatusIDs reads the effective user and group IDs of a
+// /proc/<pid>/status file: the second of the four IDs (real, effective,
+// saved, filesystem) of its Uid: and Gid: lines.
+func ParseStatusIDs(status []byte) (uid, gid uint32, err error) {
+	var seen int
+	for _, line := range strings.Split(string(status), "\n") {
+		key, ids, ok := strings.Cut(line, ":")
+		if !ok || (key != "Uid" && key != "Gid") {
+			continue
+		}
+		fields := strings.Fields(ids)
+		if len(fields) != 4 {
+			return 0, 0, fmt.Errorf("status: %s: %q is not four IDs", key, ids)
+		}
+		v, err := strconv.ParseUint(fields[1], 10, 32)
+		if err != nil {
+			return 0, 0, fmt.Errorf("status: %s: %w", key, err)
+		}
+		if key == "Uid" {
+			uid, seen = uint32(v), seen|1
+		} else {
+			gid, seen = uint32(v), seen|2
+		}
+	}
+	if seen != 3 {
+		return 0, 0, errors.New("status: no Uid: and Gid: lines")
+	}
+	return uid, gid, nil
 }
 
 // StillSame checks, after attestation, that the caller's PID still belongs

@@ -4,10 +4,13 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // statLine is a /proc/<pid>/stat line with the command comm and the start
@@ -41,6 +44,80 @@ func TestParseStartTime(t *testing.T) {
 	}
 }
 
+// statusFile is a /proc/<pid>/status file, in part, of a process whose
+// real, effective, saved and filesystem IDs are uids and gids.
+func statusFile(uids, gids string) string {
+	return "Name:\tenvoy\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4242\nPPid:\t1\n" +
+		"Uid:\t" + uids + "\nGid:\t" + gids + "\nFDSize:\t64\nGroups:\t10 20\n"
+}
+
+func TestParseStatusIDs(t *testing.T) {
+	tests := map[string]struct {
+		status   string
+		uid, gid uint32
+		wantErr  string
+	}{
+		"one user":                        {status: statusFile("1000\t1000\t1000\t1000", "2000\t2000\t2000\t2000"), uid: 1000, gid: 2000},
+		"setuid: the effective IDs count": {status: statusFile("1000\t0\t0\t0", "2000\t5\t5\t5"), uid: 0, gid: 5},
+		"no Gid line":                     {status: "Uid:\t1\t1\t1\t1\n", wantErr: "no Uid: and Gid: lines"},
+		"three IDs":                       {status: statusFile("1\t1\t1", "1\t1\t1\t1"), wantErr: "is not four IDs"},
+		"not a number":                    {status: statusFile("1\tx\t1\t1", "1\t1\t1\t1"), wantErr: "status: Uid:"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			uid, gid, err := ParseStatusIDs([]byte(tc.status))
+			switch {
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("err = %v, want %q", err, tc.wantErr)
+			case tc.wantErr == "" && (err != nil || uid != tc.uid || gid != tc.gid):
+				t.Errorf("got %d, %d, %v; want %d, %d", uid, gid, err, tc.uid, tc.gid)
+			}
+		})
+	}
+}
+
+// A process at the caller's PID under other IDs than the connection's is
+// not the caller: its cgroup is never read as the caller's.
+func TestWorkloadRefusesAnotherUsersProcess(t *testing.T) {
+	tests := map[string]struct {
+		uids, gids string
+		wantErr    string
+	}{
+		"the caller's own IDs":                         {uids: "1000\t1000\t1000\t1000", gids: "3000\t3000\t3000\t3000"},
+		"a setuid program the caller runs":             {uids: "0\t1000\t1000\t1000", gids: "0\t3000\t3000\t3000"},
+		"another user (the PID reused)":                {uids: "0\t0\t0\t0", gids: "3000\t3000\t3000\t3000", wantErr: "process 4242 runs as uid 0 gid 3000, but connected as uid 1000 gid 3000"},
+		"another group":                                {uids: "1000\t1000\t1000\t1000", gids: "0\t0\t0\t0", wantErr: "runs as uid 1000 gid 0"},
+		"the real IDs the caller's, not the effective": {uids: "1000\t0\t0\t0", gids: "3000\t3000\t3000\t3000", wantErr: "runs as uid 0"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, "4242")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cgroup, err := os.ReadFile("testdata/cgroup/v2-systemd-containerd.txt")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, content := range map[string]string{"cgroup": string(cgroup), "status": statusFile(tc.uids, tc.gids)} {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w, ok, err := Procfs{Root: root}.Workload(Caller{PID: 4242, UID: 1000, GID: 3000})
+			switch {
+			case tc.wantErr != "":
+				if err == nil || ok || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("got %+v, %v, %v; want an error containing %q", w, ok, err, tc.wantErr)
+				}
+			case err != nil || !ok || w.PodUID != testPod:
+				t.Errorf("got %+v, %v, %v; want pod %s", w, ok, err, testPod)
+			}
+		})
+	}
+}
+
 func FuzzParseStartTime(f *testing.F) {
 	f.Add([]byte(statLine("envoy", "8812345")))
 	f.Add([]byte(statLine("a) b (c", "1")))
@@ -67,8 +144,9 @@ func TestProcfsOfAFolder(t *testing.T) {
 	}
 	write("cgroup", string(cgroup))
 	write("stat", statLine("envoy", "100"))
+	write("status", statusFile("1000\t1000\t1000\t1000", "1000\t1000\t1000\t1000"))
 	p := Procfs{Root: root}
-	caller := Caller{PID: 4242, StartTime: 100}
+	caller := Caller{PID: 4242, UID: 1000, GID: 1000, StartTime: 100}
 
 	w, ok, err := p.Workload(caller)
 	if err != nil || !ok || w.PodUID != testPod {
@@ -81,7 +159,7 @@ func TestProcfsOfAFolder(t *testing.T) {
 	if err := p.StillSame(caller); !errors.Is(err, ErrProcessGone) {
 		t.Errorf("a reused PID: StillSame = %v, want ErrProcessGone", err)
 	}
-	if _, _, err := p.Workload(Caller{PID: 9999}); !errors.Is(err, ErrProcessGone) {
+	if _, _, err := p.Workload(Caller{PID: 9999, UID: 1000, GID: 1000}); !errors.Is(err, ErrProcessGone) {
 		t.Errorf("an exited process: Workload err = %v, want ErrProcessGone", err)
 	}
 	if err := p.StillSame(Caller{PID: 9999}); !errors.Is(err, ErrProcessGone) {
@@ -127,5 +205,71 @@ func TestPeerOverARealSocket(t *testing.T) {
 		if _, _, err := p.Workload(caller); err != nil {
 			t.Errorf("this process's own cgroup file: %v", err)
 		}
+	}
+}
+
+// connectHelperEnv names the socket the helper process connects to.
+const connectHelperEnv = "ATTEST_CONNECT_TO"
+
+// TestConnectHelper is not a test: run by TestPeerGoneBeforeTheHandshake
+// as a process of its own, it connects to a socket and exits.
+func TestConnectHelper(t *testing.T) {
+	path := os.Getenv(connectHelperEnv)
+	if path == "" {
+		t.Skip("run as a process of its own by TestPeerGoneBeforeTheHandshake")
+	}
+	if _, err := net.Dial("unix", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A process that connects and is gone before the handshake, its PID taken
+// by another (here: a proc folder that shows one at that PID), gets no start
+// time of that other: the kernel's pidfd of the peer says it is gone.
+func TestPeerGoneBeforeTheHandshake(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	helper := exec.Command(os.Args[0], "-test.run=^TestConnectHelper$")
+	helper.Env = append(os.Environ(), connectHelperEnv+"="+path)
+	if out, err := helper.CombinedOutput(); err != nil { // Exited and reaped.
+		t.Fatalf("the connecting process: %v: %s", err, out)
+	}
+	conn, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	root := t.TempDir()
+	dir := filepath.Join(root, strconv.Itoa(helper.Process.Pid))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(statLine("intruder", "100")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var uname unix.Utsname
+	_ = unix.Uname(&uname)
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pidfdErr error
+	_ = raw.Control(func(fd uintptr) {
+		var pidfd int
+		if pidfd, pidfdErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); pidfdErr == nil {
+			unix.Close(pidfd)
+		}
+	})
+	if errors.Is(pidfdErr, unix.ENOPROTOOPT) {
+		t.Skipf("kernel %s has no SO_PEERPIDFD (Linux 6.5+): the start time is that of whichever process has the PID at the handshake", unix.ByteSliceToString(uname.Release[:]))
+	}
+	caller, err := Procfs{Root: root}.Peer(conn)
+	if !errors.Is(err, ErrProcessGone) {
+		t.Errorf("kernel %s: Peer = %+v, %v; want ErrProcessGone", unix.ByteSliceToString(uname.Release[:]), caller, err)
 	}
 }
