@@ -23,13 +23,19 @@ func TestAgentDaemonSet(t *testing.T) {
 		wantSocket      string
 		listDataplanes  bool
 		wantAttestorArg string
+		wantCgroupRoot  string
 	}{
 		"defaults": {
 			args: []string{"--set", "agent.enabled=true"}, wantSocket: "/run/meshcert/sockets/socket", wantAttestorArg: "--attestor=kubernetes",
+			wantCgroupRoot: "/",
 		},
 		"unix attestor and another folder": {
 			args:       []string{"--set", "agent.enabled=true", "--set", "agent.attestor=unix", "--set", "agent.socketDir=/var/run/ids"},
-			wantSocket: "/var/run/ids/socket", listDataplanes: true, wantAttestorArg: "--attestor=unix",
+			wantSocket: "/var/run/ids/socket", listDataplanes: true, wantAttestorArg: "--attestor=unix", wantCgroupRoot: "/",
+		},
+		"a kubelet with its own cgroup root, as kind's": {
+			args:       []string{"--set", "agent.enabled=true", "--set", "agent.kubeletCgroupRoot=/kubelet"},
+			wantSocket: "/run/meshcert/sockets/socket", wantAttestorArg: "--attestor=kubernetes", wantCgroupRoot: "/kubelet",
 		},
 	}
 	for name, tc := range tests {
@@ -40,6 +46,9 @@ func TestAgentDaemonSet(t *testing.T) {
 			c := pod.Containers[0]
 			if !pod.HostPID || c.Args[0] != "agent" || !slices.Contains(c.Args, "--socket="+tc.wantSocket) || !slices.Contains(c.Args, tc.wantAttestorArg) {
 				t.Errorf("hostPID %v, args %v", pod.HostPID, c.Args)
+			}
+			if !slices.Contains(c.Args, "--kubelet-cgroup-root="+tc.wantCgroupRoot) {
+				t.Errorf("args %v, want --kubelet-cgroup-root=%s", c.Args, tc.wantCgroupRoot)
 			}
 			if len(c.Env) != 1 || c.Env[0].Name != "MESHCERT_NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 				t.Errorf("env %+v, want the node's name from the downward API", c.Env)
