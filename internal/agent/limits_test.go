@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -23,15 +24,21 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/meshcert/meshcert/internal/agent/attest"
+	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
 )
 
@@ -55,10 +62,19 @@ func servedWeb(context.Context, attest.Caller) (*kuma.DataplaneResource, client.
 	return webDataplane(), nil, nil
 }
 
+// testAgent is a Server on a Unix socket, whose every caller is this
+// process, and the cache its MeshIdentities are read from.
+type testAgent struct {
+	*Server
+	socket string
+	cache  client.Client
+	clock  *clocktesting.FakePassiveClock
+}
+
 // serveOnSocket serves, on a Unix socket, newTestServer's Server with the
-// attestor, limits and log given, whose MeshIdentity gives the web
-// Dataplane webID; every caller is this process. It returns the socket.
-func serveOnSocket(t *testing.T, attestor Attestor, limits Limits, log logr.Logger) string {
+// attestor, limits and log given, and SVIDs that issue through a fake API
+// server; its MeshIdentity web gives the web Dataplane webID.
+func serveOnSocket(t *testing.T, attestor Attestor, limits Limits, log logr.Logger) *testAgent {
 	t.Helper()
 	s, _, _ := newTestServer(t)
 	td, path := "payments.example.com", "/ns/pay/sa/web"
@@ -75,22 +91,49 @@ func serveOnSocket(t *testing.T, attestor Attestor, limits Limits, log logr.Logg
 	if err := kuma.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	cache := fake.NewClientBuilder().WithScheme(scheme).WithObjects(identity).Build()
-	s.Resolver = &Resolver{Attestor: attestor, Cache: cache, SystemNamespace: "kong-mesh-system", Zone: "default", Procfs: attest.Procfs{Root: "/proc"}}
+	if err := cmapi.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	cache := fake.NewClientBuilder().WithScheme(scheme).WithObjects(identity).
+		WithIndex(&cmapi.CertificateRequest{}, issuance.OwnerIndex, func(o client.Object) []string {
+			return []string{o.GetAnnotations()[issuance.OwnerAnnotation]}
+		}).Build()
+	s.Resolver = &Resolver{Attestor: attestorFunc(servedWeb), Cache: cache, SystemNamespace: "kong-mesh-system", Zone: "default",
+		KeyAlgorithm: issuance.ECDSAP256, Procfs: attest.Procfs{Root: "/proc"}}
+	// The certificate newTestServer holds, issued as web is now, held by
+	// nobody yet.
+	held := s.SVIDs.ids[webID]
+	self := attest.Caller{PID: int32(os.Getpid())}
+	var err error
+	if self.StartTime, err = s.Resolver.Procfs.StartTime(self.PID); err != nil {
+		t.Fatal(err)
+	}
+	if held.identity, err = s.Resolver.Resolve(context.Background(), self); err != nil {
+		t.Fatal(err)
+	}
+	held.svid.Identity = held.identity
+	s.Resolver.Attestor = attestor
 	s.Limits, s.Log = limits, log
+	a := &testAgent{Server: s, cache: cache, clock: clocktesting.NewFakePassiveClock(time.Now())}
+	s.SVIDs = NewSVIDs(SVIDOptions{Client: cache, SystemNamespace: "kong-mesh-system", Node: "node-a", Recorder: events.NewFakeRecorder(100),
+		Clock: a.clock, RequestTimeout: time.Minute, Backoff: issuance.BackoffPolicy{Initial: time.Second, Max: time.Minute},
+		Bundles: s.Bundles, Updates: s.Updates})
+	held.users, held.idleSince = 0, a.clock.Now()
+	s.SVIDs.ids[webID] = held
+
 	// Short: a socket's path must fit 108 bytes.
 	dir, err := os.MkdirTemp("", "agent")
 	if err != nil {
 		t.Fatal(err)
 	}
-	socket := filepath.Join(dir, "socket")
+	a.socket = filepath.Join(dir, "socket")
 	ctx, cancel := context.WithCancel(context.Background())
 	listening, served := make(chan struct{}), make(chan error, 1)
-	go func() { served <- s.Serve(ctx, socket, listening) }()
+	go func() { served <- s.Serve(ctx, a.socket, listening) }()
 	go func() {
 		for {
 			select {
-			case <-s.SVIDs.wake: // No controller here: the certificate is there already.
+			case <-s.SVIDs.wake: // No controller here: a test reconciles.
 			case <-ctx.Done():
 				return
 			}
@@ -108,7 +151,7 @@ func serveOnSocket(t *testing.T, attestor Attestor, limits Limits, log logr.Logg
 	case err := <-served:
 		t.Fatalf("serving: %v", err)
 	}
-	return socket
+	return a
 }
 
 // dial is a gRPC client of the socket that accepts answers of any size, as
@@ -166,7 +209,7 @@ func TestRequestLimits(t *testing.T) {
 			socket := serveOnSocket(t, attestorFunc(func(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
 				attested.Add(1)
 				return servedWeb(ctx, c)
-			}), tc.limits, logr.Discard())
+			}), tc.limits, logr.Discard()).socket
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			resp, err := secretv3.NewSecretDiscoveryServiceClient(dial(t, socket)).FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: tc.names})
@@ -214,7 +257,7 @@ func TestAStreamOfTooManyNamesEnds(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			socket := serveOnSocket(t, attestorFunc(servedWeb), testLimits, logr.Discard())
+			socket := serveOnSocket(t, attestorFunc(servedWeb), testLimits, logr.Discard()).socket
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			stream, err := secretv3.NewSecretDiscoveryServiceClient(dial(t, socket)).StreamSecrets(ctx)
@@ -251,7 +294,7 @@ func TestCallsPerCaller(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			socket := serveOnSocket(t, attestorFunc(servedWeb), testLimits, logr.Discard())
+			socket := serveOnSocket(t, attestorFunc(servedWeb), testLimits, logr.Discard()).socket
 			conns := make([]secretv3.SecretDiscoveryServiceClient, tc.connections)
 			for i := range conns {
 				conns[i] = secretv3.NewSecretDiscoveryServiceClient(dial(t, socket))
@@ -366,7 +409,7 @@ func TestOneDataplaneReadAtATime(t *testing.T) {
 					return nil, nil, notEntitled("no Dataplane")
 				}
 				return dp, nil, err
-			}), testLimits, logr.Discard())
+			}), testLimits, logr.Discard()).socket
 			conn := secretv3.NewSecretDiscoveryServiceClient(dial(t, socket))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -421,7 +464,7 @@ func TestARefusalTellsTheCallerOnlyWhatItNeeds(t *testing.T) {
 			}, funcr.Options{Verbosity: 1})
 			socket := serveOnSocket(t, attestorFunc(func(context.Context, attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
 				return nil, nil, tc.err
-			}), testLimits, log)
+			}), testLimits, log).socket
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			_, err := secretv3.NewSecretDiscoveryServiceClient(dial(t, socket)).FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: []string{webID}})
@@ -445,4 +488,167 @@ func TestARefusalTellsTheCallerOnlyWhatItNeeds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEntitlementIsCheckedAgain: an open stream's caller is checked again
+// when what entitled it changes, and before its certificate is renewed; a
+// caller no longer entitled is refused and nothing is renewed for it; a
+// changed issuer re-issues.
+func TestEntitlementIsCheckedAgain(t *testing.T) {
+	webPod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "pay", Name: "web", UID: "pod-web"}}
+	tests := map[string]struct {
+		// change changes the world, with the caller entitled to nothing
+		// from then on when gone, then tells the agent as its watches would.
+		change func(t *testing.T, a *testAgent)
+		gone   bool
+		// refused is the message the stream ends with; "" if it stays.
+		refused string
+		// issuer is the issuer a CertificateRequest is made for, after a
+		// reconcile; "" for none.
+		issuer string
+	}{
+		"its MeshIdentity deleted": {
+			change: func(t *testing.T, a *testAgent) {
+				if err := a.cache.Delete(context.Background(), &kuma.MeshIdentityResource{ObjectMeta: metav1.ObjectMeta{Namespace: "kong-mesh-system", Name: "web"}}); err != nil {
+					t.Fatal(err)
+				}
+				a.Updates.RecheckAll()
+			},
+			refused: errNotEntitled,
+		},
+		"its Pod changed, its Dataplane gone": {
+			change:  func(_ *testing.T, a *testAgent) { a.Updates.Recheck("pod-web") },
+			gone:    true,
+			refused: errNotEntitled,
+		},
+		"another Pod changed": {
+			change: func(_ *testing.T, a *testAgent) { a.Updates.Recheck("pod-db") },
+			gone:   true,
+		},
+		"its MeshIdentity now gives it another SPIFFE ID": {
+			change: func(t *testing.T, a *testAgent) {
+				a.updateIdentity(t, func(mid *kuma.MeshIdentityResource) { mid.Spec.SpiffeID.Path = ptr.To("/ns/pay/sa/web-v2") })
+			},
+			refused: errNoLongerEntitled,
+		},
+		"its renewal due, its Dataplane gone": {
+			change: func(t *testing.T, a *testAgent) { a.renewalDue(t) },
+			gone:   true, refused: errNotEntitled,
+		},
+		"its renewal due, still entitled": {
+			change: func(t *testing.T, a *testAgent) { a.renewalDue(t) },
+			issuer: "payments-ca",
+		},
+		"its MeshIdentity's issuer changed": {
+			change: func(t *testing.T, a *testAgent) {
+				a.updateIdentity(t, func(mid *kuma.MeshIdentityResource) { mid.Annotations[kuma.IssuerNameAnnotation] = "payments-ca-2" })
+			},
+			issuer: "payments-ca-2",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var gone atomic.Bool
+			a := serveOnSocket(t, attestorFunc(func(context.Context, attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
+				if gone.Load() {
+					return nil, nil, notEntitled("pod pay/web has no Dataplane")
+				}
+				return webDataplane(), webPod, nil
+			}), testLimits, logr.Discard())
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			stream, err := secretv3.NewSecretDiscoveryServiceClient(dial(t, a.socket)).StreamSecrets(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{webID}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+
+			gone.Store(tc.gone)
+			tc.change(t, a)
+			ended := make(chan error, 1)
+			go func() {
+				_, err := stream.Recv()
+				ended <- err
+			}()
+			select {
+			case err := <-ended:
+				if tc.refused == "" {
+					t.Fatalf("the stream ended: %v", err)
+				}
+				if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != tc.refused {
+					t.Fatalf("the stream ended with %v, want PermissionDenied: %s", err, tc.refused)
+				}
+			case <-time.After(500 * time.Millisecond):
+				if tc.refused != "" {
+					t.Fatal("the stream goes on")
+				}
+			}
+			if tc.refused != "" {
+				// Its call over, the identity is held by nobody.
+				for deadline := time.Now().Add(10 * time.Second); usersOf(a.SVIDs, webID) > 0 && time.Now().Before(deadline); {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			if _, err := a.SVIDs.Reconcile(ctx, reconcile.Request{NamespacedName: types.NamespacedName{Name: webID}}); err != nil {
+				t.Fatal(err)
+			}
+			var requests cmapi.CertificateRequestList
+			if err := a.cache.List(ctx, &requests); err != nil {
+				t.Fatal(err)
+			}
+			var issuers []string
+			for _, cr := range requests.Items {
+				issuers = append(issuers, cr.Spec.IssuerRef.Name)
+			}
+			var want []string
+			if tc.issuer != "" {
+				want = []string{tc.issuer}
+			}
+			if !slices.Equal(issuers, want) {
+				t.Errorf("requests for issuers %q, want %q", issuers, tc.issuer)
+			}
+		})
+	}
+}
+
+// updateIdentity changes the MeshIdentity web, as its informer tells.
+func (a *testAgent) updateIdentity(t *testing.T, change func(*kuma.MeshIdentityResource)) {
+	t.Helper()
+	mid := &kuma.MeshIdentityResource{}
+	if err := a.cache.Get(context.Background(), types.NamespacedName{Namespace: "kong-mesh-system", Name: "web"}, mid); err != nil {
+		t.Fatal(err)
+	}
+	change(mid)
+	if err := a.cache.Update(context.Background(), mid); err != nil {
+		t.Fatal(err)
+	}
+	a.Updates.RecheckAll()
+}
+
+// renewalDue moves the clock to when web's certificate is due for renewal,
+// and reconciles it: the renewal waits for its connections to check their
+// entitlement again.
+func (a *testAgent) renewalDue(t *testing.T) {
+	t.Helper()
+	leaf := a.SVIDs.Get(webID).Leaf()
+	a.clock.SetTime(leaf.NotAfter.Add(-time.Minute))
+	res, err := a.SVIDs.Reconcile(context.Background(), reconcile.Request{NamespacedName: types.NamespacedName{Name: webID}})
+	if err != nil || res.RequeueAfter != recheckGrace {
+		t.Fatalf("the renewal's first reconcile: %+v, %v; want a wait of %s for the connections' checks", res, err, recheckGrace)
+	}
+}
+
+// usersOf is how many connections hold an identity.
+func usersOf(s *SVIDs, spiffeID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.ids[spiffeID]; w != nil {
+		return w.users
+	}
+	return 0
 }

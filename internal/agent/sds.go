@@ -44,7 +44,8 @@ type sds struct {
 // StreamSecrets serves a stream: every response has a version and a nonce; a
 // request with a stale nonce is ignored; a NACK is logged and its names
 // still served; a change of names is answered at once; any change of what
-// the names hold is pushed.
+// the names hold is pushed; a caller no longer entitled to its identity is
+// refused.
 func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
 	ctx := stream.Context()
 	id, err := d.s.identityOf(ctx)
@@ -85,8 +86,11 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 	)
 	log := d.s.Log.WithValues("spiffeID", id.SpiffeID)
 	for {
+		if err := w.recheck(ctx); err != nil {
+			return err
+		}
 		if in := w.current(); subscribed && (newNames || in != builtFrom) {
-			resources, ready, err := d.resources(ctx, id, names)
+			resources, ready, err := d.resources(ctx, w.id, names)
 			if err != nil {
 				return err
 			}

@@ -115,9 +115,10 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 // refusal, as it may name other objects and carry the API server's error
 // text, and a caller may ask again and again.
 const (
-	errNotEntitled  = "workload is not entitled to an identity"
-	errNotAttested  = "the agent could not attest the workload; ask again later"
-	errTooManyCalls = "the workload has too many calls open to the agent"
+	errNotEntitled      = "workload is not entitled to an identity"
+	errNoLongerEntitled = "workload is no longer entitled to this identity"
+	errNotAttested      = "the agent could not attest the workload; ask again later"
+	errTooManyCalls     = "the workload has too many calls open to the agent"
 )
 
 // callerOf is the kernel's word on who made a call.

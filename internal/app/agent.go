@@ -103,6 +103,13 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 	if err := bundles.Watch(ctx, mgr, updates); err != nil {
 		return err
 	}
+	var workloads client.Object = &corev1.Pod{}
+	if cfg.Attestor == config.AttestorUnix {
+		workloads = &kuma.DataplaneResource{}
+	}
+	if err := updates.WatchEntitlement(ctx, mgr.GetCache(), workloads); err != nil {
+		return err
+	}
 	svids := agent.NewSVIDs(agent.SVIDOptions{
 		Client:          mgr.GetClient(),
 		SystemNamespace: cfg.SystemNamespace,
