@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"path"
 	"path/filepath"
 	"slices"
@@ -38,6 +39,12 @@ type AgentConfig struct {
 	// KubeletCgroupRoot is the kubelet's --cgroup-root: a caller's cgroup
 	// names a pod only under it.
 	KubeletCgroupRoot string
+	// MaxRequestBytes, MaxStreamsPerConnection, MaxCallsPerCaller and
+	// MaxResourceNames bound what one caller can make the agent do.
+	MaxRequestBytes         int
+	MaxStreamsPerConnection int
+	MaxCallsPerCaller       int
+	MaxResourceNames        int
 }
 
 // DefaultAgentSocket is where the agent serves: the file name is the one
@@ -58,6 +65,10 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.StringVar(&c.Attestor, "attestor", AttestorKubernetes, "How a caller is known: kubernetes (its pod, from its cgroup) or unix (its user, matched to the Dataplane annotated meshcert.io/unix-uid and meshcert.io/node-name=<node-name>; for VMs and a local run).")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "The proc filesystem of the node's processes (the agent runs with hostPID).")
 	fs.StringVar(&c.KubeletCgroupRoot, "kubelet-cgroup-root", "/", "The kubelet's --cgroup-root (cgroupRoot), as the agent reads cgroup paths: a caller is in a pod only where the kubelet puts pods, under <root>/kubepods (the systemd driver's slices named after it). /kubelet on kind's nodes.")
+	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 64<<10, "The largest request read from a workload, in bytes; a larger one is refused (ResourceExhausted) unread. An SDS request is a few hundred bytes.")
+	fs.IntVar(&c.MaxStreamsPerConnection, "max-streams-per-connection", 100, "Calls open at once on one connection (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS); a gRPC client queues more. Envoy opens one SDS stream per secret, two for Kuma's Spire identity.")
+	fs.IntVar(&c.MaxCallsPerCaller, "max-calls-per-caller", 32, "Calls one caller keeps open at once over all its connections; more are refused (ResourceExhausted). A caller is a process with the kubernetes attestor, a Unix user with the unix attestor.")
+	fs.IntVar(&c.MaxResourceNames, "max-resource-names", 64, "Secret names one SDS request may hold; more are refused (InvalidArgument). Names asked for twice are served once.")
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+".")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
 	fs.IntVar(&c.Workers, "workers", 10, "Identities issued in parallel.")
@@ -100,6 +111,20 @@ func (c AgentConfig) validateAgent() error {
 	}
 	if root := c.KubeletCgroupRoot; !strings.HasPrefix(root, "/") || path.Clean(root) != root || slices.Contains(strings.Split(root, "/"), "..") {
 		bad("kubelet-cgroup-root", root, "must be an absolute, clean cgroup path, such as / or /kubelet")
+	}
+	for _, limit := range []struct {
+		flag  string
+		value int
+	}{
+		{"max-request-bytes", c.MaxRequestBytes}, {"max-streams-per-connection", c.MaxStreamsPerConnection},
+		{"max-calls-per-caller", c.MaxCallsPerCaller}, {"max-resource-names", c.MaxResourceNames},
+	} {
+		if limit.value <= 0 {
+			bad(limit.flag, limit.value, "must be positive")
+		}
+	}
+	if c.MaxStreamsPerConnection > math.MaxUint32 {
+		bad("max-streams-per-connection", c.MaxStreamsPerConnection, "must fit HTTP/2's 32 bits")
 	}
 	if c.Attestor != AttestorKubernetes && c.Attestor != AttestorUnix {
 		bad("attestor", c.Attestor, "must be kubernetes or unix")

@@ -17,7 +17,8 @@ func TestParseAgent(t *testing.T) {
 			env: map[string]string{"MESHCERT_NODE_NAME": "node-a"},
 			check: func(t *testing.T, c AgentConfig) {
 				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" || c.KubeletCgroupRoot != "/" ||
-					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" || c.PprofAddr != "0" {
+					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" || c.PprofAddr != "0" ||
+					c.MaxRequestBytes != 64<<10 || c.MaxStreamsPerConnection != 100 || c.MaxCallsPerCaller != 32 || c.MaxResourceNames != 64 {
 					t.Errorf("unexpected defaults: %+v", c)
 				}
 			},
@@ -43,6 +44,27 @@ func TestParseAgent(t *testing.T) {
 				`invalid --request-timeout "0s": must be positive`,
 				`invalid --zone "Zone_1"`,
 			},
+		},
+		"limits": {
+			args: []string{"--node-name=a", "--max-request-bytes=4096", "--max-streams-per-connection=8", "--max-calls-per-caller=16", "--max-resource-names=4"},
+			check: func(t *testing.T, c AgentConfig) {
+				if c.MaxRequestBytes != 4096 || c.MaxStreamsPerConnection != 8 || c.MaxCallsPerCaller != 16 || c.MaxResourceNames != 4 {
+					t.Errorf("limits not applied: %+v", c)
+				}
+			},
+		},
+		"limits that allow nothing": {
+			args: []string{"--node-name=a", "--max-request-bytes=0", "--max-streams-per-connection=-1", "--max-calls-per-caller=0", "--max-resource-names=0"},
+			wantErr: []string{
+				`invalid --max-request-bytes "0": must be positive`,
+				`invalid --max-streams-per-connection "-1": must be positive`,
+				`invalid --max-calls-per-caller "0": must be positive`,
+				`invalid --max-resource-names "0": must be positive`,
+			},
+		},
+		"more streams per connection than HTTP/2 can say": {
+			args:    []string{"--node-name=a", "--max-streams-per-connection=4294967296"},
+			wantErr: []string{`invalid --max-streams-per-connection "4294967296": must fit HTTP/2's 32 bits`},
 		},
 		"a node name that is no DNS name": {args: []string{"--node-name=Node A"}, wantErr: []string{`invalid --node-name "Node A"`}},
 		"a kubelet cgroup root that is not a clean absolute path": {

@@ -44,7 +44,8 @@ type sds struct {
 // StreamSecrets serves a stream: every response has a version and a nonce; a
 // request with a stale nonce is ignored; a NACK is logged and its names
 // still served; a change of names is answered at once; any change of what
-// the names hold is pushed.
+// the names hold is pushed; a caller no longer entitled to its identity is
+// refused.
 func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
 	ctx := stream.Context()
 	id, err := d.s.identityOf(ctx)
@@ -85,8 +86,11 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 	)
 	log := d.s.Log.WithValues("spiffeID", id.SpiffeID)
 	for {
+		if err := w.recheck(ctx); err != nil {
+			return err
+		}
 		if in := w.current(); subscribed && (newNames || in != builtFrom) {
-			resources, ready, err := d.resources(ctx, id, names)
+			resources, ready, err := d.resources(ctx, w.id, names)
 			if err != nil {
 				return err
 			}
@@ -104,16 +108,20 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 		}
 		select {
 		case req := <-requests:
+			asked, err := d.requestedNames(req)
+			if err != nil {
+				return err
+			}
 			if req.ResponseNonce != "" && req.ResponseNonce != nonce {
 				continue // An answer to an older response: Envoy sends another.
 			}
 			if req.ErrorDetail != nil {
 				log.Info("Envoy rejected secrets", "version", req.VersionInfo, "error", req.ErrorDetail.Message)
 			}
-			if !subscribed || !slices.Equal(req.ResourceNames, names) {
+			if !subscribed || !slices.Equal(asked, names) {
 				sent, newNames = nil, true // New names are answered at once.
 			}
-			names, subscribed = slices.Clone(req.ResourceNames), true
+			names, subscribed = asked, true
 		case <-w.changed:
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -129,13 +137,17 @@ func (d *sds) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Discover
 // FetchSecrets answers one request, once the identity has a certificate or
 // the call's deadline ends.
 func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+	names, err := d.requestedNames(req)
+	if err != nil {
+		return nil, err
+	}
 	id, err := d.s.identityOf(ctx)
 	if err != nil {
 		return nil, err
 	}
 	// A name the workload is not entitled to is refused at once, not after
 	// its certificate.
-	if _, _, err := d.resources(ctx, id, req.ResourceNames); err != nil {
+	if _, _, err := d.resources(ctx, id, names); err != nil {
 		return nil, err
 	}
 	w := d.s.watch(id)
@@ -143,16 +155,35 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 	if _, err := w.await(ctx); err != nil {
 		return nil, err
 	}
-	resources, _, err := d.resources(ctx, id, req.ResourceNames)
+	resources, _, err := d.resources(ctx, id, names)
 	if err != nil {
 		return nil, err
 	}
 	return &discoveryv3.DiscoveryResponse{VersionInfo: "1", Resources: resources, TypeUrl: SecretTypeURL, Nonce: newNonce()}, nil
 }
 
-// resources builds the secrets for names. ready is false until the identity
-// has a certificate: a workload gets nothing before that, never a
-// placeholder. A name the workload is not entitled to is InvalidArgument.
+// requestedNames are a request's names, each once, in the order first
+// asked, as SPIRE's agent serves each name once however often it is asked
+// for. A request of more names than the limit is refused before any is
+// looked at.
+func (d *sds) requestedNames(req *discoveryv3.DiscoveryRequest) ([]string, error) {
+	if n, most := len(req.ResourceNames), d.s.Limits.MaxResourceNames; n > most {
+		return nil, status.Errorf(codes.InvalidArgument, "the request names %d secrets; the agent serves at most %d to one request", n, most)
+	}
+	seen := make(map[string]bool, len(req.ResourceNames))
+	var names []string
+	for _, n := range req.ResourceNames {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	return names, nil
+}
+
+// resources builds the secrets for names, each named once. ready is false
+// until the identity has a certificate: a workload gets nothing before
+// that, never a placeholder. A name the workload is not entitled to is InvalidArgument.
 func (d *sds) resources(ctx context.Context, id *Identity, names []string) ([]*anypb.Any, bool, error) {
 	svid := d.s.SVIDs.Get(id.SpiffeID)
 	var bundles []*x509bundle.Bundle

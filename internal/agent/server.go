@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/go-logr/logr"
@@ -27,8 +29,43 @@ type Server struct {
 	SVIDs    *SVIDs
 	Bundles  *Bundles
 	Updates  *Updates
+	Limits   Limits
 	Log      logr.Logger
 }
+
+// Limits bound what one caller can make the agent do. Each is enforced
+// before the work it bounds: a request too large is refused as it is read,
+// a call over a cap before its caller is attested, a request of too many
+// names before any name is looked at.
+type Limits struct {
+	// MaxRequestBytes is the largest request message read. A
+	// DiscoveryRequest that names its secrets is a few hundred bytes.
+	MaxRequestBytes int
+	// MaxStreamsPerConnection is HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS:
+	// a gRPC client queues the calls over it, the transport refuses those
+	// of any other client.
+	MaxStreamsPerConnection uint32
+	// MaxCallsPerCaller is how many calls one caller keeps open at once,
+	// over all its connections; more are ResourceExhausted.
+	MaxCallsPerCaller int
+	// MaxResourceNames is the most names one SDS request may hold.
+	MaxResourceNames int
+	// CallerOf names the caller whose calls count together: ByProcess, or
+	// ByUser where a user is one identity.
+	CallerOf func(attest.Caller) string
+}
+
+// ByProcess counts each process's calls on their own: the kernel names it
+// at the handshake, before any work. A user would not do where one user
+// runs many workloads, as Kuma's sidecar runs as the same user in every
+// pod of a node.
+func ByProcess(c attest.Caller) string {
+	return "pid " + strconv.FormatInt(int64(c.PID), 10) + " started " + strconv.FormatUint(c.StartTime, 10)
+}
+
+// ByUser counts every call of one Unix user together: for the unix
+// attestor, where the user is the identity, however many processes it runs.
+func ByUser(c attest.Caller) string { return "uid " + strconv.FormatUint(uint64(c.UID), 10) }
 
 // Serve listens on the socket at path until ctx ends, closing listening
 // once it does. A socket left by an earlier run is replaced. Every local
@@ -55,7 +92,10 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 	// taken from a pool and given back at every flush, a cost paid on the
 	// answer a starting workload waits for, its first certificate, to save
 	// memory on connections that are idle anyway.
-	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}), grpc.ReadBufferSize(8<<10))
+	calls := &openCalls{limit: s.Limits.MaxCallsPerCaller, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
+	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}), grpc.ReadBufferSize(8<<10),
+		grpc.MaxRecvMsgSize(s.Limits.MaxRequestBytes), grpc.MaxConcurrentStreams(s.Limits.MaxStreamsPerConnection),
+		grpc.ChainUnaryInterceptor(calls.unary), grpc.ChainStreamInterceptor(calls.stream))
 	secretv3.RegisterSecretDiscoveryServiceServer(g, &sds{s: s})
 	workloadv1.RegisterSpiffeWorkloadAPIServer(g, &workloadAPI{s: s})
 	go func() {
@@ -70,27 +110,101 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 	return nil
 }
 
-// identityOf attests the caller of a call and resolves its identity. A
-// caller that is entitled to none gets PermissionDenied, saying why.
-func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
+// The refusals a caller is told, and no more, as SPIRE's agent tells "no
+// identity issued": why is the agent's log's, at --log-level 1 for a
+// refusal, as it may name other objects and carry the API server's error
+// text, and a caller may ask again and again.
+const (
+	errNotEntitled      = "workload is not entitled to an identity"
+	errNoLongerEntitled = "workload is no longer entitled to this identity"
+	errNotAttested      = "the agent could not attest the workload; ask again later"
+	errTooManyCalls     = "the workload has too many calls open to the agent"
+)
+
+// callerOf is the kernel's word on who made a call.
+func callerOf(ctx context.Context) (attest.Caller, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Internal, "no peer on the call")
+		return attest.Caller{}, status.Error(codes.Internal, "no peer on the call")
 	}
 	info, ok := p.AuthInfo.(callerInfo)
 	if !ok {
-		return nil, status.Error(codes.Internal, "the connection was not attested")
+		return attest.Caller{}, status.Error(codes.Internal, "the connection was not attested")
 	}
-	id, err := s.Resolver.Resolve(ctx, info.Caller)
+	return info.Caller, nil
+}
+
+// identityOf attests the caller of a call and resolves its identity. A
+// caller that is entitled to none gets PermissionDenied, and no more.
+func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
+	caller, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.Resolver.Resolve(ctx, caller)
 	var ne *NotEntitled
 	switch {
 	case errors.As(err, &ne):
-		s.Log.Info("Refused a caller", "pid", info.Caller.PID, "uid", info.Caller.UID, "reason", ne.Reason)
-		return nil, status.Errorf(codes.PermissionDenied, "no identity for this caller: %s", ne.Reason)
+		s.Log.V(1).Info("Refused a caller", "pid", caller.PID, "uid", caller.UID, "reason", ne.Reason)
+		return nil, status.Error(codes.PermissionDenied, errNotEntitled)
 	case err != nil:
-		return nil, status.Errorf(codes.Unavailable, "attesting the caller: %v", err)
+		s.Log.Error(err, "Attesting a caller failed", "pid", caller.PID, "uid", caller.UID)
+		return nil, status.Error(codes.Unavailable, errNotAttested)
 	}
 	return id, nil
+}
+
+// openCalls counts each caller's open calls, and refuses one over the
+// limit before anything else is done for it.
+type openCalls struct {
+	limit    int
+	callerOf func(attest.Caller) string
+	log      logr.Logger
+
+	mu   sync.Mutex
+	open map[string]int
+}
+
+// begin counts a call of the caller of ctx until end is called, or refuses
+// it with ResourceExhausted.
+func (o *openCalls) begin(ctx context.Context) (end func(), err error) {
+	caller, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	key := o.callerOf(caller)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.open[key] >= o.limit {
+		o.log.V(1).Info("Refused a call over the caller's limit", "caller", key, "limit", o.limit)
+		return nil, status.Error(codes.ResourceExhausted, errTooManyCalls)
+	}
+	o.open[key]++
+	return func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if o.open[key]--; o.open[key] == 0 {
+			delete(o.open, key)
+		}
+	}, nil
+}
+
+func (o *openCalls) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	end, err := o.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	return handler(ctx, req)
+}
+
+func (o *openCalls) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	end, err := o.begin(ss.Context())
+	if err != nil {
+		return err
+	}
+	defer end()
+	return handler(srv, ss)
 }
 
 // bundlesFor are the trust domains a workload trusts: those of its mesh, and

@@ -87,6 +87,21 @@ type wanted struct {
 	// warned is the serial of the certificate whose coming expiry was
 	// reported, so that it is reported once.
 	warned string
+	// rechecked is the serial of the certificate due for renewal whose
+	// connections were told to check their entitlement first.
+	rechecked string
+}
+
+// recheckGrace is how long a renewal waits for the identity's connections
+// to check their entitlement again: a caller no longer entitled ends its
+// connection, and an identity nobody holds is not renewed.
+const recheckGrace = 2 * time.Second
+
+// sameIssuance reports whether two resolutions of one identity issue it
+// alike: otherwise, after a change of its MeshIdentity's issuer for
+// example, it is issued again at once.
+func sameIssuance(a, b *Identity) bool {
+	return a.IssuerRef == b.IssuerRef && a.Duration == b.Duration && a.KeyAlgorithm == b.KeyAlgorithm && a.MeshIdentity == b.MeshIdentity
 }
 
 // SVIDOptions configure SVIDs.
@@ -213,19 +228,24 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	if w == nil {
 		return ctrl.Result{}, s.issuer.Cleanup(ctx, owner)
 	}
-	dropIn := time.Duration(0)
 	if idleFor >= 0 {
-		dropIn = idleGrace - idleFor
+		// Nobody holds it: what is held is kept for a caller that comes
+		// back, but nothing is issued for nobody.
+		return ctrl.Result{RequeueAfter: idleGrace - idleFor}, nil
 	}
 
 	var replaces string
 	expiresIn := time.Duration(0)
 	if current != nil {
 		leaf := current.Leaf()
-		if renewAt := issuance.RenewalTime(leaf, s.node+spiffeID); now.Before(renewAt) {
-			return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(now), dropIn)}, nil
+		same := sameIssuance(current.Identity, id)
+		if renewAt := issuance.RenewalTime(leaf, s.node+spiffeID); same && now.Before(renewAt) {
+			return ctrl.Result{RequeueAfter: renewAt.Sub(now)}, nil
 		}
 		replaces = leaf.SerialNumber.String()
+		if same && s.recheckFirst(spiffeID, replaces) {
+			return ctrl.Result{RequeueAfter: recheckGrace}, nil
+		}
 		if expiresIn = leaf.NotAfter.Sub(now); expiresIn <= 0 {
 			// Expired while its renewal failed: streams stop getting it now.
 			s.updates.Notify(spiffeID)
@@ -267,7 +287,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	case out.Certificate != nil:
 		logf.FromContext(ctx).V(1).Info("Issued an identity", "spiffeID", spiffeID, "notAfter", out.Certificate.Leaf().NotAfter)
 		renewAt := issuance.RenewalTime(out.Certificate.Leaf(), s.node+spiffeID)
-		return ctrl.Result{RequeueAfter: issuance.Soonest(renewAt.Sub(s.clock.Now()), dropIn)}, nil
+		return ctrl.Result{RequeueAfter: renewAt.Sub(s.clock.Now())}, nil
 	case out.Failure != nil:
 		s.report(ctx, id, out.Failure, out.RetryAfter)
 		if expiresIn > 0 {
@@ -278,7 +298,24 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		s.warnExpiry(spiffeID, current, "its request is not signed yet")
 	}
 	// Wake at the expiry too, so that streams stop serving it.
-	return ctrl.Result{RequeueAfter: issuance.Soonest(issuance.Soonest(out.RetryAfter, dropIn), expiresIn)}, nil
+	return ctrl.Result{RequeueAfter: issuance.Soonest(out.RetryAfter, expiresIn)}, nil
+}
+
+// recheckFirst tells, once per certificate due for renewal, the
+// identity's connections to check their entitlement again, and reports
+// whether it did: the renewal then waits for them.
+func (s *SVIDs) recheckFirst(spiffeID, serial string) bool {
+	s.mu.Lock()
+	w := s.ids[spiffeID]
+	first := w != nil && w.rechecked != serial
+	if first {
+		w.rechecked = serial
+	}
+	s.mu.Unlock()
+	if first {
+		s.updates.RecheckIdentity(spiffeID)
+	}
+	return first
 }
 
 // warnExpiry tells, once per certificate, on the MeshIdentity and the

@@ -6,6 +6,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 )
 
 func TestUpdates(t *testing.T) {
@@ -37,9 +41,9 @@ func TestUpdates(t *testing.T) {
 			subs := map[string][]<-chan struct{}{}
 			for id := range test.woken {
 				for range 2 { // Two connections of one identity.
-					ch, cancel := u.subscribe(id)
+					sub, cancel := u.subscribe(id, "")
 					defer cancel()
-					subs[id] = append(subs[id], ch)
+					subs[id] = append(subs[id], sub.changed)
 				}
 			}
 			test.notify(u)
@@ -58,18 +62,88 @@ func TestUpdates(t *testing.T) {
 	}
 }
 
+// TestRecheck: a change of what entitles a workload has its connections,
+// and only those, check their entitlement again, once.
+func TestRecheck(t *testing.T) {
+	const web, db = "spiffe://example.com/web", "spiffe://example.com/db"
+	connections := map[string]struct {
+		spiffeID string
+		workload types.UID
+	}{"web-1": {web, "pod-web-1"}, "web-2": {web, "pod-web-2"}, "db": {db, "pod-db"}}
+	tests := map[string]struct {
+		recheck func(*Updates)
+		due     map[string]bool
+	}{
+		"a change of a Pod": {recheck: func(u *Updates) { u.Recheck("pod-web-1") }, due: map[string]bool{"web-1": true}},
+		"a renewal due":     {recheck: func(u *Updates) { u.RecheckIdentity(web) }, due: map[string]bool{"web-1": true, "web-2": true}},
+		"a change of a MeshIdentity": {
+			recheck: func(u *Updates) { u.RecheckAll() }, due: map[string]bool{"web-1": true, "web-2": true, "db": true},
+		},
+		"a change of the bundles": {recheck: func(u *Updates) { u.NotifyAll() }},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			u := NewUpdates()
+			subs := map[string]*subscription{}
+			for name, c := range connections {
+				sub, cancel := u.subscribe(c.spiffeID, c.workload)
+				defer cancel()
+				subs[name] = sub
+			}
+			tc.recheck(u)
+			for name, sub := range subs {
+				if tc.due[name] && !received(sub.changed) {
+					t.Errorf("%s not woken", name)
+				}
+				if got := u.recheckDue(sub); got != tc.due[name] {
+					t.Errorf("%s: recheck due %v, want %v", name, got, tc.due[name])
+				}
+				if u.recheckDue(sub) {
+					t.Errorf("%s: recheck due twice", name)
+				}
+			}
+		})
+	}
+}
+
+func TestEntitlesOtherwise(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Generation: 1, Labels: map[string]string{"app": "web"},
+		OwnerReferences: []metav1.OwnerReference{{UID: "rs-1", Controller: ptr.To(true)}}}}
+	tests := map[string]struct {
+		change func(*corev1.Pod)
+		want   bool
+	}{
+		"a resync":              {change: func(*corev1.Pod) {}},
+		"its status alone":      {change: func(p *corev1.Pod) { p.Status.Phase = corev1.PodRunning }},
+		"its labels":            {change: func(p *corev1.Pod) { p.Labels["app"] = "db" }, want: true},
+		"its annotations":       {change: func(p *corev1.Pod) { p.Annotations = map[string]string{"kuma.io/workload": "db"} }, want: true},
+		"its spec (generation)": {change: func(p *corev1.Pod) { p.Generation++ }, want: true},
+		"its controller":        {change: func(p *corev1.Pod) { p.OwnerReferences[0].UID = "rs-2" }, want: true},
+		"its deletion":          {change: func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{} }, want: true},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			updated := pod.DeepCopy()
+			tc.change(updated)
+			if got := entitlesOtherwise(pod, updated); got != tc.want {
+				t.Errorf("entitlesOtherwise = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestUpdatesCancel(t *testing.T) {
 	const web = "spiffe://example.com/web"
 	u := NewUpdates()
-	gone, cancel := u.subscribe(web)
-	stays, cancelStays := u.subscribe(web)
+	gone, cancel := u.subscribe(web, "")
+	stays, cancelStays := u.subscribe(web, "")
 	defer cancelStays()
 	cancel()
 	u.Notify(web)
-	if received(gone) {
+	if received(gone.changed) {
 		t.Error("a cancelled subscription was woken")
 	}
-	if !received(stays) {
+	if !received(stays.changed) {
 		t.Error("cancelling one subscription of an identity ended the other")
 	}
 	cancelStays()

@@ -31,7 +31,7 @@ func checkSecurityHeader(ctx context.Context) error {
 }
 
 // FetchX509SVID streams the workload's X509-SVID, again on every renewal and
-// every change of its trust.
+// every change of its trust, until the caller is no longer entitled to it.
 func (w *workloadAPI) FetchX509SVID(_ *workloadv1.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadv1.X509SVIDResponse]) error {
 	return w.stream(stream.Context(), func(svid *SVID, bundles []*x509bundle.Bundle) (proto.Message, error) {
 		return x509SVIDResponse(svid, bundles)
@@ -85,6 +85,9 @@ func (w *workloadAPI) stream(ctx context.Context, build func(*SVID, []*x509bundl
 	defer conn.close()
 	var last proto.Message
 	for {
+		if err := conn.recheck(ctx); err != nil {
+			return err
+		}
 		if svid := conn.current().svid; svid != nil {
 			bundles, err := w.s.bundlesFor(ctx, svid)
 			if err != nil {

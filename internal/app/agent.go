@@ -81,21 +81,33 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 
 	procfs := attest.Procfs{Root: cfg.ProcRoot, KubeletCgroupRoot: cfg.KubeletCgroupRoot}
 	var attestor agent.Attestor
+	limits := agent.Limits{
+		MaxRequestBytes: cfg.MaxRequestBytes, MaxStreamsPerConnection: uint32(cfg.MaxStreamsPerConnection),
+		MaxCallsPerCaller: cfg.MaxCallsPerCaller, MaxResourceNames: cfg.MaxResourceNames, CallerOf: agent.ByProcess,
+	}
 	switch cfg.Attestor {
 	case config.AttestorUnix:
 		if err := agent.IndexUnixUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
 		attestor = &agent.UnixAttestor{Dataplanes: mgr.GetCache(), Node: cfg.NodeName}
+		limits.CallerOf = agent.ByUser
 	default:
 		if err := agent.IndexPodUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
-		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: mgr.GetAPIReader()}
+		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: agent.SharedReads(mgr.GetAPIReader())}
 	}
 	updates := agent.NewUpdates()
 	bundles := &agent.Bundles{Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace}
 	if err := bundles.Watch(ctx, mgr, updates); err != nil {
+		return err
+	}
+	var workloads client.Object = &corev1.Pod{}
+	if cfg.Attestor == config.AttestorUnix {
+		workloads = &kuma.DataplaneResource{}
+	}
+	if err := updates.WatchEntitlement(ctx, mgr.GetCache(), workloads); err != nil {
 		return err
 	}
 	svids := agent.NewSVIDs(agent.SVIDOptions{
@@ -119,7 +131,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 			Attestor: attestor, Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace,
 			Zone: cfg.Zone, KeyAlgorithm: issuance.KeyAlgorithm(cfg.KeyAlgorithm), Procfs: procfs,
 		},
-		SVIDs: svids, Bundles: bundles, Updates: updates, Log: log,
+		SVIDs: svids, Bundles: bundles, Updates: updates, Limits: limits, Log: log,
 	}
 	serving := make(chan struct{})
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
