@@ -28,12 +28,12 @@ import (
 type Index struct {
 	systemNamespace string
 
-	mu        sync.RWMutex
-	secrets   map[string]*corev1.Secret
-	issuers   map[issuerKey]IssuerState
+	mu      sync.RWMutex
+	secrets map[string]*corev1.Secret
+	issuers map[issuerKey]IssuerState
 	// meshServices is each Mesh's spec.meshServices.mode.
 	meshServices map[string]string
-	inventory *Inventory
+	inventory    *Inventory
 
 	registrations []toolscache.ResourceEventHandlerRegistration
 }
