@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -75,6 +78,12 @@ type SVIDs struct {
 	wake     chan event.TypedGenericEvent[string]
 	retries  issuance.BackoffPolicy
 
+	// overflow holds the identities woken while wake was full, each once,
+	// until drainOverflow hands them over; kick tells it there are some.
+	overflowMu sync.Mutex
+	overflow   map[string]struct{}
+	kick       chan struct{}
+
 	mu  sync.Mutex
 	ids map[string]*wanted
 }
@@ -124,8 +133,9 @@ func NewSVIDs(o SVIDOptions) *SVIDs {
 	s := &SVIDs{
 		node: o.Node, recorder: o.Recorder, clock: o.Clock, timeout: o.RequestTimeout,
 		bundles: o.Bundles, updates: o.Updates, retries: o.Backoff,
-		wake: make(chan event.TypedGenericEvent[string], 1024),
-		ids:  map[string]*wanted{},
+		wake:     make(chan event.TypedGenericEvent[string], 1024),
+		overflow: map[string]struct{}{}, kick: make(chan struct{}, 1),
+		ids: map[string]*wanted{},
 	}
 	s.issuer = issuance.New(issuance.Options{
 		Client: o.Client, Namespace: o.SystemNamespace, Clock: o.Clock, MaxInFlight: o.MaxInFlight,
@@ -138,10 +148,40 @@ func NewSVIDs(o SVIDOptions) *SVIDs {
 func (s *SVIDs) enqueue(id string) {
 	select {
 	case s.wake <- event.TypedGenericEvent[string]{Object: id}:
+		return
 	default:
-		// Full: the reconciler is behind, and will see every wanted identity
-		// on its periodic pass.
-		go func() { s.wake <- event.TypedGenericEvent[string]{Object: id} }()
+	}
+	// Full: the reconciler is behind. The identity waits, once however often
+	// it is woken, for drainOverflow; no goroutine is left blocked.
+	s.overflowMu.Lock()
+	s.overflow[id] = struct{}{}
+	s.overflowMu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// drainOverflow hands the identities woken while wake was full to the
+// reconciler as it catches up, until ctx ends.
+func (s *SVIDs) drainOverflow(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.kick:
+		}
+		s.overflowMu.Lock()
+		ids := slices.Collect(maps.Keys(s.overflow))
+		clear(s.overflow)
+		s.overflowMu.Unlock()
+		for _, id := range ids {
+			select {
+			case s.wake <- event.TypedGenericEvent[string]{Object: id}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
 	}
 }
 
@@ -187,6 +227,9 @@ func (s *SVIDs) Get(spiffeID string) *SVID {
 // SetupWithManager runs the identities' issuance as a controller, woken by
 // Want, by renewals and by the watch on the node's CertificateRequests.
 func (s *SVIDs) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	if err := mgr.Add(manager.RunnableFunc(s.drainOverflow)); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("agent-svids").
 		WatchesRawSource(source.TypedChannel(s.wake, handler.TypedEnqueueRequestsFromMapFunc(func(_ context.Context, id string) []reconcile.Request {
