@@ -87,7 +87,7 @@ func validateSpiffeID(mid *kuma.MeshIdentityResource, mesh string, env Env) Resu
 	td := "example.org"
 	if err := kuma.ParseTemplate(tdTmpl); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(tdPath, tdTmpl, "couldn't parse template: "+err.Error()))
-	} else if rendered, err := kuma.RenderTrustDomain(tdTmpl, mesh, env.LocalZone, mid.Labels); err != nil {
+	} else if rendered, err := kuma.RenderTrustDomain(tdTmpl, mesh, env.LocalZone, kuma.LabelView(mid)); err != nil {
 		res.Errors = append(res.Errors, field.Invalid(tdPath, tdTmpl, fmt.Sprintf("does not give a valid trust domain for mesh %q: %v", mesh, err)))
 	} else {
 		td = rendered

@@ -104,10 +104,10 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 	if mid.ServedBy() != kuma.ServedByAgent {
 		return nil, notEntitled("Kuma gives Dataplane %s/%s the identity of MeshIdentity %s, which meshcert does not serve", dp.Namespace, dp.Name, mid.Name)
 	}
-	// The trust domain reads the MeshIdentity's labels, the path the
+	// The trust domain reads the MeshIdentity's label view, the path the
 	// Dataplane's label view, as Kuma's Spire provider renders them (v2.14.3,
 	// pkg/core/resources/apis/meshidentity/providers/spire/spire.go).
-	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, mid.Labels)
+	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, kuma.LabelView(mid))
 	if err != nil {
 		return nil, notEntitled("MeshIdentity %s: the trust domain: %v", mid.Name, err)
 	}

@@ -138,6 +138,15 @@ func TestResolveWithTheUnixAttestor(t *testing.T) {
 			want: &Identity{SpiffeID: "spiffe://silver.billing.east.mesh.local/w/invoices", TrustDomain: "silver.billing.east.mesh.local", Mesh: "billing",
 				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
 		},
+		// Kuma v2.14.3 reads the MeshIdentity's label view too, where its
+		// webhook keeps the display name as an annotation.
+		"the trust domain's label reads the MeshIdentity's display name": {
+			objects: []client.Object{unixDataplane("invoices", uid, invoices),
+				withTemplates(spireIdentity("billing", served, map[string]string{"app": "invoices"}), ptr.To(`{{ label "kuma.io/display-name" }}.{{ .Zone }}.example`), ptr.To("/workload/{{ .Workload }}"),
+					map[string]string{kuma.ZoneLabel: "zone-1"})},
+			want: &Identity{SpiffeID: "spiffe://billing.zone-1.example/workload/invoices", TrustDomain: "billing.zone-1.example", Mesh: "billing",
+				Duration: 2 * time.Hour, KeyAlgorithm: issuance.Ed25519},
+		},
 		"the service account from its annotation, as Kuma's store keeps it": {
 			objects: []client.Object{
 				withAnnotations(unixDataplane("invoices", uid, map[string]string{"app": "invoices", kuma.NamespaceLabel: "vms"}),

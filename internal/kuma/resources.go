@@ -51,27 +51,32 @@ func (d *DataplaneResource) MeshName() string {
 // SplitLabelsAndAnnotations).
 const DisplayNameKey = "kuma.io/display-name"
 
-// LabelView is the Dataplane's labels as Kuma reads them on Kubernetes
-// (v2.14.3, store.go KubernetesMetaAdapter.GetLabels): its labels, then the
-// service account and workload annotations over them, and the display name
-// from its annotation, else the object's name. Kuma's defaulting webhook moves
-// those keys out of the labels of every Dataplane it admits, so a Dataplane
-// that Kuma wrote names its service account only in an annotation.
-func (d *DataplaneResource) LabelView() map[string]string {
-	view := make(map[string]string, len(d.Labels)+3)
-	maps.Copy(view, d.Labels)
-	if name, ok := d.Annotations[DisplayNameKey]; ok {
+// LabelView is the labels of an object as Kuma reads them on Kubernetes
+// (v2.14.3, pkg/plugins/resources/k8s/store.go KubernetesMetaAdapter.GetLabels):
+// its labels, then the service account and workload annotations over them,
+// and the display name from its annotation, else the object's name. Kuma's
+// defaulting webhook moves those keys out of the labels of every object it
+// admits, so a Dataplane that Kuma wrote names its service account only in an
+// annotation, and a MeshIdentity its display name.
+func LabelView(obj metav1.Object) map[string]string {
+	labels, annotations := obj.GetLabels(), obj.GetAnnotations()
+	view := make(map[string]string, len(labels)+3)
+	maps.Copy(view, labels)
+	if name, ok := annotations[DisplayNameKey]; ok {
 		view[DisplayNameKey] = name
 	} else {
-		view[DisplayNameKey] = d.Name
+		view[DisplayNameKey] = obj.GetName()
 	}
 	for _, k := range []string{ServiceAccountLabel, WorkloadLabel} {
-		if v, ok := d.Annotations[k]; ok {
+		if v, ok := annotations[k]; ok {
 			view[k] = v
 		}
 	}
 	return view
 }
+
+// LabelView is the Dataplane's labels as Kuma reads them.
+func (d *DataplaneResource) LabelView() map[string]string { return LabelView(d) }
 
 // KumaName is the Dataplane's name as Kuma's store names it on Kubernetes,
 // and as its messages quote it: "<name>.<namespace>".
