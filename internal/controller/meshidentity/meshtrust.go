@@ -123,7 +123,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 
 	mesh := mid.MeshName()
-	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, kuma.LabelView(mid))
+	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, kuma.LabelView(&mid))
 	if err != nil {
 		r.report(&mid, corev1.EventTypeWarning, "InvalidTrustDomain", "cannot render the trust domain: %v", err)
 		return ctrl.Result{}, nil
