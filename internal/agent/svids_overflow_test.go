@@ -31,6 +31,7 @@ func TestWakeOverflow(t *testing.T) {
 				t.Errorf("%d goroutines after the wake-ups, %d before", got, before)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
 			done := make(chan error, 1)
 			if tc.stopped {
 				cancel()
@@ -44,7 +45,6 @@ func TestWakeOverflow(t *testing.T) {
 				}
 				return
 			}
-			defer cancel()
 			seen := map[string]int{}
 			deadline := time.After(10 * time.Second)
 			for len(seen) < cap(s.wake)+tc.extra {
