@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -125,9 +126,10 @@ func (u *Updates) recheckDue(sub *subscription) bool {
 // WatchEntitlement has connections check their entitlement again when what
 // it comes from changes: every connection on a change of a MeshIdentity,
 // which may now select a workload or no longer; a workload's own on a
-// change of its workload object, a Pod of the node or, with the unix
-// attestor, a Dataplane. A Dataplane of a Pod is not watched: it is checked
-// again before each renewal.
+// change of its Pod, at once and again once Kuma has rewritten the Pod's
+// Dataplane; every connection on a change of a Dataplane with the unix
+// attestor. A Dataplane of a Pod is not watched: it is checked again after
+// its Pod changes and before each renewal.
 func (u *Updates) WatchEntitlement(ctx context.Context, informers cache.Informers, workload client.Object) error {
 	identities, err := informers.GetInformer(ctx, &kuma.MeshIdentityResource{})
 	if err != nil {
@@ -148,12 +150,31 @@ func (u *Updates) WatchEntitlement(ctx context.Context, informers cache.Informer
 	if err != nil {
 		return err
 	}
+	if _, unix := workload.(*kuma.DataplaneResource); unix {
+		// With the unix attestor a Dataplane entitles a Unix user: one added,
+		// moved or removed may change any connection's entitlement, and
+		// Dataplanes there are few.
+		_, err = workloads.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { u.RecheckAll() },
+			UpdateFunc: func(old, o any) {
+				if entitlesOtherwise(old, o) {
+					u.RecheckAll()
+				}
+			},
+			DeleteFunc: func(any) { u.RecheckAll() },
+		})
+		return err
+	}
 	recheck := func(o any) {
 		if tombstone, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
 			o = tombstone.Obj
 		}
 		if obj, ok := o.(client.Object); ok {
-			u.Recheck(obj.GetUID())
+			uid := obj.GetUID()
+			u.Recheck(uid)
+			// Kuma's pod converter rewrites the Pod's Dataplane after the
+			// Pod changed: look again once it has.
+			time.AfterFunc(dataplaneSettle, func() { u.Recheck(uid) })
 		}
 	}
 	_, err = workloads.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
@@ -166,6 +187,10 @@ func (u *Updates) WatchEntitlement(ctx context.Context, informers cache.Informer
 	})
 	return err
 }
+
+// dataplaneSettle is how long after a Pod's change its connections check
+// their entitlement a second time, when Kuma has rewritten its Dataplane.
+const dataplaneSettle = 5 * time.Second
 
 // entitlesOtherwise reports whether an update may change whom an object
 // entitles to what: its spec, labels, annotations or owners, or its
