@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -254,7 +255,12 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts .
 		go func() {
 			select {
 			case <-mgr.Elected():
-				if err := inventory.register(); err != nil {
+				// A run of meshcert before this one in the process may not
+				// have let go of them yet: try again until it has.
+				err := wait.PollUntilContextCancel(ctx, time.Second, true, func(context.Context) (bool, error) {
+					return inventory.register() == nil, nil
+				})
+				if err != nil && ctx.Err() == nil {
 					log.Error(err, "Cannot export the inventory's gauges")
 				}
 			case <-ctx.Done():
