@@ -77,7 +77,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.StringVar(&requestAnnotations, "certificate-request-annotations", "", "Annotations added to every CertificateRequest, as key=value pairs separated by commas.")
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", "0", "Address of the Prometheus metrics endpoint; 0 (the default) turns it off.")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8082", "Address of the /healthz and /readyz endpoints; 0 turns them off.")
-	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every identity, 2 and up more detail.")
+	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every identity and why a caller was refused, 2 and up more detail.")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
