@@ -18,6 +18,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -386,12 +387,24 @@ func merged(m, set map[string]string) map[string]string {
 	return m
 }
 
-// sameMeshTrust says whether existing holds all that meshcert would write.
+// sameMeshTrust says whether existing holds all that meshcert would write:
+// its labels, annotations, owner, spec and origin, whatever else it holds.
 func sameMeshTrust(a, b *kuma.MeshTrustResource) bool {
-	return a.Spec.TrustDomain == b.Spec.TrustDomain &&
+	for k, v := range b.Labels {
+		if got, ok := a.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	for k, v := range b.Annotations {
+		if got, ok := a.Annotations[k]; !ok || got != v {
+			return false
+		}
+	}
+	_, retiring := b.Annotations[RetiringAnnotation]
+	_, wasRetiring := a.Annotations[RetiringAnnotation]
+	return retiring == wasRetiring && equality.Semantic.DeepEqual(a.OwnerReferences, b.OwnerReferences) &&
+		a.Spec.TrustDomain == b.Spec.TrustDomain &&
 		len(a.Spec.CABundles) == 1 && a.Spec.CABundles[0].PEM != nil && a.Spec.CABundles[0].PEM.Value == b.Spec.CABundles[0].PEM.Value &&
-		a.Annotations[RetiringAnnotation] == b.Annotations[RetiringAnnotation] &&
-		a.Labels[kuma.MeshLabel] == b.Labels[kuma.MeshLabel] && a.Labels[kuma.OriginLabel] == b.Labels[kuma.OriginLabel] &&
 		a.Status != nil && a.Status.Origin != nil && ptr.Deref(a.Status.Origin.KRI, "") == ptr.Deref(b.Status.Origin.KRI, "")
 }
 

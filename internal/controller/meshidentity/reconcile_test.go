@@ -116,6 +116,8 @@ func TestReconcile(t *testing.T) {
 		wantForeign bool
 		// wantLabels are labels the MeshTrust has, among others.
 		wantLabels map[string]string
+		// wantOwned says the MeshIdentity controls the MeshTrust.
+		wantOwned bool
 	}{
 		"a probe asks the issuer for its root": {
 			objects:     []client.Object{identity(nil), controllertest.ReadyIssuer("local-ca")},
@@ -146,6 +148,12 @@ func TestReconcile(t *testing.T) {
 			wantEvents: []string{"Normal MeshTrustCreated"},
 			wantRoots:  []*x509.Certificate{ca.Cert},
 			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone, kuma.ManagedByLabel: kuma.ManagedByValue},
+		},
+		"a MeshTrust that lost meshcert's label and owner gets them back": {
+			objects:    []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), meshTrust(true, ca.Cert)},
+			wantRoots:  []*x509.Certificate{ca.Cert},
+			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone},
+			wantOwned:  true,
 		},
 		"an update keeps the labels meshcert did not set": {
 			objects:      []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), withLabels(meshTrust(true, oldCA.Cert), map[string]string{"kuma.io/env": "kubernetes", "team": "payments"})},
@@ -229,6 +237,9 @@ func TestReconcile(t *testing.T) {
 			}
 			if managed := mt.Labels[kuma.ManagedByLabel] == kuma.ManagedByValue; managed == tc.wantForeign {
 				t.Errorf("the MeshTrust is meshcert's: %t, want %t", managed, !tc.wantForeign)
+			}
+			if owned := metav1.IsControlledBy(&mt, identity(nil)); tc.wantOwned && !owned {
+				t.Errorf("the MeshTrust's owners are %+v, want the MeshIdentity", mt.OwnerReferences)
 			}
 			for k, v := range tc.wantLabels {
 				if got, ok := mt.Labels[k]; !ok || got != v {
