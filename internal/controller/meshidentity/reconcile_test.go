@@ -149,8 +149,8 @@ func TestReconcile(t *testing.T) {
 			wantRoots:  []*x509.Certificate{ca.Cert},
 			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone, kuma.ManagedByLabel: kuma.ManagedByValue},
 		},
-		"a MeshTrust that lost meshcert's label and owner gets them back": {
-			objects:    []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), meshTrust(true, ca.Cert)},
+		"a MeshTrust that lost its owner gets it back": {
+			objects:    []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), withLabels(meshTrust(true, ca.Cert), map[string]string{kuma.OriginLabel: kuma.OriginZone})},
 			wantRoots:  []*x509.Certificate{ca.Cert},
 			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone},
 			wantOwned:  true,
