@@ -9,6 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -98,6 +99,12 @@ func withLabels(mt *kuma.MeshTrustResource, labels map[string]string) *kuma.Mesh
 	return mt
 }
 
+// withOrigin gives a MeshTrust the status.origin meshcert writes for identity agent.
+func withOrigin(mt *kuma.MeshTrustResource) *kuma.MeshTrustResource {
+	mt.Status = &kuma.MeshTrustStatus{Origin: &kuma.Origin{KRI: ptr.To("kri_mid_demo_west_" + controllertest.SystemNamespace + "_agent_")}}
+	return mt
+}
+
 func TestReconcile(t *testing.T) {
 	ca, oldCA := testpki.NewCA(t, "ca", now), testpki.NewCA(t, "old", now)
 	fromSecret := map[string]string{kuma.CACertSecretAnnotation: "ca-cert", kuma.DurationAnnotation: "1h"}
@@ -150,7 +157,7 @@ func TestReconcile(t *testing.T) {
 			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone, kuma.ManagedByLabel: kuma.ManagedByValue},
 		},
 		"a MeshTrust that lost its owner gets it back": {
-			objects:    []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), withLabels(meshTrust(true, ca.Cert), map[string]string{kuma.OriginLabel: kuma.OriginZone})},
+			objects:    []client.Object{identity(fromSecret), controllertest.ReadyIssuer("local-ca"), caSecret(ca), withOrigin(withLabels(meshTrust(true, ca.Cert), map[string]string{kuma.OriginLabel: kuma.OriginZone}))},
 			wantRoots:  []*x509.Certificate{ca.Cert},
 			wantLabels: map[string]string{kuma.OriginLabel: kuma.OriginZone},
 			wantOwned:  true,
