@@ -45,6 +45,10 @@ type AgentConfig struct {
 	MaxStreamsPerConnection int
 	MaxCallsPerCaller       int
 	MaxResourceNames        int
+	// MaxConnections and MaxConnectionsPerCaller bound the connections open
+	// at once, in all and of one caller.
+	MaxConnections          int
+	MaxConnectionsPerCaller int
 }
 
 // DefaultAgentSocket is where the agent serves: the file name is the one
@@ -68,6 +72,8 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 64<<10, "The largest request read from a workload, in bytes; a larger one is refused (ResourceExhausted) unread. An SDS request is a few hundred bytes.")
 	fs.IntVar(&c.MaxStreamsPerConnection, "max-streams-per-connection", 100, "Calls open at once on one connection (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS); a gRPC client queues more. Envoy opens one SDS stream per secret, two for Kuma's Spire identity.")
 	fs.IntVar(&c.MaxCallsPerCaller, "max-calls-per-caller", 32, "Calls one caller keeps open at once over all its connections; more are refused (ResourceExhausted). A caller is a process with the kubernetes attestor, a Unix user with the unix attestor.")
+	fs.IntVar(&c.MaxConnections, "max-connections", 2048, "Connections open at once from all workloads; one more is closed at its handshake. Each holds about 50 KiB of buffers and goroutines before it makes a call.")
+	fs.IntVar(&c.MaxConnectionsPerCaller, "max-connections-per-caller", 16, "Connections one caller keeps open at once; one more is closed at its handshake. A caller is a process with the kubernetes attestor, a Unix user with the unix attestor. Envoy holds one.")
 	fs.IntVar(&c.MaxResourceNames, "max-resource-names", 64, "Secret names one SDS request may hold; more are refused (InvalidArgument). Names asked for twice are served once.")
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of identities, unless a MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+".")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed.")
@@ -118,6 +124,7 @@ func (c AgentConfig) validateAgent() error {
 	}{
 		{"max-request-bytes", c.MaxRequestBytes}, {"max-streams-per-connection", c.MaxStreamsPerConnection},
 		{"max-calls-per-caller", c.MaxCallsPerCaller}, {"max-resource-names", c.MaxResourceNames},
+		{"max-connections", c.MaxConnections}, {"max-connections-per-caller", c.MaxConnectionsPerCaller},
 	} {
 		if limit.value <= 0 {
 			bad(limit.flag, limit.value, "must be positive")

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -43,7 +44,8 @@ import (
 )
 
 // testLimits are the limits of the agent's flags' defaults.
-var testLimits = Limits{MaxRequestBytes: 64 << 10, MaxStreamsPerConnection: 100, MaxCallsPerCaller: 32, MaxResourceNames: 64, CallerOf: ByProcess}
+var testLimits = Limits{MaxRequestBytes: 64 << 10, MaxStreamsPerConnection: 100, MaxCallsPerCaller: 32, MaxResourceNames: 64, CallerOf: ByProcess,
+	MaxConnections: 2048, MaxConnectionsPerCaller: 16}
 
 // attestorFunc is an Attestor of a test.
 type attestorFunc func(context.Context, attest.Caller) (*kuma.DataplaneResource, client.Object, error)
@@ -651,4 +653,70 @@ func usersOf(s *SVIDs, spiffeID string) int {
 		return w.users
 	}
 	return 0
+}
+
+// TestConnectionLimits: a caller that opens connection after connection,
+// and never calls, is closed at the handshake once over its limit or the
+// agent's, before its connection holds buffers and goroutines; one closed
+// frees its place.
+func TestConnectionLimits(t *testing.T) {
+	tests := map[string]struct {
+		perCaller, total int
+		open             int
+		wantServed       int
+	}{
+		"the caller's limit":  {perCaller: 4, total: 100, open: 10, wantServed: 4},
+		"the agent's limit":   {perCaller: 100, total: 3, open: 10, wantServed: 3},
+		"under both, all are": {perCaller: 16, total: 100, open: 10, wantServed: 10},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			limits := testLimits
+			limits.MaxConnectionsPerCaller, limits.MaxConnections = tc.perCaller, tc.total
+			a := serveOnSocket(t, attestorFunc(servedWeb), limits, logr.Discard())
+			served := func(conn net.Conn) bool {
+				// A connection past its handshake gets the server's HTTP/2
+				// settings; a refused one is closed.
+				_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := conn.Read(make([]byte, 64))
+				return n > 0 && err == nil
+			}
+			var conns []net.Conn
+			t.Cleanup(func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			})
+			got := 0
+			for range tc.open {
+				conn, err := net.Dial("unix", a.socket)
+				if err != nil {
+					t.Fatal(err)
+				}
+				conns = append(conns, conn)
+				if served(conn) {
+					got++
+				}
+			}
+			if got != tc.wantServed {
+				t.Errorf("%d of %d connections served, want %d", got, tc.open, tc.wantServed)
+			}
+			// One closed frees its place.
+			if tc.wantServed < tc.open {
+				conns[0].Close()
+				freed := false
+				for deadline := time.Now().Add(10 * time.Second); !freed && time.Now().Before(deadline); {
+					conn, err := net.Dial("unix", a.socket)
+					if err != nil {
+						t.Fatal(err)
+					}
+					conns = append(conns, conn)
+					freed = served(conn)
+				}
+				if !freed {
+					t.Error("no connection was served after one closed")
+				}
+			}
+		})
+	}
 }

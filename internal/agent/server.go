@@ -50,6 +50,12 @@ type Limits struct {
 	MaxCallsPerCaller int
 	// MaxResourceNames is the most names one SDS request may hold.
 	MaxResourceNames int
+	// MaxConnections and MaxConnectionsPerCaller bound the connections
+	// open at once, in all and of one caller: each holds buffers and
+	// goroutines before it makes a call. One over either is closed at its
+	// handshake.
+	MaxConnections          int
+	MaxConnectionsPerCaller int
 	// CallerOf names the caller whose calls count together: ByProcess, or
 	// ByUser where a user is one identity.
 	CallerOf func(attest.Caller) string
@@ -93,7 +99,8 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 	// answer a starting workload waits for, its first certificate, to save
 	// memory on connections that are idle anyway.
 	calls := &openCalls{limit: s.Limits.MaxCallsPerCaller, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
-	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs}), grpc.ReadBufferSize(8<<10),
+	conns := &openConns{limit: s.Limits.MaxConnectionsPerCaller, total: s.Limits.MaxConnections, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
+	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs, conns: conns}), grpc.ReadBufferSize(8<<10),
 		grpc.MaxRecvMsgSize(s.Limits.MaxRequestBytes), grpc.MaxConcurrentStreams(s.Limits.MaxStreamsPerConnection),
 		grpc.ChainUnaryInterceptor(calls.unary), grpc.ChainStreamInterceptor(calls.stream))
 	secretv3.RegisterSecretDiscoveryServiceServer(g, &sds{s: s})
@@ -207,6 +214,56 @@ func (o *openCalls) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerIn
 	return handler(srv, ss)
 }
 
+// openConns counts the open connections, in all and of each caller, and
+// refuses one over either limit at its handshake.
+type openConns struct {
+	limit, total int
+	callerOf     func(attest.Caller) string
+	log          logr.Logger
+
+	mu   sync.Mutex
+	all  int
+	open map[string]int
+}
+
+func (o *openConns) begin(c attest.Caller) (release func(), err error) {
+	key := o.callerOf(c)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.all >= o.total:
+		o.log.V(1).Info("Refused a connection over the agent's limit", "caller", key, "limit", o.total)
+		return nil, errors.New("the agent has too many connections open")
+	case o.open[key] >= o.limit:
+		o.log.V(1).Info("Refused a connection over the caller's limit", "caller", key, "limit", o.limit)
+		return nil, errors.New("the workload has too many connections open to the agent")
+	}
+	o.all++
+	o.open[key]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.all--
+			if o.open[key]--; o.open[key] == 0 {
+				delete(o.open, key)
+			}
+		})
+	}, nil
+}
+
+// countedConn is a connection counted in openConns until it is closed.
+type countedConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	c.release()
+	return c.Conn.Close()
+}
+
 // bundlesFor are the trust domains a workload trusts: those of its mesh, and
 // always its own.
 func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]*x509bundle.Bundle, error) {
@@ -219,7 +276,10 @@ func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]*x509bundle.Bund
 
 // peerCredentials is the transport security of a Unix socket: no
 // encryption, and the kernel's word on who connected as the AuthInfo.
-type peerCredentials struct{ procfs attest.Procfs }
+type peerCredentials struct {
+	procfs attest.Procfs
+	conns  *openConns
+}
 
 type callerInfo struct {
 	credentials.CommonAuthInfo
@@ -237,7 +297,11 @@ func (p peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.A
 	if err != nil {
 		return nil, nil, err
 	}
-	return conn, callerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Caller: caller}, nil
+	release, err := p.conns.begin(caller)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &countedConn{Conn: conn, release: release}, callerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Caller: caller}, nil
 }
 
 func (peerCredentials) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -84,6 +84,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 	limits := agent.Limits{
 		MaxRequestBytes: cfg.MaxRequestBytes, MaxStreamsPerConnection: uint32(cfg.MaxStreamsPerConnection),
 		MaxCallsPerCaller: cfg.MaxCallsPerCaller, MaxResourceNames: cfg.MaxResourceNames, CallerOf: agent.ByProcess,
+		MaxConnections: cfg.MaxConnections, MaxConnectionsPerCaller: cfg.MaxConnectionsPerCaller,
 	}
 	switch cfg.Attestor {
 	case config.AttestorUnix:
