@@ -259,10 +259,7 @@ func TestAStreamOfTooManyNamesEnds(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			// The calls' cap alone: the connections' is another test's.
-			limits := testLimits
-			limits.MaxConnectionsPerCaller = 1000
-			socket := serveOnSocket(t, attestorFunc(servedWeb), limits, logr.Discard()).socket
+			socket := serveOnSocket(t, attestorFunc(servedWeb), testLimits, logr.Discard()).socket
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			stream, err := secretv3.NewSecretDiscoveryServiceClient(dial(t, socket)).StreamSecrets(ctx)
@@ -299,7 +296,10 @@ func TestCallsPerCaller(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			socket := serveOnSocket(t, attestorFunc(servedWeb), testLimits, logr.Discard()).socket
+			// The calls' cap alone: the connections' is another test's.
+			limits := testLimits
+			limits.MaxConnectionsPerCaller = 1000
+			socket := serveOnSocket(t, attestorFunc(servedWeb), limits, logr.Discard()).socket
 			conns := make([]secretv3.SecretDiscoveryServiceClient, tc.connections)
 			for i := range conns {
 				conns[i] = secretv3.NewSecretDiscoveryServiceClient(dial(t, socket))
