@@ -300,5 +300,10 @@ func (w *watch) await(ctx context.Context) (*SVID, error) {
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
+		// A caller that waits for its first certificate may lose its
+		// entitlement meanwhile, as a stream may.
+		if err := w.recheck(ctx); err != nil {
+			return nil, err
+		}
 	}
 }
