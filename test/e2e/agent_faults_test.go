@@ -327,6 +327,8 @@ func TestAgentRefusesHostileCallers(t *testing.T) {
 	hostile.Wait()
 
 	want := map[int]codes.Code{0: codes.OK, 1: codes.InvalidArgument, 2: codes.OK, 3: codes.PermissionDenied}
+	// The callers served are the even ones, with the even identities.
+	const servedIdentities = identities / 2
 	served, refused := 0, 0
 	for r := range results {
 		if r.code != want[r.i%4] {
@@ -347,8 +349,11 @@ func TestAgentRefusesHostileCallers(t *testing.T) {
 	}
 	t.Logf("%d connections in %s: %d served, %d refused; %d malformed frames sent meanwhile; %d requests for %d identities",
 		connections, took.Round(time.Millisecond), served, refused, malformed.Load(), created(), identities)
-	if n := created(); n != identities {
-		t.Errorf("%d requests for %d identities", n, identities)
+	// Once per identity at most, not per stream: the identities served, and
+	// those of the callers that asked for another's name, which the agent
+	// may have begun to issue before it refused the name and its caller left.
+	if n := created(); n < servedIdentities || n > identities {
+		t.Errorf("%d requests, want one for each of the %d identities served, and at most one for each of the %d", n, servedIdentities, identities)
 	}
 }
 
