@@ -344,17 +344,25 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	return ctrl.Result{RequeueAfter: issuance.Soonest(out.RetryAfter, expiresIn)}, nil
 }
 
+// firstFor reports whether the identity's mark, one of its per-certificate
+// notes, is not yet serial, and makes it so: what it marks is done once per
+// certificate.
+func (s *SVIDs) firstFor(spiffeID, serial string, mark func(*wanted) *string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.ids[spiffeID]
+	if w == nil || *mark(w) == serial {
+		return false
+	}
+	*mark(w) = serial
+	return true
+}
+
 // recheckFirst tells, once per certificate due for renewal, the
 // identity's connections to check their entitlement again, and reports
 // whether it did: the renewal then waits for them.
 func (s *SVIDs) recheckFirst(spiffeID, serial string) bool {
-	s.mu.Lock()
-	w := s.ids[spiffeID]
-	first := w != nil && w.rechecked != serial
-	if first {
-		w.rechecked = serial
-	}
-	s.mu.Unlock()
+	first := s.firstFor(spiffeID, serial, func(w *wanted) *string { return &w.rechecked })
 	if first {
 		s.updates.RecheckIdentity(spiffeID)
 	}
@@ -365,15 +373,7 @@ func (s *SVIDs) recheckFirst(spiffeID, serial string) bool {
 // workload, that a certificate due for renewal is not renewed yet and when
 // its workloads lose their identity.
 func (s *SVIDs) warnExpiry(spiffeID string, current *SVID, why string) {
-	serial := current.Leaf().SerialNumber.String()
-	s.mu.Lock()
-	w := s.ids[spiffeID]
-	first := w != nil && w.warned != serial
-	if first {
-		w.warned = serial
-	}
-	s.mu.Unlock()
-	if !first {
+	if !s.firstFor(spiffeID, current.Leaf().SerialNumber.String(), func(w *wanted) *string { return &w.warned }) {
 		return
 	}
 	id := current.Identity
