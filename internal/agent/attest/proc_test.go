@@ -91,20 +91,7 @@ func TestWorkloadRefusesAnotherUsersProcess(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			root := t.TempDir()
-			dir := filepath.Join(root, "4242")
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			cgroup, err := os.ReadFile("testdata/cgroup/v2-systemd-containerd.txt")
-			if err != nil {
-				t.Fatal(err)
-			}
-			for name, content := range map[string]string{"cgroup": string(cgroup), "status": statusFile(tc.uids, tc.gids)} {
-				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			root, _ := procFolder(t, map[string]string{"status": statusFile(tc.uids, tc.gids)})
 			w, ok, err := Procfs{Root: root}.Workload(Caller{PID: 4242, UID: 1000, GID: 3000})
 			switch {
 			case tc.wantErr != "":
@@ -128,23 +115,10 @@ func FuzzParseStartTime(f *testing.F) {
 
 // A proc folder built for a PID, as the end-to-end tests build one.
 func TestProcfsOfAFolder(t *testing.T) {
-	root := t.TempDir()
-	dir := filepath.Join(root, "4242")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cgroup, err := os.ReadFile("testdata/cgroup/v2-systemd-containerd.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, content string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("cgroup", string(cgroup))
-	write("stat", statLine("envoy", "100"))
-	write("status", statusFile("1000\t1000\t1000\t1000", "1000\t1000\t1000\t1000"))
+	root, write := procFolder(t, map[string]string{
+		"stat":   statLine("envoy", "100"),
+		"status": statusFile("1000\t1000\t1000\t1000", "1000\t1000\t1000\t1000"),
+	})
 	p := Procfs{Root: root}
 	caller := Caller{PID: 4242, UID: 1000, GID: 1000, StartTime: 100}
 
@@ -272,4 +246,30 @@ func TestPeerGoneBeforeTheHandshake(t *testing.T) {
 	if !errors.Is(err, ErrProcessGone) {
 		t.Errorf("kernel %s: Peer = %+v, %v; want ErrProcessGone", unix.ByteSliceToString(uname.Release[:]), caller, err)
 	}
+}
+
+// procFolder lays out a proc folder with PID 4242 in a pod's container
+// cgroup and the other files given, and returns its root and a writer of
+// further files.
+func procFolder(t *testing.T, files map[string]string) (root string, write func(name, content string)) {
+	t.Helper()
+	root = t.TempDir()
+	dir := filepath.Join(root, "4242")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write = func(name, content string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cgroup, err := os.ReadFile("testdata/cgroup/v2-systemd-containerd.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("cgroup", string(cgroup))
+	for name, content := range files {
+		write(name, content)
+	}
+	return root, write
 }
