@@ -18,7 +18,8 @@ func TestParseAgent(t *testing.T) {
 			check: func(t *testing.T, c AgentConfig) {
 				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" || c.KubeletCgroupRoot != "/" ||
 					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" || c.PprofAddr != "0" ||
-					c.MaxRequestBytes != 64<<10 || c.MaxStreamsPerConnection != 100 || c.MaxCallsPerCaller != 32 || c.MaxResourceNames != 64 {
+					c.MaxRequestBytes != 64<<10 || c.MaxStreamsPerConnection != 100 || c.MaxCallsPerCaller != 32 || c.MaxResourceNames != 64 ||
+					c.MaxConnections != 2048 || c.MaxConnectionsPerCaller != 64 {
 					t.Errorf("unexpected defaults: %+v", c)
 				}
 			},

@@ -45,7 +45,7 @@ import (
 
 // testLimits are the limits of the agent's flags' defaults.
 var testLimits = Limits{MaxRequestBytes: 64 << 10, MaxStreamsPerConnection: 100, MaxCallsPerCaller: 32, MaxResourceNames: 64, CallerOf: ByProcess,
-	MaxConnections: 2048, MaxConnectionsPerCaller: 16}
+	MaxConnections: 2048, MaxConnectionsPerCaller: 64}
 
 // attestorFunc is an Attestor of a test.
 type attestorFunc func(context.Context, attest.Caller) (*kuma.DataplaneResource, client.Object, error)

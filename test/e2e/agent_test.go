@@ -65,7 +65,7 @@ func startAgentAs(t *testing.T, attestor, procRoot, user string) string {
 	cfg.BackoffInitial, cfg.BackoffMax = 500*time.Millisecond, 4*time.Second
 	cfg.KubeAPIQPS, cfg.MetricsAddr, cfg.ProbeAddr = -1, "0", "0"
 	cfg.MaxRequestBytes, cfg.MaxStreamsPerConnection, cfg.MaxCallsPerCaller, cfg.MaxResourceNames = 64<<10, 100, 32, 64
-	cfg.MaxConnections, cfg.MaxConnectionsPerCaller = 2048, 16
+	cfg.MaxConnections, cfg.MaxConnectionsPerCaller = 2048, 64
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	as := rest.CopyConfig(testEnv.cluster.Config)
