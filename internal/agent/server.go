@@ -98,8 +98,9 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 	// taken from a pool and given back at every flush, a cost paid on the
 	// answer a starting workload waits for, its first certificate, to save
 	// memory on connections that are idle anyway.
-	calls := &openCalls{limit: s.Limits.MaxCallsPerCaller, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
-	conns := &openConns{limit: s.Limits.MaxConnectionsPerCaller, total: s.Limits.MaxConnections, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
+	calls := &openCounts{what: "call", limit: s.Limits.MaxCallsPerCaller, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
+	conns := &openCounts{what: "connection", limit: s.Limits.MaxConnectionsPerCaller, total: s.Limits.MaxConnections,
+		callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
 	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs, conns: conns}), grpc.ReadBufferSize(8<<10),
 		grpc.MaxRecvMsgSize(s.Limits.MaxRequestBytes), grpc.MaxConcurrentStreams(s.Limits.MaxStreamsPerConnection),
 		grpc.ChainUnaryInterceptor(calls.unary), grpc.ChainStreamInterceptor(calls.stream))
@@ -161,62 +162,11 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 	return id, nil
 }
 
-// openCalls counts each caller's open calls, and refuses one over the
-// limit before anything else is done for it.
-type openCalls struct {
-	limit    int
-	callerOf func(attest.Caller) string
-	log      logr.Logger
-
-	mu   sync.Mutex
-	open map[string]int
-}
-
-// begin counts a call of the caller of ctx until end is called, or refuses
-// it with ResourceExhausted.
-func (o *openCalls) begin(ctx context.Context) (end func(), err error) {
-	caller, err := callerOf(ctx)
-	if err != nil {
-		return nil, err
-	}
-	key := o.callerOf(caller)
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.open[key] >= o.limit {
-		o.log.V(1).Info("Refused a call over the caller's limit", "caller", key, "limit", o.limit)
-		return nil, status.Error(codes.ResourceExhausted, errTooManyCalls)
-	}
-	o.open[key]++
-	return func() {
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		if o.open[key]--; o.open[key] == 0 {
-			delete(o.open, key)
-		}
-	}, nil
-}
-
-func (o *openCalls) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	end, err := o.begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer end()
-	return handler(ctx, req)
-}
-
-func (o *openCalls) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	end, err := o.begin(ss.Context())
-	if err != nil {
-		return err
-	}
-	defer end()
-	return handler(srv, ss)
-}
-
-// openConns counts the open connections, in all and of each caller, and
-// refuses one over either limit at its handshake.
-type openConns struct {
+// openCounts counts what each caller holds open, its calls or its
+// connections, and refuses one more over the caller's limit, or over total
+// where total is set, before anything else is done for it.
+type openCounts struct {
+	what         string // "call" or "connection", for the log
 	limit, total int
 	callerOf     func(attest.Caller) string
 	log          logr.Logger
@@ -226,17 +176,15 @@ type openConns struct {
 	open map[string]int
 }
 
-func (o *openConns) begin(c attest.Caller) (release func(), err error) {
+// begin counts one more of the caller's until release is called, which may
+// be called more than once; ok is false, and nothing counted, over a limit.
+func (o *openCounts) begin(c attest.Caller) (release func(), ok bool) {
 	key := o.callerOf(c)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	switch {
-	case o.all >= o.total:
-		o.log.V(1).Info("Refused a connection over the agent's limit", "caller", key, "limit", o.total)
-		return nil, errors.New("the agent has too many connections open")
-	case o.open[key] >= o.limit:
-		o.log.V(1).Info("Refused a connection over the caller's limit", "caller", key, "limit", o.limit)
-		return nil, errors.New("the workload has too many connections open to the agent")
+	if o.open[key] >= o.limit || (o.total > 0 && o.all >= o.total) {
+		o.log.V(1).Info("Refused one more over a limit", "what", o.what, "caller", key, "callerLimit", o.limit, "open", o.all, "limit", o.total)
+		return nil, false
 	}
 	o.all++
 	o.open[key]++
@@ -250,10 +198,42 @@ func (o *openConns) begin(c attest.Caller) (release func(), err error) {
 				delete(o.open, key)
 			}
 		})
-	}, nil
+	}, true
 }
 
-// countedConn is a connection counted in openConns until it is closed.
+// beginCall counts a call of the caller of ctx, or refuses it with
+// ResourceExhausted.
+func (o *openCounts) beginCall(ctx context.Context) (end func(), err error) {
+	caller, err := callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	end, ok := o.begin(caller)
+	if !ok {
+		return nil, status.Error(codes.ResourceExhausted, errTooManyCalls)
+	}
+	return end, nil
+}
+
+func (o *openCounts) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	end, err := o.beginCall(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	return handler(ctx, req)
+}
+
+func (o *openCounts) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	end, err := o.beginCall(ss.Context())
+	if err != nil {
+		return err
+	}
+	defer end()
+	return handler(srv, ss)
+}
+
+// countedConn is a connection counted until it is closed.
 type countedConn struct {
 	net.Conn
 	release func()
@@ -278,7 +258,7 @@ func (s *Server) bundlesFor(ctx context.Context, svid *SVID) ([]*x509bundle.Bund
 // encryption, and the kernel's word on who connected as the AuthInfo.
 type peerCredentials struct {
 	procfs attest.Procfs
-	conns  *openConns
+	conns  *openCounts
 }
 
 type callerInfo struct {
@@ -297,9 +277,9 @@ func (p peerCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.A
 	if err != nil {
 		return nil, nil, err
 	}
-	release, err := p.conns.begin(caller)
-	if err != nil {
-		return nil, nil, err
+	release, ok := p.conns.begin(caller)
+	if !ok {
+		return nil, nil, errors.New("too many connections open to the agent")
 	}
 	return &countedConn{Conn: conn, release: release}, callerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Caller: caller}, nil
 }
