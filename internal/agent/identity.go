@@ -96,7 +96,7 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 	for i := range list.Items {
 		identities[i] = &list.Items[i]
 	}
-	mesh, labels := dp.MeshName(), dp.LabelView()
+	mesh, labels := dp.MeshName(), kuma.LabelView(dp)
 	mid := kuma.SelectMeshIdentity(identities, mesh, labels)
 	if mid == nil {
 		return nil, notEntitled("no MeshIdentity selects Dataplane %s/%s of mesh %q", dp.Namespace, dp.Name, mesh)
@@ -217,7 +217,7 @@ func belongsTo(dp *kuma.DataplaneResource, pod *corev1.Pod) error {
 	if owner == nil || owner.APIVersion != "v1" || owner.Kind != "Pod" || owner.UID != pod.UID {
 		return notEntitled("Dataplane %s/%s is not controlled by pod %s (UID %s)", dp.Namespace, dp.Name, pod.Name, pod.UID)
 	}
-	labels := dp.LabelView()
+	labels := kuma.LabelView(dp)
 	if ns := labels[kuma.NamespaceLabel]; ns != pod.Namespace {
 		return notEntitled("Dataplane %s/%s names namespace %q (%s), not its Pod's", dp.Namespace, dp.Name, ns, kuma.NamespaceLabel)
 	}

@@ -137,7 +137,7 @@ const WorkloadLabel = "kuma.io/workload"
 // name a service; else, when the Dataplane's label view (LabelView: on
 // Kubernetes the workload is an annotation) has a kuma.io/workload, that
 // workload as the only service and the only tag. dataplane is the name Kuma's
-// message quotes (KumaName).
+// message quotes (StoreName).
 func IdentityTags(dataplane string, tags Tags, labels map[string]string) (Tags, error) {
 	if len(tags[ServiceTag]) > 0 {
 		return tags, nil

@@ -184,7 +184,7 @@ func TestLabelView(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			dp := &DataplaneResource{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Labels: tc.labels, Annotations: tc.annotations}}
-			if diff := cmp.Diff(tc.want, dp.LabelView()); diff != "" {
+			if diff := cmp.Diff(tc.want, LabelView(dp)); diff != "" {
 				t.Errorf("LabelView (-want +got):\n%s", diff)
 			}
 		})

@@ -75,13 +75,11 @@ func LabelView(obj metav1.Object) map[string]string {
 	return view
 }
 
-// LabelView is the Dataplane's labels as Kuma reads them.
-func (d *DataplaneResource) LabelView() map[string]string { return LabelView(d) }
-
-// KumaName is the Dataplane's name as Kuma's store names it on Kubernetes,
-// and as its messages quote it: "<name>.<namespace>".
-func (d *DataplaneResource) KumaName() string {
-	return d.Name + "." + d.Namespace
+// StoreName is a namespaced object's name as Kuma's store names it on
+// Kubernetes, and as its messages quote it and its selection breaks ties on
+// it: "<name>.<namespace>" (v2.14.3, pkg/util/k8s/name_converter.go).
+func StoreName(obj metav1.Object) string {
+	return obj.GetName() + "." + obj.GetNamespace()
 }
 
 // DataplaneResourceList is a list of Dataplanes.

@@ -38,12 +38,5 @@ func moreSpecific(a, b *MeshIdentityResource) bool {
 	if na != nb {
 		return na > nb
 	}
-	return a.kumaName() < b.kumaName()
-}
-
-// kumaName is the name Kuma breaks a tie on: on Kubernetes its store names a
-// namespaced object "<name>.<namespace>" (v2.14.3,
-// pkg/plugins/resources/k8s/store.go), so "web-v2" comes before "web".
-func (m *MeshIdentityResource) kumaName() string {
-	return m.Name + "." + m.Namespace
+	return StoreName(a) < StoreName(b) // so "web-v2" comes before "web"
 }

@@ -109,7 +109,7 @@ func (r *Reconciler) makePlan(ctx context.Context, dp *kuma.DataplaneResource) (
 	if len(errs) > 0 {
 		return nil, &problem{reason: "InvalidDataplane", message: errs.ToAggregate().Error()}, nil
 	}
-	uris, err := kuma.IdentityURIs(dp.MeshName(), dp.KumaName(), tags, dp.LabelView())
+	uris, err := kuma.IdentityURIs(dp.MeshName(), kuma.StoreName(dp), tags, kuma.LabelView(dp))
 	if err != nil {
 		return nil, &problem{reason: "NoIdentity", message: err.Error()}, nil
 	}
