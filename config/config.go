@@ -45,9 +45,15 @@ type Config struct {
 	AllowUnsafeCASwitch bool
 
 	ReconcilerEnabled bool
-	KeepRequests      bool
-	SyncPeriod        time.Duration
-	SwitchWindow      time.Duration
+	// ApproveAgentsOf is the node agents' ServiceAccount, <namespace>/<name>,
+	// whose CertificateRequests meshcert approves by node; empty leaves them
+	// to other approvers.
+	ApproveAgentsOf string
+	// ApproveSigners are the signers whose agent requests it decides.
+	ApproveSigners []string
+	KeepRequests   bool
+	SyncPeriod     time.Duration
+	SwitchWindow   time.Duration
 
 	LeaderElect             bool
 	LeaderElectionNamespace string
@@ -69,7 +75,7 @@ var ErrHelp = flag.ErrHelp
 // environment, through getenv. Usage and flag errors go to output.
 func Parse(args []string, getenv func(string) string, output io.Writer) (Config, error) {
 	var c Config
-	var tlsMin, dataplaneNamespaces string
+	var tlsMin, dataplaneNamespaces, approveSigners string
 	fs := flag.NewFlagSet("meshcert", flag.ContinueOnError)
 	fs.SetOutput(output)
 	c.addSharedFlags(fs)
@@ -90,6 +96,8 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.BoolVar(&c.ReconcilerEnabled, "enable-reconciler", true, "Issue and rotate dataplane certificates (behind leader election when --leader-elect is set).")
 	fs.StringVar(&c.KeyAlgorithm, "key-algorithm", "ecdsa-p256", "Private key of certificates, unless a Mesh's or MeshIdentity's meshcert.io/key-algorithm annotation says otherwise: "+strings.Join(kuma.KeyAlgorithms, ", ")+" (Kuma's builtin CA makes rsa-2048).")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 10*time.Second, "How long to wait for a CertificateRequest to be signed; a backend's dpCert.requestTimeout wins.")
+	fs.StringVar(&c.ApproveAgentsOf, "approve-agents-of", "", "The node agents' ServiceAccount, <namespace>/<name>: approve each of their CertificateRequests only for an identity of a pod on the node its token names, and deny the rest. Empty: leave them to other approvers.")
+	fs.StringVar(&approveSigners, "approve-signers", "issuers.cert-manager.io/*,clusterissuers.cert-manager.io/*", "Comma-separated signers whose agent requests --approve-agents-of decides, as cert-manager names them: issuers.cert-manager.io/<namespace>.<name>, clusterissuers.cert-manager.io/<name>, or <resource>.<group>/* for every issuer of a kind. Requests for other signers are left to other approvers.")
 	fs.BoolVar(&c.KeepRequests, "keep-requests", false, "Keep issued CertificateRequests for auditing instead of deleting them.")
 	fs.BoolVar(&c.PublishTrustBundles, "publish-trust-bundles", false, "Keep each mesh's roots, exactly what its dataplanes trust, in the ConfigMap meshcert-trust-<mesh> of the system namespace (key ca.crt), labelled meshcert.io/trust-bundle=true for a trust-manager Bundle to take as a source.")
 	var requestAnnotations string
@@ -126,6 +134,11 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	for _, ns := range strings.Split(dataplaneNamespaces, ",") {
 		if ns = strings.TrimSpace(ns); ns != "" {
 			c.DataplaneNamespaces = append(c.DataplaneNamespaces, ns)
+		}
+	}
+	for _, signer := range strings.Split(approveSigners, ",") {
+		if signer = strings.TrimSpace(signer); signer != "" {
+			c.ApproveSigners = append(c.ApproveSigners, signer)
 		}
 	}
 	if c.LeaderElectionNamespace == "" {
@@ -218,6 +231,12 @@ func (c Config) validate() error {
 	}
 	if c.WebhookEnabled && c.CertDir == "" {
 		bad("webhook-cert-dir", c.CertDir, "must be set when the webhook is enabled")
+	}
+	if c.ApproveAgentsOf != "" {
+		ns, name, _ := strings.Cut(c.ApproveAgentsOf, "/")
+		if msgs := append(validation.IsDNS1123Label(ns), validation.IsDNS1123Subdomain(name)...); len(msgs) > 0 {
+			bad("approve-agents-of", c.ApproveAgentsOf, "must be <namespace>/<service account>: "+strings.Join(msgs, "; "))
+		}
 	}
 	if !c.WebhookEnabled && !c.ReconcilerEnabled {
 		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))

@@ -17,7 +17,6 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -25,14 +24,6 @@ import (
 	"github.com/meshcert/meshcert/internal/agent/attest"
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
-)
-
-// For the unix attestor, a Dataplane's annotations name the Unix user whose
-// processes are that dataplane, and the node (the agent's --node-name) where
-// they are: an agent serves only the Dataplanes bound to its node.
-const (
-	UnixUIDAnnotation  = "meshcert.io/unix-uid"
-	NodeNameAnnotation = "meshcert.io/node-name"
 )
 
 // Identity is what a caller is entitled to: one SPIFFE ID, of one
@@ -43,6 +34,8 @@ type Identity struct {
 	Mesh        string
 	// MeshIdentity is the identity's object, for Events.
 	MeshIdentity types.NamespacedName
+	// Dataplane is the caller's, which its request names for the approver.
+	Dataplane types.NamespacedName
 	// Workload is the Pod (or, for the unix attestor, the Dataplane) the
 	// caller runs as, for Events.
 	Workload     client.Object
@@ -90,31 +83,11 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 	if err := r.Cache.List(ctx, &list, client.InNamespace(r.SystemNamespace)); err != nil {
 		return nil, err
 	}
-	// Kuma selects among every MeshIdentity of the mesh, whatever serves it;
-	// meshcert answers only when the one Kuma gives the Dataplane is its own.
-	identities := make([]*kuma.MeshIdentityResource, len(list.Items))
-	for i := range list.Items {
-		identities[i] = &list.Items[i]
-	}
-	mesh, labels := dp.MeshName(), kuma.LabelView(dp)
-	mid := kuma.SelectMeshIdentity(identities, mesh, labels)
-	if mid == nil {
-		return nil, notEntitled("no MeshIdentity selects Dataplane %s/%s of mesh %q", dp.Namespace, dp.Name, mesh)
-	}
-	if mid.ServedBy() != kuma.ServedByAgent {
-		return nil, notEntitled("Kuma gives Dataplane %s/%s the identity of MeshIdentity %s, which meshcert does not serve", dp.Namespace, dp.Name, mid.Name)
-	}
-	// The trust domain reads the MeshIdentity's label view, the path the
-	// Dataplane's label view, as Kuma's Spire provider renders them (v2.14.3,
-	// pkg/core/resources/apis/meshidentity/providers/spire/spire.go).
-	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, kuma.LabelView(mid))
+	served, err := kuma.AgentIdentityOf(kuma.MeshIdentityPointers(list.Items), dp, r.Zone)
 	if err != nil {
-		return nil, notEntitled("MeshIdentity %s: the trust domain: %v", mid.Name, err)
+		return nil, notEntitled("%v", err)
 	}
-	id, err := kuma.RenderSpiffeID(td, mid.Spec.SpiffeID.PathTemplate(), labels)
-	if err != nil {
-		return nil, notEntitled("MeshIdentity %s: the SPIFFE ID of Dataplane %s/%s: %v", mid.Name, dp.Namespace, dp.Name, err)
-	}
+	mid := served.MeshIdentity
 	conf, _ := mid.CertManagerConf()
 	// The kernel said who connected; what was read since must still be
 	// about that process, not one that took its PID.
@@ -122,10 +95,11 @@ func (r *Resolver) Resolve(ctx context.Context, c attest.Caller) (*Identity, err
 		return nil, notEntitled("%v", err)
 	}
 	return &Identity{
-		SpiffeID:     id,
-		TrustDomain:  td,
-		Mesh:         mesh,
+		SpiffeID:     served.SpiffeID,
+		TrustDomain:  served.TrustDomain,
+		Mesh:         dp.MeshName(),
 		MeshIdentity: types.NamespacedName{Namespace: mid.Namespace, Name: mid.Name},
+		Dataplane:    types.NamespacedName{Namespace: dp.Namespace, Name: dp.Name},
 		Workload:     workload,
 		IssuerRef:    defaults.IssuerRef(conf.IssuerRef),
 		Duration:     mid.Lifetime(),
@@ -187,8 +161,8 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.Dat
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := belongsTo(dp, pod); err != nil {
-		return nil, nil, err
+	if err := kuma.CheckOwnedByPod(dp, pod); err != nil {
+		return nil, nil, notEntitled("%v", err)
 	}
 	return dp, pod, nil
 }
@@ -205,26 +179,6 @@ func hasContainer(pod *corev1.Pod, id string) bool {
 		}
 	}
 	return false
-}
-
-// belongsTo checks that the Dataplane is the Pod's: Kuma's pod converter
-// makes the Pod its controller (SetControllerReference), and its label view
-// must name the Pod's namespace and service account, which a pod author can
-// otherwise choose (Kuma sets k8s.kuma.io/namespace only where the Pod's
-// labels do not).
-func belongsTo(dp *kuma.DataplaneResource, pod *corev1.Pod) error {
-	owner := metav1.GetControllerOf(dp)
-	if owner == nil || owner.APIVersion != "v1" || owner.Kind != "Pod" || owner.UID != pod.UID {
-		return notEntitled("Dataplane %s/%s is not controlled by pod %s (UID %s)", dp.Namespace, dp.Name, pod.Name, pod.UID)
-	}
-	labels := kuma.LabelView(dp)
-	if ns := labels[kuma.NamespaceLabel]; ns != pod.Namespace {
-		return notEntitled("Dataplane %s/%s names namespace %q (%s), not its Pod's", dp.Namespace, dp.Name, ns, kuma.NamespaceLabel)
-	}
-	if sa := labels[kuma.ServiceAccountLabel]; sa != pod.Spec.ServiceAccountName {
-		return notEntitled("Dataplane %s/%s names service account %q (%s), not its Pod's %q", dp.Namespace, dp.Name, sa, kuma.ServiceAccountLabel, pod.Spec.ServiceAccountName)
-	}
-	return nil
 }
 
 // UnixAttestor, for VMs and a local run, matches the caller's Unix user to
@@ -249,8 +203,8 @@ func IndexUnixUIDs(ctx context.Context, indexer client.FieldIndexer) error {
 }
 
 func unixUIDKeys(o client.Object) []string {
-	node, onNode := o.GetAnnotations()[NodeNameAnnotation]
-	uid, ok := o.GetAnnotations()[UnixUIDAnnotation]
+	node, onNode := o.GetAnnotations()[kuma.NodeNameAnnotation]
+	uid, ok := o.GetAnnotations()[kuma.UnixUIDAnnotation]
 	if !onNode || !ok {
 		return nil
 	}
@@ -268,9 +222,9 @@ func (a *UnixAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.Da
 	}
 	switch len(list.Items) {
 	case 0:
-		return nil, nil, notEntitled("no Dataplane is annotated %s: %q and %s: %q", UnixUIDAnnotation, uid, NodeNameAnnotation, a.Node)
+		return nil, nil, notEntitled("no Dataplane is annotated %s: %q and %s: %q", kuma.UnixUIDAnnotation, uid, kuma.NodeNameAnnotation, a.Node)
 	case 1:
 		return &list.Items[0], &list.Items[0], nil
 	}
-	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q and %s: %q; a user must be one dataplane", len(list.Items), UnixUIDAnnotation, uid, NodeNameAnnotation, a.Node)
+	return nil, nil, notEntitled("%d Dataplanes are annotated %s: %q and %s: %q; a user must be one dataplane", len(list.Items), kuma.UnixUIDAnnotation, uid, kuma.NodeNameAnnotation, a.Node)
 }

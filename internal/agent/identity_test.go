@@ -24,16 +24,16 @@ const unixNode = "vm-1"
 
 func unixDataplane(name, uid string, labels map[string]string) *kuma.DataplaneResource {
 	return &kuma.DataplaneResource{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "vms", Labels: labels, Annotations: map[string]string{UnixUIDAnnotation: uid, NodeNameAnnotation: unixNode}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "vms", Labels: labels, Annotations: map[string]string{kuma.UnixUIDAnnotation: uid, kuma.NodeNameAnnotation: unixNode}},
 		Mesh:       "billing",
 	}
 }
 
 // onNode binds a Dataplane to node, or to none for "".
 func onNode(dp *kuma.DataplaneResource, node string) *kuma.DataplaneResource {
-	delete(dp.Annotations, NodeNameAnnotation)
+	delete(dp.Annotations, kuma.NodeNameAnnotation)
 	if node != "" {
-		dp.Annotations[NodeNameAnnotation] = node
+		dp.Annotations[kuma.NodeNameAnnotation] = node
 	}
 	return dp
 }

@@ -310,7 +310,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		Roots:        s.bundles.RootsPEM(id.Mesh, id.TrustDomain),
 		Replaces:     replaces,
 		Labels:       map[string]string{NodeLabel: kuma.LabelValue(s.node), kuma.ManagedMeshLabel: kuma.LabelValue(id.Mesh)},
-		Annotations:  map[string]string{kuma.MeshIdentityAnnotation: id.MeshIdentity.Name},
+		Annotations:  map[string]string{kuma.MeshIdentityAnnotation: id.MeshIdentity.Name, kuma.DataplaneAnnotation: id.Dataplane.String()},
 	}, func(_ context.Context, c *issuance.Certificate) error {
 		svid, err := newSVID(id, sid, c)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -30,6 +32,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/meshcert/meshcert/config"
+	"github.com/meshcert/meshcert/internal/controller/approval"
 	"github.com/meshcert/meshcert/internal/controller/dataplane"
 	"github.com/meshcert/meshcert/internal/controller/meshidentity"
 	"github.com/meshcert/meshcert/internal/issuance"
@@ -95,10 +98,22 @@ var trimDataplanes = stripThen(func(dp *kuma.DataplaneResource) {
 })
 
 // compactSecrets is the Secrets' cache transform: the Secrets meshcert
-// delivered are cached compacted (dataplane.SecretCompactor), every other
-// Secret whole.
+// delivered are cached compacted (dataplane.SecretCompactor), Kuma's mesh
+// Secrets (a backend's caCert) whole, and any other Secret, such as an
+// Issuer's CA key pair, as its name and type alone, which is all meshcert
+// reads of it: the cache never holds a key meshcert did not make.
 func compactSecrets(c *dataplane.SecretCompactor) toolscache.TransformFunc {
-	return stripThen(c.Compact)
+	return stripThen(func(s *corev1.Secret) {
+		c.Compact(s)
+		switch {
+		case dataplane.IsDelivered(s):
+		case s.Type == kuma.MeshSecretType:
+			delete(s.Annotations, corev1.LastAppliedConfigAnnotation)
+		default:
+			// kubectl apply keeps a copy of the data in an annotation.
+			s.Data, s.StringData, s.Annotations = nil, nil, nil
+		}
+	})
 }
 
 // stripThen is a cache transform that strips the managed fields, as from
@@ -266,6 +281,21 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts .
 			case <-ctx.Done():
 			}
 		}()
+	}
+	// The agents' approver runs beside the webhook or the reconciler, and
+	// only on the leader.
+	if cfg.ApproveAgentsOf != "" {
+		ns, name, _ := strings.Cut(cfg.ApproveAgentsOf, "/")
+		a := &approval.Reconciler{
+			Client: mgr.GetClient(), Live: mgr.GetAPIReader(), Identities: mgr.GetCache(),
+			SystemNamespace: cfg.SystemNamespace, Zone: cfg.Zone,
+			AgentUser: serviceaccount.MakeUsername(ns, name),
+			Signers:   cfg.ApproveSigners, Mapper: mgr.GetRESTMapper(),
+			Recorder: mgr.GetEventRecorder("meshcert"), Clock: clock.RealClock{},
+		}
+		if err := a.SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up the agents' approver: %w", err)
+		}
 	}
 	if err := mgr.AddReadyzCheck("informers", cachesSynced(mgr)); err != nil {
 		return err

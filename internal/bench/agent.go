@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/meshcert/meshcert/internal/agent"
 	"github.com/meshcert/meshcert/internal/issuance"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/localcluster"
@@ -215,7 +214,7 @@ func startAgentRun(ctx context.Context, n, agents int, duration string, flags ..
 		return c.Create(ctx, &kuma.DataplaneResource{
 			ObjectMeta: metav1.ObjectMeta{Name: workloadName(i), Namespace: benchNamespace,
 				Labels:      map[string]string{"app": "bench", kuma.WorkloadLabel: workloadName(i)},
-				Annotations: map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(firstUID + i), agent.NodeNameAnnotation: benchNode(i % agents)}},
+				Annotations: map[string]string{kuma.UnixUIDAnnotation: strconv.Itoa(firstUID + i), kuma.NodeNameAnnotation: benchNode(i % agents)}},
 			Mesh: "bench",
 			Spec: kumaDataplaneSpec(benchNamespace, workloadName(i), i),
 		})

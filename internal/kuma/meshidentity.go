@@ -37,9 +37,22 @@ const (
 	// MeshIdentityAnnotation names, on what meshcert makes for a
 	// MeshIdentity (its MeshTrust, its CertificateRequests), that identity.
 	MeshIdentityAnnotation = "meshcert.io/mesh-identity"
+	// DataplaneAnnotation names, on a node agent's CertificateRequest, a
+	// Dataplane of the identity asked for, <namespace>/<name>: where the
+	// approver looks for a pod of the requesting node that is entitled to it.
+	DataplaneAnnotation = "meshcert.io/dataplane"
 	// DurationAnnotation is the lifetime of the identity's certificates, a
 	// Go duration such as 24h.
 	DurationAnnotation = "meshcert.io/duration"
+)
+
+// For the unix attestor, a Dataplane's annotations name the Unix user whose
+// processes are that dataplane, and the node (the agent's --node-name) where
+// they are: an agent serves only the Dataplanes bound to its node, and the
+// approver approves their identities for that node's agent only.
+const (
+	UnixUIDAnnotation  = "meshcert.io/unix-uid"
+	NodeNameAnnotation = "meshcert.io/node-name"
 )
 
 // ParseLifetime reads a DurationAnnotation value: a positive Go duration.

@@ -24,12 +24,11 @@ func TestApproverPolicy(t *testing.T) {
 		wantUsers  []string // the ServiceAccounts that may use the policies; default meshcert's
 	}{
 		"off by default": {},
-		"with the agent, whose ServiceAccount may use them too": {
+		"with the agent, whose requests are meshcert's to approve by node, not the policies'": {
 			args:       []string{"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=mesh-ca", "--set", "agent.enabled=true", "--set", "approverPolicy.trustDomains={payments.example.com}"},
 			want:       map[string]cmapi.CertificatePrivateKey{"meshcert-issuer-mesh-ca-ecdsa-p256": {Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256}},
 			wantIssuer: map[string][3]string{"meshcert-issuer-mesh-ca-ecdsa-p256": {"mesh-ca", "Issuer", "cert-manager.io"}},
 			wantHosts:  `^spiffe://(payments\.example\.com)/[^?#]+$`,
-			wantUsers:  []string{"meshcert", "meshcert-agent"},
 		},
 		"one issuer, the reconciler's key": {
 			args:       []string{"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=mesh-ca", "--set", "reconciler.keyAlgorithm=ecdsa-p384"},

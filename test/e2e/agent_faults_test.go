@@ -57,7 +57,7 @@ func newFleet(t *testing.T, ns, app string, n, streamsEach int) *fleet {
 		name := fmt.Sprintf("w-%d", i)
 		dp := newDataplane(ns, name, "fleet", map[string]string{"kuma.io/service": name})
 		dp.Labels = map[string]string{"app": app, kuma.NamespaceLabel: ns, kuma.ServiceAccountLabel: name}
-		dp.Annotations = map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(fleetUID + i), agent.NodeNameAnnotation: agentNode}
+		dp.Annotations = map[string]string{kuma.UnixUIDAnnotation: strconv.Itoa(fleetUID + i), kuma.NodeNameAnnotation: agentNode}
 		return dp
 	})
 	for i := range n {
@@ -106,7 +106,7 @@ type agentProcess struct {
 
 func newAgentProcess(t *testing.T, args ...string) *agentProcess {
 	t.Helper()
-	user := applyAgentRBAC(t, config.AttestorUnix)
+	creds := agentCredentials(t, config.AttestorUnix, agentNode)
 	dir, err := os.MkdirTemp("", "agent") // Short: a socket path has at most 108 bytes.
 	if err != nil {
 		t.Fatal(err)
@@ -122,9 +122,7 @@ func newAgentProcess(t *testing.T, args ...string) *agentProcess {
 			t.Logf("the agents' log:\n%s", localcluster.Logs(filepath.Join(dir, "agent.log")))
 		}
 	})
-	if err := testEnv.cluster.WriteKubeconfigAs(a.kubeconfig, user); err != nil {
-		t.Fatal(err)
-	}
+	writeKubeconfig(t, creds, a.kubeconfig)
 	return a
 }
 
@@ -158,7 +156,7 @@ func TestAgentSurvivesKills(t *testing.T) {
 	applyAgentIdentities(t)
 	f := newFleet(t, ns, "agent-fleet", identities, streamsEach)
 	createObject(t, &corev1.Namespace{ObjectMeta: objectMeta("", ns+"-spiffe")})
-	agentWorkload(t, ns+"-spiffe", "watched", agentNode, "agent-web", map[string]string{agent.UnixUIDAnnotation: strconv.Itoa(os.Getuid()), agent.NodeNameAnnotation: agentNode})
+	agentWorkload(t, ns+"-spiffe", "watched", agentNode, "agent-web", map[string]string{kuma.UnixUIDAnnotation: strconv.Itoa(os.Getuid()), kuma.NodeNameAnnotation: agentNode})
 	fleetRequests := client.MatchingLabels{agent.NodeLabel: agentNode, kuma.ManagedMeshLabel: "fleet"}
 	created := watchRequests(t, fleetRequests)
 

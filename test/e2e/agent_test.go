@@ -12,6 +12,12 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -44,14 +50,15 @@ const agentNode = "node-a"
 
 // startAgent runs a node agent for agentNode in this process, with the
 // attestor and proc root given, as the chart's agent ServiceAccount under
-// exactly the chart's RBAC, and returns its socket.
+// exactly the chart's RBAC and with the token of an agent Pod on that node,
+// and returns its socket.
 func startAgent(t *testing.T, attestor, procRoot string) string {
 	t.Helper()
-	return startAgentAs(t, attestor, procRoot, applyAgentRBAC(t, attestor))
+	return startAgentWith(t, attestor, procRoot, agentCredentials(t, attestor, agentNode))
 }
 
-// startAgentAs runs the agent as user.
-func startAgentAs(t *testing.T, attestor, procRoot, user string) string {
+// startAgentWith runs the agent with the credentials given.
+func startAgentWith(t *testing.T, attestor, procRoot string, creds *rest.Config) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "agent") // Short: a socket path has at most 108 bytes.
 	if err != nil {
@@ -68,9 +75,7 @@ func startAgentAs(t *testing.T, attestor, procRoot, user string) string {
 	cfg.MaxConnections, cfg.MaxConnectionsPerCaller = 2048, 64
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	as := rest.CopyConfig(testEnv.cluster.Config)
-	as.Impersonate.UserName = user
-	go func() { done <- app.RunAgent(ctx, cfg, as, localcluster.InOneProcess) }()
+	go func() { done <- app.RunAgent(ctx, cfg, creds, localcluster.InOneProcess) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -84,17 +89,25 @@ func startAgentAs(t *testing.T, attestor, procRoot, user string) string {
 	return socket
 }
 
+// The chart's release of the agents of the tests, whose ServiceAccount
+// meshcert approves by node (agentUser).
+const (
+	agentRelease = "agents"
+	agentAccount = agentRelease + "-meshcert-agent"
+	agentUser    = "system:serviceaccount:" + chart.Namespace + ":" + agentAccount
+)
+
 // applyAgentRBAC applies the chart's ServiceAccount and RBAC of the agent,
-// and returns the ServiceAccount's user name.
-func applyAgentRBAC(t *testing.T, attestor string) string {
+// and the policy that keeps its deletes to its own node's requests.
+func applyAgentRBAC(t *testing.T, attestor string) {
 	t.Helper()
-	const release = "agents"
-	manifests, err := chart.RenderRelease(release, "--set", "agent.enabled=true", "--set", "agent.attestor="+attestor)
+	manifests, err := chart.RenderRelease(agentRelease, "--set", "agent.enabled=true", "--set", "agent.attestor="+attestor)
 	if err != nil {
 		t.Fatal(err)
 	}
+	kinds := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 	for _, obj := range manifests {
-		if !strings.HasSuffix(obj.GetName(), "-agent") || !slices.Contains([]string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}, obj.GetKind()) {
+		if !strings.Contains(obj.GetName(), "-agent") || !slices.Contains(kinds, obj.GetKind()) {
 			continue
 		}
 		if err := testEnv.cluster.Client.Patch(context.Background(), obj, client.Apply, client.FieldOwner("helm"), client.ForceOwnership); err != nil {
@@ -102,7 +115,49 @@ func applyAgentRBAC(t *testing.T, attestor string) string {
 		}
 		t.Cleanup(func() { _ = testEnv.cluster.Client.Delete(context.Background(), obj) })
 	}
-	return "system:serviceaccount:" + chart.Namespace + ":" + release + "-meshcert-agent"
+}
+
+// agentCredentials applies the agent's RBAC and returns what the kubelet
+// gives an agent's Pod on node: a token of the agent's ServiceAccount bound
+// to that Pod, which names the node to whom it authenticates.
+func agentCredentials(t *testing.T, attestor, node string) *rest.Config {
+	t.Helper()
+	applyAgentRBAC(t, attestor)
+	ctx := context.Background()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: chart.Namespace, Name: agentAccount + "-" + node},
+		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: agentAccount,
+			Containers: []corev1.Container{{Name: "agent", Image: "meshcert"}}},
+	}
+	if err := testEnv.cluster.Client.Create(ctx, pod); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if err := testEnv.cluster.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
+		t.Fatal(err)
+	}
+	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID},
+		ExpirationSeconds: ptr.To[int64](3600),
+	}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: chart.Namespace, Name: agentAccount}}
+	if err := testEnv.cluster.Client.SubResource("token").Create(ctx, sa, tr); err != nil {
+		t.Fatalf("requesting the agent Pod's token: %v", err)
+	}
+	return &rest.Config{Host: testEnv.cluster.Config.Host, BearerToken: tr.Status.Token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: testEnv.cluster.Config.CAData}}
+}
+
+// writeKubeconfig writes creds as a kubeconfig at path.
+func writeKubeconfig(t *testing.T, creds *rest.Config, path string) {
+	t.Helper()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: creds.Host, CertificateAuthorityData: creds.CAData}
+	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: creds.BearerToken}
+	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "agent"}
+	kc.CurrentContext = "agent"
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func dialAgent(t *testing.T, socket string) *grpc.ClientConn {

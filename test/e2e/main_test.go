@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/testpki"
+	"github.com/meshcert/meshcert/test/chart"
 	"github.com/meshcert/meshcert/test/harness"
 )
 
@@ -73,15 +74,27 @@ const externalGroup = "external.test.meshcert.io"
 
 // approveAllButDenied is the approval policy of the tests: it denies the
 // requests for the denied-ca Issuer, as approver-policy would, and leaves
-// those for the policy-ca Issuer to approver-policy itself.
+// those for the policy-ca Issuer to approver-policy itself, and the other
+// requests of the node agents to meshcert's approver (agentSigners).
 func approveAllButDenied(cr *cmapi.CertificateRequest) harness.Decision {
-	if cr.Spec.IssuerRef.Name == policyIssuer {
+	switch {
+	case cr.Spec.IssuerRef.Name == policyIssuer:
+		return harness.Decision{Abstain: true}
+	case cr.Spec.IssuerRef.Name == "denied-ca":
+		return harness.Decision{Message: "no policy allows requests for denied-ca"}
+	case cr.Spec.Username == agentUser:
 		return harness.Decision{Abstain: true}
 	}
-	if cr.Spec.IssuerRef.Name == "denied-ca" {
-		return harness.Decision{Message: "no policy allows requests for denied-ca"}
-	}
 	return harness.Decision{Approve: true, Message: "allowed by the test policy"}
+}
+
+// agentSigners are the signers whose agent requests meshcert decides: all
+// but denied-ca, whose requests the test policy denies.
+var agentSigners = []string{
+	"clusterissuers.cert-manager.io/*",
+	"issuers.cert-manager.io/" + systemNamespace + ".mesh-ca",
+	"issuers.cert-manager.io/" + systemNamespace + ".other-ca",
+	"issuers.cert-manager.io/" + systemNamespace + "." + policyIssuer,
 }
 
 func TestMain(m *testing.M) {
@@ -141,6 +154,7 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	cfg.ReconcilerEnabled = false
+	cfg.ApproveAgentsOf, cfg.ApproveSigners = chart.Namespace+"/"+agentAccount, agentSigners
 	testEnv.logs = &syncBuffer{}
 	mc, err := c.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs})
 	if err != nil {

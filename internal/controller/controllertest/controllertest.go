@@ -73,7 +73,8 @@ func NewEnv(t *testing.T, now time.Time, objs ...client.Object) *Env {
 			t.Fatal(err)
 		}
 	}
-	b := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...)
+	// CertificateRequests have their status subresource, as cert-manager's CRD gives them.
+	b := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).WithStatusSubresource(&cmapi.CertificateRequest{})
 	if err := issuance.IndexRequests(ctx, indexer{b}); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func (e *Env) Respond(f Response) {
 		e.T.Fatalf("%d requests, want 1", len(crs))
 	}
 	f(e, &crs[0])
-	if err := e.Client.Update(e.Ctx, &crs[0]); err != nil {
+	if err := e.Client.Status().Update(e.Ctx, &crs[0]); err != nil {
 		e.T.Fatal(err)
 	}
 }

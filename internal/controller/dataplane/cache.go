@@ -59,12 +59,12 @@ type SecretCompactor struct {
 	bundles map[string][]byte
 }
 
-// Compact trims a Secret meshcert delivered, in place; any other Secret,
-// such as a mesh's CA Secret, is left whole.
+// Compact trims a Secret meshcert delivered, in place; any other Secret is
+// left as it is.
 func (c *SecretCompactor) Compact(s *corev1.Secret) {
 	// Only this transform may say what a cached key is.
 	delete(s.Annotations, cachedKeyAnnotation)
-	if !isDelivered(s) {
+	if !IsDelivered(s) {
 		return
 	}
 	s.Type = corev1.SecretTypeTLS // the constant, not a decoded copy
@@ -90,8 +90,8 @@ func (c *SecretCompactor) Compact(s *corev1.Secret) {
 	}
 }
 
-// isDelivered says whether a Secret is one meshcert delivers to a dataplane.
-func isDelivered(s *corev1.Secret) bool {
+// IsDelivered says whether a Secret is one meshcert delivers to a dataplane.
+func IsDelivered(s *corev1.Secret) bool {
 	return s.Type == corev1.SecretTypeTLS && s.Labels[kuma.ManagedByLabel] == kuma.ManagedByValue
 }
 

@@ -1,0 +1,21 @@
+package approval
+
+import (
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+)
+
+// SetupWithManager registers the approver: it watches the requests of the
+// system namespace that meshcert's informer holds, and decides those of the
+// agent's ServiceAccount.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("agent-approval").
+		For(&cmapi.CertificateRequest{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetNamespace() == r.SystemNamespace && o.(*cmapi.CertificateRequest).Spec.Username == r.AgentUser
+		}))).
+		Complete(r)
+}
