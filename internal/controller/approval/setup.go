@@ -1,7 +1,11 @@
 package approval
 
 import (
+	"context"
+	"fmt"
+
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/meshcert/meshcert/internal/kuma"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -11,7 +15,11 @@ import (
 // SetupWithManager registers the approver: it watches the requests of the
 // system namespace that meshcert's informer holds, and decides those of the
 // agent's ServiceAccount.
-func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	// The MeshIdentities it reads, whichever other part of meshcert runs.
+	if _, err := mgr.GetCache().GetInformer(ctx, &kuma.MeshIdentityResource{}); err != nil {
+		return fmt.Errorf("watching MeshIdentities: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("agent-approval").
 		For(&cmapi.CertificateRequest{}, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
