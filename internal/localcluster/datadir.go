@@ -42,22 +42,22 @@ type dirGuard struct {
 	processes string
 }
 
-// InUseError says that a live process holds a cluster's folder.
-type InUseError struct {
+// inUseError says that a live process holds a cluster's folder.
+type inUseError struct {
 	Dir string
 	// PID and Command name the holder; PID is 0 when it is not known yet.
 	PID     int
 	Command string
 }
 
-func (e *InUseError) Error() string {
+func (e *inUseError) Error() string {
 	if e.PID == 0 {
 		return fmt.Sprintf("%s is in use by another process; stop it first", e.Dir)
 	}
 	return fmt.Sprintf("%s is in use by process %d (%s); stop it first", e.Dir, e.PID, e.Command)
 }
 
-// guardDir locks dir for this process, or returns an *InUseError naming the
+// guardDir locks dir for this process, or returns an *inUseError naming the
 // process that holds it. The processes an earlier holder recorded and left
 // running, killed before it could stop them, are then ended: SIGTERM, and
 // SIGKILL after grace. Two etcds must never share one data folder.
@@ -70,7 +70,7 @@ func guardDir(dir string, log logr.Logger, grace time.Duration) (*dirGuard, erro
 		holder, _ := os.ReadFile(lock.Name())
 		lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, inUse(dir, holder)
+			return nil, inUseBy(dir, holder)
 		}
 		return nil, fmt.Errorf("locking %s: %w", lock.Name(), err)
 	}
@@ -88,8 +88,8 @@ func guardDir(dir string, log logr.Logger, grace time.Duration) (*dirGuard, erro
 	return g, nil
 }
 
-func inUse(dir string, holder []byte) *InUseError {
-	e := &InUseError{Dir: dir}
+func inUseBy(dir string, holder []byte) *inUseError {
+	e := &inUseError{Dir: dir}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(holder)))
 	if err != nil {
 		// The holder has locked the file but not yet written its PID.

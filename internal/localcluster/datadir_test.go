@@ -99,9 +99,9 @@ func TestGuardDir(t *testing.T) {
 				t.Errorf("guardDir took %s; wantSIGKILL %v, after a grace period of %s", took, test.wantSIGKILL, grace)
 			}
 			if test.inUse {
-				var inUse *InUseError
+				var inUse *inUseError
 				if !errors.As(err, &inUse) {
-					t.Fatalf("got error %v, want an *InUseError", err)
+					t.Fatalf("got error %v, want an *inUseError", err)
 				}
 				if inUse.PID != os.Getpid() || !strings.Contains(inUse.Command, os.Args[0]) {
 					t.Errorf("holder named as %d (%s), want this process, %d (%s)", inUse.PID, inUse.Command, os.Getpid(), os.Args[0])
