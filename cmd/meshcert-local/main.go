@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"os"
 
-	ctrl "sigs.k8s.io/controller-runtime"
-
 	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
@@ -24,7 +22,7 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	err := localcluster.RunLocal(ctrl.SetupSignalHandler(), localcluster.LocalOptions{
+	err := localcluster.RunLocal(localcluster.SignalContext(), localcluster.LocalOptions{
 		Dir:             *dir,
 		Out:             os.Stdout,
 		SystemNamespace: *systemNamespace,

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
@@ -45,8 +46,12 @@ type Options struct {
 	Webhooks bool
 	// Dir holds the cluster's files: the admin kubeconfig, etcd's data and
 	// the API server's certificates. Stop removes them. Default: a new
-	// temporary folder.
+	// temporary folder. One cluster at a time may use it: Start refuses a
+	// folder in use, and ends the processes of a cluster whose process was
+	// killed before it stopped them.
 	Dir string
+	// Log receives what Start does about such a cluster; default: discarded.
+	Log logr.Logger
 }
 
 // Cluster is a running test cluster.
@@ -66,6 +71,9 @@ type Cluster struct {
 	env     *envtest.Environment
 	dir     string
 	tempDir bool
+	guard   *dirGuard
+	// starter starts kube-apiserver and etcd: they die when it ends.
+	starter *lockedThread
 }
 
 // Start starts kube-apiserver and etcd, and registers the webhooks if asked;
@@ -86,21 +94,46 @@ func Start(opts Options) (*Cluster, error) {
 	if c.dir, err = filepath.Abs(c.dir); err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log.GetSink() == nil {
+		log = logr.Discard()
+	}
+	if c.guard, err = guardDir(c.dir, log, leftoverGrace); err != nil {
+		if c.tempDir {
+			_ = os.RemoveAll(c.dir)
+		}
+		return nil, err
+	}
 	// Fresh state: a previous run's etcd data would hold its objects.
-	for _, d := range []string{c.etcdDir(), c.apiServerDir()} {
+	for _, d := range []string{c.etcdDir(), c.apiServerDir(), c.binDir()} {
 		if err := os.RemoveAll(d); err != nil {
+			c.cleanup()
 			return nil, err
 		}
 		if err := os.MkdirAll(d, 0o700); err != nil {
+			c.cleanup()
 			return nil, err
 		}
+	}
+	etcd, err := tiedBinary(c.binDir(), filepath.Join(assets, "etcd"))
+	if err != nil {
+		c.cleanup()
+		return nil, err
+	}
+	apiServer, err := tiedBinary(c.binDir(), filepath.Join(assets, "kube-apiserver"))
+	if err != nil {
+		c.cleanup()
+		return nil, err
 	}
 	c.env = &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		Scheme:                app.Scheme(),
 		ControlPlane: envtest.ControlPlane{
-			Etcd:      &envtest.Etcd{DataDir: c.etcdDir()},
-			APIServer: &envtest.APIServer{CertDir: c.apiServerDir()},
+			Etcd:      &envtest.Etcd{Path: etcd, DataDir: c.etcdDir()},
+			APIServer: &envtest.APIServer{Path: apiServer, CertDir: c.apiServerDir()},
 		},
 		ControlPlaneStartTimeout: time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
@@ -111,9 +144,14 @@ func Start(opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if c.Config, err = c.env.Start(); err != nil {
+	c.starter = newLockedThread()
+	c.starter.do(func() { c.Config, err = c.env.Start() })
+	if err != nil {
 		c.cleanup()
 		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
+	}
+	if err := c.recordProcesses(); err != nil {
+		return nil, errors.Join(err, c.Stop())
 	}
 	// envtest writes the webhook's serving certificate to a folder of its own.
 	c.CertDir = c.env.WebhookInstallOptions.LocalServingCertDir
@@ -143,6 +181,17 @@ func (c *Cluster) InstallCRDs() error {
 
 func (c *Cluster) etcdDir() string      { return filepath.Join(c.dir, "etcd") }
 func (c *Cluster) apiServerDir() string { return filepath.Join(c.dir, "apiserver") }
+func (c *Cluster) binDir() string       { return filepath.Join(c.dir, "bin") }
+
+// recordProcesses records kube-apiserver and etcd, for the next cluster in
+// this folder to end should this process be killed and they outlive it.
+func (c *Cluster) recordProcesses() error {
+	pids, err := childrenNaming(c.dir)
+	if err != nil {
+		return err
+	}
+	return c.guard.record(pids)
+}
 
 // Dir is the folder of the cluster's files.
 func (c *Cluster) Dir() string { return c.dir }
@@ -235,13 +284,20 @@ func (c *Cluster) RestartControlPlane(down time.Duration) error {
 		return fmt.Errorf("stopping etcd: %w", err)
 	}
 	time.Sleep(down)
-	if err := cp.Etcd.Start(); err != nil {
-		return fmt.Errorf("starting etcd: %w", err)
+	var err error
+	c.starter.do(func() {
+		if err = cp.Etcd.Start(); err != nil {
+			err = fmt.Errorf("starting etcd: %w", err)
+			return
+		}
+		if err = cp.APIServer.Start(); err != nil {
+			err = fmt.Errorf("starting kube-apiserver: %w", err)
+		}
+	})
+	if err != nil {
+		return err
 	}
-	if err := cp.APIServer.Start(); err != nil {
-		return fmt.Errorf("starting kube-apiserver: %w", err)
-	}
-	return nil
+	return c.recordProcesses()
 }
 
 // Stop stops the API server and etcd and removes the cluster's files.
@@ -251,12 +307,18 @@ func (c *Cluster) Stop() error {
 	return err
 }
 
+// cleanup removes the cluster's files and releases its folder. Ending the
+// starter's thread SIGKILLs whatever it started that a failed stop left.
 func (c *Cluster) cleanup() {
+	if c.starter != nil {
+		c.starter.close()
+	}
+	_ = c.guard.release()
 	if c.tempDir {
 		_ = os.RemoveAll(c.dir)
 		return
 	}
-	for _, p := range []string{c.etcdDir(), c.apiServerDir(), c.Kubeconfig} {
+	for _, p := range []string{c.etcdDir(), c.apiServerDir(), c.binDir(), c.Kubeconfig} {
 		if p != "" {
 			_ = os.RemoveAll(p)
 		}

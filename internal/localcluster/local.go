@@ -79,7 +79,12 @@ func RunLocal(ctx context.Context, opts LocalOptions) (err error) {
 	var c *Cluster
 	if err := step("kube-apiserver and etcd", func() (string, error) {
 		var err error
-		c, err = Start(Options{Webhooks: true, Dir: opts.Dir})
+		// Says what it ends of an earlier, killed run, under the heading.
+		progress := &indented{w: out}
+		c, err = Start(Options{Webhooks: true, Dir: opts.Dir, Log: fileLogger(progress, "cluster")})
+		if progress.wroteAny {
+			fmt.Fprint(out, "\n      done in")
+		}
 		if err != nil {
 			return "", err
 		}

@@ -137,13 +137,13 @@ func StartBinary(bin, logPath, readyURL string, args ...string) (*Process, error
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logs, logs
 	// Die with the test, even when it is killed before its cleanup runs.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
+	waited, err := StartTied(p.cmd)
+	if err != nil {
 		logs.Close()
 		return nil, err
 	}
 	go func() {
-		p.err = p.cmd.Wait()
+		p.err = <-waited
 		logs.Close()
 		close(p.exited)
 	}()

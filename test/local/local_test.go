@@ -4,7 +4,6 @@
 package local
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
@@ -21,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
 const readyLine = "meshcert is ready"
@@ -41,48 +42,10 @@ const (
 )
 
 func TestMakeRunAndTheWalkthroughs(t *testing.T) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "meshcert-local")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/meshcert-local").CombinedOutput(); err != nil {
-		t.Fatalf("building the local runner: %v\n%s", err, out)
-	}
-	state := filepath.Join(tmp, "state")
-
-	cmd := exec.Command(bin, "--dir", state)
-	cmd.Dir = root
-	// Die with the test, even when it is killed before its cleanup runs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	output := &lockedBuffer{}
-	go func() {
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			output.WriteString(s.Text() + "\n")
-		}
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-		}
-		if t.Failed() {
-			logs, _ := os.ReadFile(filepath.Join(state, "meshcert.log"))
-			lines := strings.Split(strings.TrimSpace(string(logs)), "\n")
-			t.Logf("the last lines of meshcert.log:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
-		}
-	})
+	root, bin := buildRunner(t)
+	state := filepath.Join(t.TempDir(), "state")
+	r := startRunner(t, root, bin, state)
+	output := r.output
 
 	waitForLine(t, output, readyLine, 3*time.Minute)
 	t.Logf("local runner output:\n%s", output.String())
@@ -154,18 +117,7 @@ func TestMakeRunAndTheWalkthroughs(t *testing.T) {
 	}
 
 	// SIGTERM stops everything it started.
-	go func() { exited <- cmd.Wait() }()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v\n%s", err, stderr.String())
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("the runner did not stop within a minute of SIGTERM")
-	}
+	r.stop(t, syscall.SIGTERM)
 	if n := strings.Count(output.String(), readyLine); n != 1 {
 		t.Errorf("%q printed %d times, want once", readyLine, n)
 	}
@@ -176,6 +128,70 @@ func TestMakeRunAndTheWalkthroughs(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", u.Host, time.Second); err == nil {
 		conn.Close()
 		t.Errorf("the API server's port %s is still open", u.Host)
+	}
+}
+
+// buildRunner builds the local runner, and returns the checkout, where it
+// runs, and the binary.
+func buildRunner(t *testing.T) (root, bin string) {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(t.TempDir(), "meshcert-local")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/meshcert-local").CombinedOutput(); err != nil {
+		t.Fatalf("building the local runner: %v\n%s", err, out)
+	}
+	return root, bin
+}
+
+// runner is a local runner the test started.
+type runner struct {
+	cmd    *exec.Cmd
+	output *lockedBuffer
+	stderr *lockedBuffer
+	exited <-chan error
+}
+
+// startRunner starts the local runner with its state in state. It dies with
+// the test, even when the test is killed before its cleanup runs.
+func startRunner(t *testing.T, root, bin, state string) *runner {
+	t.Helper()
+	r := &runner{cmd: exec.Command(bin, "--dir", state), output: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	r.cmd.Dir = root
+	r.cmd.Stdout, r.cmd.Stderr = r.output, r.stderr
+	// A process the runner left behind holding its output must not make the
+	// test wait forever for the runner's exit.
+	r.cmd.WaitDelay = 10 * time.Second
+	var err error
+	if r.exited, err = localcluster.StartTied(r.cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = r.cmd.Process.Kill()
+		if t.Failed() {
+			logs, _ := os.ReadFile(filepath.Join(state, "meshcert.log"))
+			lines := strings.Split(strings.TrimSpace(string(logs)), "\n")
+			t.Logf("the last lines of meshcert.log:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+		}
+	})
+	return r
+}
+
+// stop sends sig and wants the runner to exit with status 0 within a minute.
+func (r *runner) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.exited:
+		if err != nil {
+			t.Errorf("exit after %s: %v\n%s", sig, err, r.stderr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("the runner did not stop within a minute of %s", sig)
 	}
 }
 
@@ -338,10 +354,10 @@ type lockedBuffer struct {
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) WriteString(s string) {
+func (b *lockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.buf.WriteString(s)
+	return b.buf.Write(p)
 }
 
 func (b *lockedBuffer) String() string {
