@@ -60,7 +60,7 @@ cluster-bins: ## Build (or find cached) kube-apiserver, etcd and helm.
 .PHONY: bench
 bench: ## Benchmarks against same-run baselines, into bench/results.md (about 40 minutes; QUICK=1: about 10).
 	@$(GO) build -o bin/meshcert-bench ./cmd/meshcert-bench
-	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" bin/meshcert-bench $(if $(QUICK),--quick)
+	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" bin/meshcert-bench $(if $(QUICK),--quick)
 
 .PHONY: run
 run: ## The whole system on this machine: API server, cert-manager, meshcert. Ctrl-C stops it.

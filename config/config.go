@@ -238,8 +238,8 @@ func (c Config) validate() error {
 			bad("approve-agents-of", c.ApproveAgentsOf, "must be <namespace>/<service account>: "+strings.Join(msgs, "; "))
 		}
 	}
-	if !c.WebhookEnabled && !c.ReconcilerEnabled {
-		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false: there is nothing to run"))
+	if !c.WebhookEnabled && !c.ReconcilerEnabled && c.ApproveAgentsOf == "" {
+		errs = append(errs, errors.New("--enable-webhook and --enable-reconciler are both false and --approve-agents-of is empty: there is nothing to run"))
 	}
 	c.validateShared(bad)
 	for _, d := range []struct {

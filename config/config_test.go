@@ -78,6 +78,18 @@ func TestParse(t *testing.T) {
 				}
 			},
 		},
+		"nothing to run": {
+			args:    []string{"--enable-webhook=false", "--enable-reconciler=false"},
+			wantErr: "--enable-webhook and --enable-reconciler are both false and --approve-agents-of is empty: there is nothing to run",
+		},
+		"only the agents' approver": {
+			args: []string{"--enable-webhook=false", "--enable-reconciler=false", "--approve-agents-of=kong-mesh-system/meshcert-agent"},
+			check: func(t *testing.T, c Config) {
+				if c.WebhookEnabled || c.ReconcilerEnabled || c.ApproveAgentsOf != "kong-mesh-system/meshcert-agent" {
+					t.Errorf("not the approver alone: %+v", c)
+				}
+			},
+		},
 		"bad TLS version":        {args: []string{"--tls-min-version=1.1"}, wantErr: `invalid --tls-min-version "1.1": must be 1.2 or 1.3`},
 		"negative in-flight cap": {args: []string{"--max-requests-in-flight=-1"}, wantErr: `invalid --max-requests-in-flight "-1": must not be negative; 0 is no limit`},
 		"bad port":               {args: []string{"--webhook-port=0"}, wantErr: `invalid --webhook-port "0": must be between 1 and 65535`},

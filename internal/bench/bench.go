@@ -1,8 +1,9 @@
 // Package bench measures meshcert on the local test cluster, each measure
 // next to a baseline measured in the same run: admission (P1, P2), issuance
 // (P3), memory (P4), API writes at rest (P5), a renewal storm (P6), and the
-// node agent: issuance through 10 agents (P7), a first certificate (P8),
-// renewals pushed on open streams (P9) and an agent's cost (P10). The
+// node agent: issuance through 10 agents (P7) and a first certificate (P8),
+// each before and after per-node approval, renewals pushed on open streams
+// (P9) and an agent's cost (P10). The
 // machine may be shared and noisy, so the ratios count; docs/performance.md
 // describes each measure.
 package bench

@@ -137,7 +137,7 @@ func run(m *testing.M) (int, error) {
 	}
 	requesterCtx, stopRequester := context.WithCancel(ctx)
 	defer stopRequester()
-	if err := harness.StartRequesterIdentity(requesterCtx, c); err != nil {
+	if err := c.StartRequesterIdentity(requesterCtx); err != nil {
 		return 0, err
 	}
 	testEnv.hooks = &harness.CertificateRequestHooks{Policy: approveAllButDenied, ExternalGroup: externalGroup, ExternalCA: testEnv.other}

@@ -1,4 +1,4 @@
-package harness
+package localcluster
 
 import (
 	"context"
@@ -23,8 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
 // StartRequesterIdentity serves and registers a mutating webhook that
@@ -33,7 +31,7 @@ import (
 // as approver-policy decide by that requester. cert-manager's webhook is a Go
 // module of its own that the module proxy here does not serve, so this
 // stands in for that one mutation. It serves until ctx ends.
-func StartRequesterIdentity(ctx context.Context, c *localcluster.Cluster) error {
+func (c *Cluster) StartRequesterIdentity(ctx context.Context) error {
 	cert, certPEM, err := selfSignedServing()
 	if err != nil {
 		return err
