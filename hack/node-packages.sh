@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a real test node needs from Debian's packages, if missing:
-# containerd (and its ctr), runc, and the CNI plugins (in /usr/lib/cni).
+# containerd (and its ctr), runc, the CNI plugins (in /usr/lib/cni), iptables, and nft,
+# with which a test deletes the tables iptables-nft leaves.
 # Idempotent and quiet when everything is present; needs root to install.
 set -euo pipefail
 
@@ -8,9 +9,11 @@ declare -A probe=(
   [containerd]=/usr/bin/containerd
   [runc]=/usr/sbin/runc
   [containernetworking-plugins]=/usr/lib/cni/bridge
+  [iptables]=/usr/sbin/iptables
+  [nftables]=/usr/sbin/nft
 )
 missing=()
-for pkg in containerd runc containernetworking-plugins; do
+for pkg in "${!probe[@]}"; do
   [[ -x "${probe[$pkg]}" ]] || missing+=("$pkg")
 done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
