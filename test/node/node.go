@@ -200,6 +200,8 @@ func (n *Node) ClusterOptions(opts localcluster.Options) localcluster.Options {
 		"service-cluster-ip-range":   {serviceSubnet},
 		"kubelet-client-certificate": {n.pki("apiserver-kubelet-client.crt")},
 		"kubelet-client-key":         {n.pki("apiserver-kubelet-client.key")},
+		// The node's address, not its name, which would be looked up in DNS.
+		"kubelet-preferred-address-types": {"InternalIP"},
 	}
 	return opts
 }
@@ -360,6 +362,8 @@ func (n *Node) startKubelet() error {
 		"authorization":            map[string]string{"mode": "Webhook"},
 		"containerRuntimeEndpoint": "unix://" + n.containerdSocket(),
 		"clusterDomain":            "cluster.local",
+		// No name servers in pods: nothing may leave the bridge.
+		"resolvConf": "",
 	}
 	b, err := yaml.Marshal(config)
 	if err != nil {
@@ -459,6 +463,10 @@ func (n *Node) LoadImage(ctx context.Context, img Image) error {
 	}
 	return nil
 }
+
+// Dir is the node's folder, which Stop removes: a place for a test's
+// hostPath volumes.
+func (n *Node) Dir() string { return n.root }
 
 // Log returns the end of a daemon's log: kubelet, containerd, kube-proxy,
 // kube-controller-manager or kube-scheduler.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -27,32 +28,9 @@ import (
 // on it, and checks that its process sits in the cgroup the agent's
 // kubernetes attestor expects of a container.
 func TestPodOnRealNode(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("a real node needs root")
-	}
 	ctx := context.Background()
 	started := time.Now()
-	n, err := node.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster, err := localcluster.Start(n.ClusterOptions(localcluster.Options{}))
-	if err != nil {
-		t.Fatal(err, n.Stop())
-	}
-	t.Cleanup(func() {
-		if err := cluster.Stop(); err != nil {
-			t.Errorf("stopping the cluster: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		if err := n.Stop(); err != nil {
-			t.Errorf("stopping the node: %v", err)
-		}
-	})
-	if err := n.Start(ctx, cluster); err != nil {
-		t.Fatalf("%v\nthe kubelet's log:\n%s", err, n.Log("kubelet", 40))
-	}
+	n, cluster := startNode(t)
 	t.Logf("node Ready %s after the start", time.Since(started).Round(time.Millisecond))
 
 	const namespace = "node-test"
@@ -75,15 +53,7 @@ func TestPodOnRealNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, n, 2*time.Minute, "the pod to be Ready", func() bool {
-		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
-			return false
-		}
-		for _, cond := range pod.Status.Conditions {
-			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-				return true
-			}
-		}
-		return false
+		return c.Get(ctx, client.ObjectKeyFromObject(pod), pod) == nil && podReady(pod)
 	})
 	t.Logf("pod Ready %s after the start", time.Since(started).Round(time.Millisecond))
 
@@ -125,6 +95,116 @@ func TestPodOnRealNode(t *testing.T) {
 			t.Errorf("the test's own process is in %q", l)
 		}
 	}
+}
+
+// TestChartAgentOnRealNode installs the chart with its node agent and the
+// image built as the Dockerfile builds it, and checks that the agent serves
+// its socket on the node: its readiness needs its caches synced, so it also
+// reached the API server through the kubernetes Service.
+func TestChartAgentOnRealNode(t *testing.T) {
+	helm := os.Getenv("HELM")
+	if helm == "" {
+		t.Fatal("HELM is not set: export HELM=$(hack/cluster-bins.sh helm)")
+	}
+	ctx := context.Background()
+	started := time.Now()
+	n, cluster := startNode(t)
+	if err := cluster.InstallCRDs(); err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(t.TempDir(), "meshcert")
+	if err := node.BuildStatic(ctx, "github.com/meshcert/meshcert/cmd/meshcert", binary); err != nil {
+		t.Fatal(err)
+	}
+	const tag = "meshcert.test/meshcert:test"
+	if err := n.LoadImage(ctx, node.Image{Tag: tag, Binary: binary, Path: "/meshcert", User: "65532:65532"}); err != nil {
+		t.Fatal(err)
+	}
+	socketDir := filepath.Join(n.Dir(), "agent-sockets")
+	const namespace = "meshcert-system"
+	out, err := exec.CommandContext(ctx, helm, "install", "meshcert", "../../charts/meshcert",
+		"--kubeconfig", cluster.Kubeconfig, "--namespace", namespace, "--create-namespace",
+		"--set", "agent.enabled=true", "--set", "agent.socketDir="+socketDir,
+		"--set", "image.repository=meshcert.test/meshcert", "--set", "image.tag=test", "--set", "image.pullPolicy=Never",
+		"--set", "replicaCount=1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	c := cluster.Client
+	var agent corev1.Pod
+	waitFor(t, n, 2*time.Minute, "the agent pod to be Ready", func() bool {
+		pods := &corev1.PodList{}
+		if err := c.List(ctx, pods, client.InNamespace(namespace), client.MatchingLabels{"app.kubernetes.io/component": "agent"}); err != nil || len(pods.Items) != 1 {
+			return false
+		}
+		agent = pods.Items[0]
+		return podReady(&agent)
+	})
+	t.Logf("agent Ready %s after the start", time.Since(started).Round(time.Millisecond))
+	if agent.Spec.NodeName != node.Name || agent.Spec.Containers[0].Image != tag {
+		t.Errorf("agent pod on node %q with image %q", agent.Spec.NodeName, agent.Spec.Containers[0].Image)
+	}
+	// The agent's controllers start their workers once their caches have
+	// synced, which they did through the kubernetes Service; reading its log
+	// goes through the kubelet, as the API server's client.
+	var logs, stderr string
+	var logsErr error
+	defer func() {
+		if t.Failed() {
+			t.Logf("kubectl logs of the agent: %v %s\n%s", logsErr, stderr, logs)
+		}
+	}()
+	waitFor(t, n, time.Minute, "the agent's controllers to start", func() bool {
+		logs, stderr, logsErr = cluster.Kubectl(ctx, nil, "logs", "--namespace", namespace, agent.Name)
+		return logsErr == nil && strings.Contains(logs, "Starting workers")
+	})
+	info, err := os.Stat(filepath.Join(socketDir, "socket"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode()&os.ModeSocket == 0 {
+		t.Errorf("%s/socket is %v, want a socket", socketDir, info.Mode())
+	}
+}
+
+// startNode starts a test cluster and a node joined to it, and stops both
+// when the test ends.
+func startNode(t *testing.T) (*node.Node, *localcluster.Cluster) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a real node needs root")
+	}
+	n, err := node.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := localcluster.Start(n.ClusterOptions(localcluster.Options{}))
+	if err != nil {
+		t.Fatal(err, n.Stop())
+	}
+	t.Cleanup(func() {
+		if err := cluster.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+	})
+	t.Cleanup(func() {
+		if err := n.Stop(); err != nil {
+			t.Errorf("stopping the node: %v", err)
+		}
+	})
+	if err := n.Start(context.Background(), cluster); err != nil {
+		t.Fatalf("%v\nthe kubelet's log:\n%s", err, n.Log("kubelet", 40))
+	}
+	return n, cluster
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, cond := range pod.Status.Conditions {
+		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
 }
 
 // waitFor polls done every 200ms until timeout, and fails with the node's
