@@ -102,6 +102,7 @@ func TestPodOnRealNode(t *testing.T) {
 // its socket on the node: its readiness needs its caches synced, so it also
 // reached the API server through the kubernetes Service.
 func TestChartAgentOnRealNode(t *testing.T) {
+	skipUnlessRoot(t)
 	helm := os.Getenv("HELM")
 	if helm == "" {
 		t.Fatal("HELM is not set: export HELM=$(hack/cluster-bins.sh helm)")
@@ -171,9 +172,7 @@ func TestChartAgentOnRealNode(t *testing.T) {
 // when the test ends.
 func startNode(t *testing.T) (*node.Node, *localcluster.Cluster) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("a real node needs root")
-	}
+	skipUnlessRoot(t)
 	n, err := node.New()
 	if err != nil {
 		t.Fatal(err)
@@ -196,6 +195,13 @@ func startNode(t *testing.T) (*node.Node, *localcluster.Cluster) {
 		t.Fatalf("%v\nthe kubelet's log:\n%s", err, n.Log("kubelet", 40))
 	}
 	return n, cluster
+}
+
+func skipUnlessRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a real node needs root")
+	}
 }
 
 func podReady(pod *corev1.Pod) bool {
