@@ -283,6 +283,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %[5]q
+  # exec, attach and port-forward, served on the bridge.
+  stream_server_address = %[8]q
+  stream_server_port = "0"
   # root here lacks CAP_SYS_RESOURCE.
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -293,7 +296,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), n.containerdSocket(), filepath.Join(dir, "opt"),
-		PauseImage, cniBinDir, n.path("net.d"))
+		PauseImage, cniBinDir, n.path("net.d"), nodeIP)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
