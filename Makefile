@@ -17,10 +17,13 @@ FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate .
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
+# The real node's tests (test/node) need root, and skip without it: only root
+# installs their Debian packages.
 .PHONY: test
-test: vet ## Everything: unit, chart, end-to-end against a real API server, and a fuzz smoke run.
+test: vet ## Everything: unit, chart, end-to-end against a real API server and, as root, a real node, and a fuzz smoke run.
+	[ "$$(id -u)" != 0 ] || hack/node-packages.sh
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
-	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" \
+	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" MESHCERT_NODE_BINS="$$(hack/cluster-bins.sh node)" \
 	  $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 
@@ -53,9 +56,10 @@ build: ## The meshcert binary, as the image builds it.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/meshcert ./cmd/meshcert
 
 .PHONY: cluster-bins
-cluster-bins: ## Build (or find cached) kube-apiserver, etcd and helm.
+cluster-bins: ## Build (or find cached) kube-apiserver, etcd, helm and a real node's binaries.
 	hack/cluster-bins.sh assets
 	hack/cluster-bins.sh helm
+	hack/cluster-bins.sh node
 
 .PHONY: bench
 bench: ## Benchmarks against same-run baselines, into bench/results.md (about 40 minutes; QUICK=1: about 10).

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds the test cluster's binaries (kube-apiserver, etcd, approver-policy) and
+# Builds the test cluster's binaries (kube-apiserver, etcd, approver-policy, and
+# a real node's kubelet, controllers, kube-proxy and SPIFFE CSI driver) and
 # helm from source with the Go toolchain, each in a throwaway Go module, so that
 # no release binary needs to be downloaded: the Go module proxy is all it needs.
 # Each binary is cached outside the checkout, keyed by version, so only the
 # first run pays for it.
 #
-# Usage: hack/cluster-bins.sh assets|helm|approver-policy
+# Usage: hack/cluster-bins.sh assets|node|helm|approver-policy
 #   assets           prints a KUBEBUILDER_ASSETS folder holding kube-apiserver, etcd and kubectl
+#   node             prints a folder holding kubelet, kube-controller-manager, kube-scheduler,
+#                    kube-proxy and spiffe-csi-driver, for test/node
 #   helm             prints the path of the helm binary
 #   approver-policy  prints a folder holding approver-policy's controller binary and its CRD
 set -euo pipefail
@@ -15,6 +18,7 @@ KUBE_VERSION="${KUBE_VERSION:-v1.37.0}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 APPROVER_POLICY_VERSION="${APPROVER_POLICY_VERSION:-v0.28.0}"
+SPIFFE_CSI_VERSION="${SPIFFE_CSI_VERSION:-v0.2.6}"
 CACHE="${MESHCERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshcert}"
 KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
 
@@ -57,11 +61,13 @@ MOD
   echo "$dest"
 }
 
-# k8s.io/kubernetes maps its staging modules to ./staging/src, which the module zip
-# lacks: point each one at its published k8s.io/M v0.Y.Z instead.
-kube_apiserver() {
-  if [[ -x "$CACHE/kube-apiserver-$KUBE_VERSION/kube-apiserver" ]]; then
-    echo "$CACHE/kube-apiserver-$KUBE_VERSION/kube-apiserver"
+# kube NAME builds k8s.io/kubernetes/cmd/NAME. k8s.io/kubernetes maps its
+# staging modules to ./staging/src, which the module zip lacks: point each one
+# at its published k8s.io/M v0.Y.Z instead.
+kube() {
+  local name=$1
+  if [[ -x "$CACHE/$name-$KUBE_VERSION/$name" ]]; then
+    echo "$CACHE/$name-$KUBE_VERSION/$name"
     return
   fi
   local gomod staging_version replaces=()
@@ -73,7 +79,7 @@ kube_apiserver() {
   local major minor
   major=${KUBE_VERSION#v}; major=${major%%.*}
   minor=${KUBE_VERSION#v*.}; minor=${minor%%.*}
-  build kube-apiserver "$KUBE_VERSION" "$KUBE_VERSION" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes \
+  build "$name" "$KUBE_VERSION" "$KUBE_VERSION" "k8s.io/kubernetes/cmd/$name" k8s.io/kubernetes \
     "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor" \
     "${replaces[@]}"
 }
@@ -115,12 +121,27 @@ assets() {
     exit 1
   fi
   local apiserver etcdbin dir="$CACHE/assets-kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
-  apiserver=$(kube_apiserver)
+  apiserver=$(kube kube-apiserver)
   etcdbin=$(etcd)
   mkdir -p "$dir"
   ln -sfn "$apiserver" "$dir/kube-apiserver"
   ln -sfn "$etcdbin" "$dir/etcd"
   ln -sfn "$KUBECTL" "$dir/kubectl"
+  echo "$dir"
+}
+
+# A real node's binaries. The kubelet is pinned with the control plane: 1.37
+# is the last that falls back to its own cgroup driver with containerd 1.6.
+node() {
+  local dir="$CACHE/node-kube-$KUBE_VERSION-spiffe-csi-$SPIFFE_CSI_VERSION" name bin
+  mkdir -p "$dir"
+  for name in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+    bin=$(kube "$name")
+    ln -sfn "$bin" "$dir/$name"
+  done
+  bin=$(build spiffe-csi-driver "$SPIFFE_CSI_VERSION" "$SPIFFE_CSI_VERSION" \
+    github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver github.com/spiffe/spiffe-csi "")
+  ln -sfn "$bin" "$dir/spiffe-csi-driver"
   echo "$dir"
 }
 
@@ -131,7 +152,8 @@ flock 9
 
 case "${1:-}" in
   assets) assets ;;
+  node) node ;;
   helm) helm ;;
   approver-policy) approver_policy ;;
-  *) echo "usage: $0 assets|helm|approver-policy" >&2; exit 2 ;;
+  *) echo "usage: $0 assets|node|helm|approver-policy" >&2; exit 2 ;;
 esac

@@ -52,6 +52,13 @@ type Options struct {
 	Dir string
 	// Log receives what Start does about such a cluster; default: discarded.
 	Log logr.Logger
+	// APIServerAddress is the address kube-apiserver listens on, advertises
+	// and names in its serving certificate, for clients beyond loopback
+	// such as a node's pods. Default: 127.0.0.1.
+	APIServerAddress string
+	// APIServerArgs are kube-apiserver flags, by name without dashes, that
+	// replace envtest's.
+	APIServerArgs map[string][]string
 }
 
 // Cluster is a running test cluster.
@@ -138,6 +145,10 @@ func Start(opts Options) (*Cluster, error) {
 		ControlPlaneStartTimeout: time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}
+	if err := c.configureAPIServer(opts); err != nil {
+		c.cleanup()
+		return nil, err
+	}
 	if opts.Webhooks {
 		if err := c.prepareWebhooks(); err != nil {
 			c.cleanup()
@@ -177,6 +188,28 @@ func (c *Cluster) InstallCRDs() error {
 	}
 	_, err = envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{CRDs: crds, MaxTime: time.Minute})
 	return err
+}
+
+// configureAPIServer applies the address and flags of opts.
+func (c *Cluster) configureAPIServer(opts Options) error {
+	apiServer := c.env.ControlPlane.GetAPIServer()
+	if opts.APIServerAddress != "" {
+		// envtest picks a loopback address unless it is given both parts.
+		l, err := net.Listen("tcp", net.JoinHostPort(opts.APIServerAddress, "0"))
+		if err != nil {
+			return fmt.Errorf("finding a free port for kube-apiserver: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if err := l.Close(); err != nil {
+			return err
+		}
+		apiServer.SecureServing.Address, apiServer.SecureServing.Port = opts.APIServerAddress, strconv.Itoa(port)
+		apiServer.Configure().Set("advertise-address", opts.APIServerAddress)
+	}
+	for name, values := range opts.APIServerArgs {
+		apiServer.Configure().Set(name, values...)
+	}
+	return nil
 }
 
 func (c *Cluster) etcdDir() string      { return filepath.Join(c.dir, "etcd") }
@@ -254,6 +287,21 @@ func (c *Cluster) writeKubeconfig() error {
 	}
 	c.Kubeconfig = filepath.Join(c.dir, "kubeconfig")
 	return os.WriteFile(c.Kubeconfig, kc, 0o600)
+}
+
+// WriteUserKubeconfig writes, at path, a kubeconfig authenticating with a
+// client certificate for user in groups, such as a kubelet's
+// system:node:<name> in system:nodes.
+func (c *Cluster) WriteUserKubeconfig(path, user string, groups ...string) error {
+	authenticated, err := c.env.AddUser(envtest.User{Name: user, Groups: groups}, nil)
+	if err != nil {
+		return fmt.Errorf("creating the user %s: %w", user, err)
+	}
+	kc, err := authenticated.KubeConfig()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, kc, 0o600)
 }
 
 // WriteKubeconfigAs writes, at path, the admin kubeconfig impersonating
