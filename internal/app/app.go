@@ -293,7 +293,7 @@ func Run(ctx context.Context, cfg config.Config, restConfig *rest.Config, opts .
 			Signers:   cfg.ApproveSigners, Mapper: mgr.GetRESTMapper(),
 			Recorder: mgr.GetEventRecorder("meshcert"), Clock: clock.RealClock{},
 		}
-		if err := a.SetupWithManager(ctx, mgr); err != nil {
+		if err := a.SetupWithManager(ctx, mgr, cfg.Workers); err != nil {
 			return fmt.Errorf("setting up the agents' approver: %w", err)
 		}
 	}
