@@ -112,7 +112,7 @@ func TestKumaDataplanes(t *testing.T) {
 		}
 		start(t, "kuma-dp "+name, env, filepath.Join(bin, "kuma-dp"), "run",
 			"--cp-address=https://127.0.0.1:"+ports[0], "--ca-cert-file="+filepath.Join(work, "kuma-cp.crt"),
-			"--dataplane="+dp, "--binary-path="+envoy, "--dns-enabled=false", "--work-dir="+filepath.Join(dir, "work"))
+			"--dataplane="+dp, "--binary-path="+envoy, "--dns-enabled=false", "--drain-time=1s", "--work-dir="+filepath.Join(dir, "work"))
 	}
 
 	want := map[string]string{"backend": "spiffe://" + trustDomain + "/workload/backend", "web": "spiffe://" + trustDomain + "/workload/web"}

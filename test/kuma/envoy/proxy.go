@@ -281,10 +281,10 @@ func trimNewline(b []byte) []byte {
 	return b
 }
 
-// serveAdmin serves the part of Envoy's admin API kuma-dp uses, on the
-// bootstrap's admin address: /ready (kuma-dp's readiness reporter proxies
-// it), /healthcheck/fail and /drain_listeners (kuma-dp's drain on exit).
-// Every other path is refused and logged.
+// serveAdmin serves the part of Envoy's admin API kuma-dp 2.14.3 was seen
+// to use, on the bootstrap's admin address: /ready, which kuma-dp's
+// readiness reporter proxies, and /healthcheck/fail, kuma-dp's drain on
+// exit. Every other path is refused and logged.
 func (p *proxy) serveAdmin(ctx context.Context, admin *bootstrapv3.Admin) error {
 	addr := admin.GetAddress()
 	var (
@@ -319,13 +319,11 @@ func (p *proxy) serveAdmin(ctx context.Context, admin *bootstrapv3.Admin) error 
 			http.Error(w, "PRE_INITIALIZING", http.StatusServiceUnavailable)
 		}
 	})
-	ok := func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /healthcheck/fail", func(w http.ResponseWriter, r *http.Request) {
 		p.draining.Store(true)
 		p.log.Info("admin drain", "path", r.URL.Path)
 		fmt.Fprintln(w, "OK")
-	}
-	mux.HandleFunc("POST /healthcheck/fail", ok)
-	mux.HandleFunc("POST /drain_listeners", ok)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		p.log.Info("admin request not served", "method", r.Method, "path", r.URL.Path)
 		http.NotFound(w, r)
