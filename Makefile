@@ -24,6 +24,7 @@ test: vet ## Everything: unit, chart, end-to-end against a real API server and, 
 	[ "$$(id -u)" != 0 ] || hack/node-packages.sh
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
 	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" MESHCERT_NODE_BINS="$$(hack/cluster-bins.sh node)" \
+	  KUMA_DIR="$$(hack/kuma.sh)" \
 	  $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz
 

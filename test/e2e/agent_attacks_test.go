@@ -81,28 +81,30 @@ func TestAgentRefusesForgedFacts(t *testing.T) {
 	}
 
 	proc.inPod(t, string(web.UID))
-	t.Run("10,000 repeated names are answered with one of each", func(t *testing.T) {
-		names := make([]string, 10_000)
-		for i := range names {
-			names[i] = "ALL" // 50 KB of names, under the 64 KiB request limit
-		}
-		resp, err := fetch(t, names...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(resp.Resources) != 1 {
-			t.Errorf("%d resources for one name asked 10,000 times, want 1", len(resp.Resources))
-		}
-	})
-	t.Run("10,000 repeated longer names are refused by size before any work", func(t *testing.T) {
-		names := make([]string, 10_000)
-		for i := range names {
-			names[i] = "default"
-		}
-		if _, err := fetch(t, names...); status.Code(err) != codes.ResourceExhausted {
-			t.Errorf("got %v, want ResourceExhausted", err)
-		}
-	})
+	floods := map[string]struct {
+		name  string
+		times int
+		want  codes.Code
+	}{
+		"names repeated within the cap are answered with one of each":             {name: "ALL", times: 60, want: codes.OK},
+		"10,000 repeated names are refused by their count, before any work":       {name: "ALL", times: 10_000, want: codes.InvalidArgument},
+		"10,000 repeated longer names are refused by their size, before any work": {name: "default", times: 10_000, want: codes.ResourceExhausted},
+	}
+	for name, tc := range floods {
+		t.Run(name, func(t *testing.T) {
+			names := make([]string, tc.times)
+			for i := range names {
+				names[i] = tc.name
+			}
+			resp, err := fetch(t, names...)
+			if status.Code(err) != tc.want {
+				t.Fatalf("got %v, want %s", err, tc.want)
+			}
+			if err == nil && len(resp.Resources) != 1 {
+				t.Errorf("%d resources for one name asked %d times, want 1", len(resp.Resources), tc.times)
+			}
+		})
+	}
 
 	t.Run("a caller's calls are capped", func(t *testing.T) {
 		const extra = 8

@@ -157,67 +157,24 @@ func TestKumaDataplanes(t *testing.T) {
 	}
 }
 
-// kumaBinaries finds kuma-cp and kuma-dp: $KUMA_DIR (unpacked, a release's
-// bin/, or the xz files of ../shared/kuma), else ../shared/kuma beside the
-// repository. The xz files are unpacked into the user's cache.
+// kumaBinaries is the folder of kuma-cp, kuma-dp, kumactl and Kuma's chart
+// that hack/kuma.sh finds ($KUMA_DIR, ../shared/kuma beside the repository,
+// its cache, or Kuma's release), unpacked outside the checkout.
 func kumaBinaries(t *testing.T) string {
 	t.Helper()
-	dirs := []string{os.Getenv("KUMA_DIR")}
-	if dirs[0] == "" {
-		root, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dirs = []string{filepath.Join(filepath.Dir(strings.TrimSpace(string(root))), "..", "shared", "kuma")}
-	}
-	for _, dir := range []string{dirs[0], filepath.Join(dirs[0], "bin")} {
-		if isFile(filepath.Join(dir, "kuma-cp")) && isFile(filepath.Join(dir, "kuma-dp")) {
-			return dir
-		}
-	}
-	if isFile(filepath.Join(dirs[0], "kuma-cp-"+kumaVersion+"-linux-amd64.xz")) {
-		cache, err := os.UserCacheDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := filepath.Join(cache, "meshcert", "kuma-"+kumaVersion)
-		if err := os.MkdirAll(out, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, name := range []string{"kuma-cp", "kuma-dp"} {
-			if isFile(filepath.Join(out, name)) {
-				continue
-			}
-			unpack(t, filepath.Join(dirs[0], name+"-"+kumaVersion+"-linux-amd64.xz"), filepath.Join(out, name))
-		}
-		return out
-	}
-	t.Fatalf("no kuma-cp and kuma-dp %s in %s: set KUMA_DIR to a directory with them (Kuma's release tarball, kuma-%s/bin), or put ../shared/kuma beside the repository", kumaVersion, dirs[0], kumaVersion)
-	return ""
-}
-
-func unpack(t *testing.T, xz, to string) {
-	t.Helper()
-	tmp := to + ".partial"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	mod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("xz", "-dc", xz)
-	cmd.Stdout = f
-	err = cmd.Run()
-	f.Close()
+	script := filepath.Join(filepath.Dir(strings.TrimSpace(string(mod))), "hack", "kuma.sh")
+	var stderr bytes.Buffer
+	cmd := exec.Command(script)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("unpacking %s: %v", xz, err)
+		t.Fatalf("no Kuma %s: %v: %s\nset KUMA_DIR to Kuma's unpacked release (kuma-%s/), or put ../shared/kuma beside the repository", kumaVersion, err, stderr.String(), kumaVersion)
 	}
-	if err := os.Rename(tmp, to); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func isFile(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular()
+	return strings.TrimSpace(string(out))
 }
 
 // start runs a process until the test ends, then stops it with SIGTERM.
