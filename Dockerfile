@@ -5,7 +5,10 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath \
+# FIPS=1 builds with Go's FIPS 140-3 module, as `make build FIPS=1`: see "FIPS"
+# in docs/installing.md.
+ARG FIPS=
+RUN CGO_ENABLED=0 GOTOOLCHAIN=local GOFIPS140=${FIPS:+v1.0.0} go build -trimpath \
       -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/meshcert ./cmd/meshcert
 

@@ -41,7 +41,7 @@ func main() {
 		os.Exit(0)
 	}
 	if cfg.ShowVersion {
-		fmt.Println(version)
+		fmt.Print(versionText(version, buildSettings()))
 		return
 	}
 	exitOnConfigError(err)
@@ -97,7 +97,7 @@ func setup(cfg config.Common) *rest.Config {
 	ctrl.SetLogger(logger)
 	// client-go (leader election among others) logs through klog: same format.
 	klog.SetLogger(logger.WithName("client-go"))
-	ctrl.Log.Info("meshcert", "version", version)
+	ctrl.Log.Info("meshcert", "version", version, "gofips140", fipsBuild(buildSettings()), "fips140Mode", fipsMode())
 	restConfig, err := kubeconfig(cfg.Kubeconfig)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "meshcert: loading the kubeconfig: %v\n", err)

@@ -400,17 +400,20 @@ func TestSchemaRejectsMistakes(t *testing.T) {
 		args []string
 		want string
 	}{
-		"string for a number":     {args: []string{"--set", "replicaCount=two"}, want: "/replicaCount': got string, want integer"},
-		"misspelled key":          {args: []string{"--set", "replicas=3"}, want: "additional properties 'replicas' not allowed"},
-		"unknown failurePolicy":   {args: []string{"--set", "webhook.failurePolicy=fail"}, want: "/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"},
-		"timeout over 30s":        {args: []string{"--set", "webhook.timeoutSeconds=60"}, want: "/webhook/timeoutSeconds'"},
-		"bad namespace":           {args: []string{"--set", "dataplaneNamespaces={Team_A}"}, want: "/dataplaneNamespaces/0'"},
-		"bad duration":            {args: []string{"--set", "reconciler.requestTimeout=10 seconds"}, want: "/reconciler/requestTimeout'"},
-		"secret without caBundle": {args: []string{"--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=x"}, want: "/webhook/certificate/caBundle'"},
-		"grace period too short":  {args: []string{"--set", "terminationGracePeriodSeconds=5"}, want: "terminationGracePeriodSeconds must be longer than preStopSleepSeconds"},
-		"a policy for no issuer":  {args: []string{"--set", "approverPolicy.enabled=true"}, want: "approverPolicy.issuers: name at least one issuer that meshcert's requests may use"},
-		"a policy's unknown key":  {args: []string{"--set", "approverPolicy.keyAlgorithms={dsa}"}, want: "/approverPolicy/keyAlgorithms/0'"},
-		"an issuer without name":  {args: []string{"--set", "approverPolicy.issuers[0].kind=Issuer"}, want: "/approverPolicy/issuers/0'"},
+		"string for a number":      {args: []string{"--set", "replicaCount=two"}, want: "/replicaCount': got string, want integer"},
+		"misspelled key":           {args: []string{"--set", "replicas=3"}, want: "additional properties 'replicas' not allowed"},
+		"unknown failurePolicy":    {args: []string{"--set", "webhook.failurePolicy=fail"}, want: "/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"},
+		"timeout over 30s":         {args: []string{"--set", "webhook.timeoutSeconds=60"}, want: "/webhook/timeoutSeconds'"},
+		"bad namespace":            {args: []string{"--set", "dataplaneNamespaces={Team_A}"}, want: "/dataplaneNamespaces/0'"},
+		"bad duration":             {args: []string{"--set", "reconciler.requestTimeout=10 seconds"}, want: "/reconciler/requestTimeout'"},
+		"secret without caBundle":  {args: []string{"--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=x"}, want: "/webhook/certificate/caBundle'"},
+		"grace period too short":   {args: []string{"--set", "terminationGracePeriodSeconds=5"}, want: "terminationGracePeriodSeconds must be longer than preStopSleepSeconds"},
+		"a policy for no issuer":   {args: []string{"--set", "approverPolicy.enabled=true"}, want: "approverPolicy.issuers: name at least one issuer that meshcert's requests may use"},
+		"a policy's unknown key":   {args: []string{"--set", "approverPolicy.keyAlgorithms={dsa}"}, want: "/approverPolicy/keyAlgorithms/0'"},
+		"an issuer without name":   {args: []string{"--set", "approverPolicy.issuers[0].kind=Issuer"}, want: "/approverPolicy/issuers/0'"},
+		"a tag for a digest":       {args: []string{"--set", "image.digest=v1.2.3"}, want: "/image/digest'"},
+		"an object for a template": {args: []string{"--set", "extraObjects[0].kind=ConfigMap"}, want: "/extraObjects/0'"},
+		"a common label not text":  {args: []string{"--set-json", `commonLabels={"team":{"name":"mesh"}}`}, want: "/commonLabels/team'"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -62,38 +62,55 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 
-	// Run the builder's go build, as the image would, and check the binary.
+	// Run the builder's go build, as the image would, with and without the
+	// FIPS build argument, and check each binary.
 	var build string
 	for _, in := range ins[:lastFrom] {
 		if strings.HasPrefix(in, "RUN ") && strings.Contains(in, "go build") {
 			build = strings.TrimPrefix(in, "RUN ")
 		}
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=${VERSION}", " ./cmd/meshcert"} {
+	for _, want := range []string{"CGO_ENABLED=0", "GOFIPS140=${FIPS:+v1.0.0}", "-trimpath", "-X main.version=${VERSION}", " ./cmd/meshcert"} {
 		if !strings.Contains(build, want) {
 			t.Errorf("the build command %q lacks %q", build, want)
 		}
 	}
-	out := filepath.Join(t.TempDir(), "meshcert")
-	cmd := exec.Command("sh", "-c", strings.ReplaceAll(build, "/out/meshcert", out))
-	cmd.Dir = "../.."
-	cmd.Env = append(os.Environ(), "VERSION=v0.0.0-image-test")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", build, err, b)
+	if !contains(ins[:lastFrom], "ARG FIPS=") {
+		t.Error("the build stage has no FIPS argument, off by default")
 	}
-	version, err := exec.Command(out, "--version").Output()
-	if err != nil || strings.TrimSpace(string(version)) != "v0.0.0-image-test" {
-		t.Errorf("--version printed %q (%v), want the injected version", version, err)
+	tests := map[string]struct {
+		fips       string
+		wantModule string
+		wantMode   string
+	}{
+		"the default image": {wantModule: "GOFIPS140: off (Go Cryptographic Module latest)", wantMode: "FIPS 140-3 mode: off"},
+		"FIPS=1":            {fips: "1", wantModule: "GOFIPS140: v1.0.0-", wantMode: "FIPS 140-3 mode: on"},
 	}
-	f, err := elf.Open(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Error("the binary is dynamically linked; distroless static has no libc")
-		}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "meshcert")
+			cmd := exec.Command("sh", "-c", strings.ReplaceAll(build, "/out/meshcert", out))
+			cmd.Dir = "../.."
+			cmd.Env = append(os.Environ(), "VERSION=v0.0.0-image-test", "FIPS="+tc.fips)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", build, err, b)
+			}
+			version, err := exec.Command(out, "--version").Output()
+			lines := strings.Split(strings.TrimSpace(string(version)), "\n")
+			if err != nil || len(lines) != 3 || lines[0] != "v0.0.0-image-test" || !strings.HasPrefix(lines[1], tc.wantModule) || lines[2] != tc.wantMode {
+				t.Errorf("--version printed %q (%v), want the injected version, %q and %q", version, err, tc.wantModule, tc.wantMode)
+			}
+			f, err := elf.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			for _, p := range f.Progs {
+				if p.Type == elf.PT_INTERP {
+					t.Error("the binary is dynamically linked; distroless static has no libc")
+				}
+			}
+		})
 	}
 }
 

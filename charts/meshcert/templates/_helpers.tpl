@@ -17,11 +17,19 @@ app.kubernetes.io/name: {{ include "meshcert.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* Every object's labels: the chart's, then commonLabels, which cannot replace the chart's. */}}
 {{- define "meshcert.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "meshcert.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- $labels := include "meshcert.selectorLabels" . | fromYaml }}
+{{- $_ := set $labels "helm.sh/chart" (printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_") }}
+{{- $_ := set $labels "app.kubernetes.io/version" .Chart.AppVersion }}
+{{- $_ := set $labels "app.kubernetes.io/managed-by" .Release.Service }}
+{{- toYaml (merge $labels .Values.commonLabels) }}
+{{- end }}
+
+{{/* A pod template's labels: .labels, which its selector matches, then .podLabels, then commonLabels;
+neither replaces a label of .labels, so the selector always matches. */}}
+{{- define "meshcert.podLabels" -}}
+{{- toYaml (merge .labels .podLabels .root.Values.commonLabels) }}
 {{- end }}
 
 {{- define "meshcert.serviceAccountName" -}}
@@ -45,8 +53,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The image reference, as cert-manager's chart makes it: image.registry prefixes the repository,
+and a digest pins it (with a tag too, the reference holds both, and the digest is what is pulled). */}}
 {{- define "meshcert.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $image := .Values.image }}
+{{- $repository := $image.repository }}
+{{- with $image.registry }}
+{{- $repository = printf "%s/%s" . $repository }}
+{{- end }}
+{{- if and $image.tag $image.digest }}
+{{- printf "%s:%s@%s" $repository $image.tag $image.digest }}
+{{- else if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The webhook registrations' client config: the Service, and either cainjector or a caBundle. */}}
