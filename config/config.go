@@ -116,7 +116,7 @@ func Parse(args []string, getenv func(string) string, output io.Writer) (Config,
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "How long to drain in-flight work on SIGTERM before exiting.")
 	fs.IntVar(&c.LogLevel, "log-level", 0, "Log verbosity: 0 logs decisions and problems, 1 every admission, 2 and up more detail.")
 
-	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
+	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version, the Go FIPS 140-3 module it was built with (if any) and whether FIPS mode is on, and exit.")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
