@@ -261,11 +261,20 @@ func removeNetns() error {
 	return errors.Join(errs...)
 }
 
-// kubepodsCgroups are the kubelet's kubepods cgroups in every hierarchy.
+// AttackerCgroup is the cgroup, in every hierarchy, under which the tests
+// make cgroups named like a pod's, outside the kubelet's.
+const AttackerCgroup = "meshcert-node-attacker"
+
+// kubepodsCgroups are the kubelet's kubepods cgroups in every hierarchy, and
+// the tests' AttackerCgroup.
 func kubepodsCgroups() []string {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods")
-	if _, err := os.Stat("/sys/fs/cgroup/kubepods"); err == nil {
-		dirs = append(dirs, "/sys/fs/cgroup/kubepods")
+	var dirs []string
+	for _, name := range []string{"kubepods", AttackerCgroup} {
+		found, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
+		dirs = append(dirs, found...)
+		if _, err := os.Stat("/sys/fs/cgroup/" + name); err == nil {
+			dirs = append(dirs, "/sys/fs/cgroup/"+name)
+		}
 	}
 	return dirs
 }

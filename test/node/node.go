@@ -27,7 +27,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -91,6 +93,9 @@ func New() (*Node, error) {
 	if err := n.createBridge(); err != nil {
 		return nil, errors.Join(err, n.Stop())
 	}
+	if err := shareKubeletDir(); err != nil {
+		return nil, errors.Join(err, n.Stop())
+	}
 	if err := n.writeKubeletClientPKI(); err != nil {
 		return nil, errors.Join(err, n.Stop())
 	}
@@ -134,6 +139,25 @@ func (n *Node) createBridge() error {
 		if err := run("ip", args...); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// kubeletDir is the kubelet's root folder, where it mounts pods' volumes.
+const kubeletDir = "/var/lib/kubelet"
+
+// shareKubeletDir makes the kubelet's folder a shared mount of its own: a
+// CSI driver's pod mounts volumes there with Bidirectional propagation,
+// which containerd refuses under a private mount such as this machine's /.
+func shareKubeletDir() error {
+	if err := os.MkdirAll(kubeletDir, 0o700); err != nil {
+		return err
+	}
+	if err := syscall.Mount(kubeletDir, kubeletDir, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mounting %s: %w", kubeletDir, err)
+	}
+	if err := syscall.Mount("", kubeletDir, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		return fmt.Errorf("sharing %s: %w", kubeletDir, err)
 	}
 	return nil
 }
@@ -466,6 +490,46 @@ func (n *Node) LoadImage(ctx context.Context, img Image) error {
 	}
 	return nil
 }
+
+// Restart stops a daemon, kubelet or containerd, and starts it again as it
+// was started; it waits for containerd to serve, or the node to be Ready.
+func (n *Node) Restart(ctx context.Context, c client.Client, name string) error {
+	i := slices.IndexFunc(n.processes, func(p *process) bool { return p.name == name })
+	if i < 0 {
+		return fmt.Errorf("no daemon %s", name)
+	}
+	p := n.processes[i]
+	criStarts := strings.Count(tail(p.log, 1<<20), criInitialized)
+	p.stop(10 * time.Second)
+	n.processes = slices.Delete(n.processes, i, i+1)
+	restarted := time.Now()
+	if err := n.startProcess(name, p.cmd.Path, p.cmd.Args[1:]...); err != nil {
+		return err
+	}
+	if name == "containerd" {
+		// The kubelet refuses a CRI that serves but has not initialized.
+		return n.poll(ctx, 30*time.Second, "containerd's CRI to initialize", func() (bool, error) {
+			return strings.Count(n.Log("containerd", 1<<20), criInitialized) > criStarts, nil
+		})
+	}
+	// The Node's status is the earlier kubelet's until the new one reports.
+	return n.poll(ctx, 2*time.Minute, "the restarted kubelet to report the node Ready", func() (bool, error) {
+		node := &corev1.Node{}
+		if err := c.Get(ctx, client.ObjectKey{Name: Name}, node); err != nil {
+			return false, nil
+		}
+		for _, cond := range node.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				return cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(restarted), nil
+			}
+		}
+		return false, nil
+	})
+}
+
+// criInitialized is what containerd 1.6 logs as its CRI plugin becomes
+// ready to serve.
+const criInitialized = `msg="Start streaming server"`
 
 // Dir is the node's folder, which Stop removes: a place for a test's
 // hostPath volumes.

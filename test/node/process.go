@@ -29,7 +29,8 @@ type process struct {
 // dies, however it dies (localcluster.StartTied).
 func (n *Node) startProcess(name, path string, args ...string) error {
 	logPath := filepath.Join(n.root, "logs", name+".log")
-	logFile, err := os.Create(logPath)
+	// Appended to: a restarted daemon's log keeps its earlier run's.
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
