@@ -60,7 +60,10 @@ func TestApproverPolicy(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			m := render(t, tc.args...)
-			policies := all[policyapi.CertificateRequestPolicy](t, m, "CertificateRequestPolicy")
+			// The webhook's own certificate has a policy of its own,
+			// TestWebhookCertificatePolicy's.
+			policies := slices.DeleteFunc(all[policyapi.CertificateRequestPolicy](t, m, "CertificateRequestPolicy"),
+				func(p *policyapi.CertificateRequestPolicy) bool { return p.Name == "meshcert-webhook" })
 			if len(policies) != len(tc.want) {
 				t.Fatalf("%d policies, want %d", len(policies), len(tc.want))
 			}
@@ -112,6 +115,9 @@ func TestApproverPolicy(t *testing.T) {
 
 			var use []rbacv1.PolicyRule
 			for _, r := range all[rbacv1.Role](t, m, "Role") {
+				if r.Name == "meshcert-webhook-approver-policy" {
+					continue
+				}
 				for _, rule := range r.Rules {
 					if slices.Contains(rule.Verbs, "use") {
 						use = append(use, rule)
@@ -143,6 +149,58 @@ func TestApproverPolicy(t *testing.T) {
 				if !slices.Equal(users, wantUsers) {
 					t.Errorf("the policies may be used by %v, want %v", users, wantUsers)
 				}
+			}
+		})
+	}
+}
+
+// TestWebhookCertificatePolicy: with approver-policy and the webhook's
+// certificate from cert-manager, the chart allows exactly that certificate,
+// to cert-manager's controller alone.
+func TestWebhookCertificatePolicy(t *testing.T) {
+	on := []string{"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=mesh-ca"}
+	tests := map[string]struct {
+		args []string
+		want bool
+	}{
+		"source cert-manager":    {args: on, want: true},
+		"source secret":          {args: append(slices.Clone(on), "--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=tls", "--set", "webhook.certificate.caBundle=Cg=="), want: false},
+		"approver-policy is off": {args: nil, want: false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m := render(t, tc.args...)
+			var policy *policyapi.CertificateRequestPolicy
+			for _, p := range all[policyapi.CertificateRequestPolicy](t, m, "CertificateRequestPolicy") {
+				if p.Name == "meshcert-webhook" {
+					policy = p
+				}
+			}
+			if (policy != nil) != tc.want {
+				t.Fatalf("the webhook's policy rendered: %v, want %v", policy != nil, tc.want)
+			}
+			if policy == nil {
+				return
+			}
+			a, sel := policy.Spec.Allowed, policy.Spec.Selector
+			svc := "meshcert." + Namespace + ".svc"
+			if a.DNSNames == nil || a.DNSNames.Values == nil || !slices.Equal(*a.DNSNames.Values, []string{svc, svc + ".cluster.local"}) {
+				t.Errorf("dnsNames %+v, want the Service's two names", a.DNSNames)
+			}
+			if a.URIs != nil || a.CommonName != nil || a.IPAddresses != nil || a.IsCA == nil || *a.IsCA {
+				t.Errorf("allows more than the webhook's DNS names: %+v", a)
+			}
+			if ref := sel.IssuerRef; ref == nil || *ref.Name != "meshcert-selfsigned" || *ref.Kind != "Issuer" {
+				t.Errorf("selects issuer %+v, want the chart's self-signed Issuer", ref)
+			}
+			var subjects []rbacv1.Subject
+			for _, b := range all[rbacv1.RoleBinding](t, m, "RoleBinding") {
+				if b.RoleRef.Name == "meshcert-webhook-approver-policy" {
+					subjects = append(subjects, b.Subjects...)
+				}
+			}
+			if want := []rbacv1.Subject{{Kind: "ServiceAccount", Name: "cert-manager", Namespace: "cert-manager"}}; !slices.Equal(subjects, want) {
+				t.Errorf("the policy may be used by %+v, want %+v", subjects, want)
 			}
 		})
 	}

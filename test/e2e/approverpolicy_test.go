@@ -2,19 +2,28 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+
 	apiutil "github.com/cert-manager/cert-manager/pkg/api/util"
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -35,6 +44,10 @@ func tailOf(s string, n int) string {
 // policyIssuer is the Issuer whose requests only approver-policy decides:
 // the test's own approval hooks abstain on them.
 const policyIssuer = "policy-ca"
+
+// policyWebhookIssuer is the self-signed Issuer of the webhook's serving
+// certificate in the chart's release "policy", which approver-policy decides.
+const policyWebhookIssuer = "policy-meshcert-selfsigned"
 
 // TestApproverPolicyAdmitsExactlyMeshcertsRequests runs approver-policy's own
 // controller, applies the policies and RBAC the chart renders with
@@ -87,12 +100,17 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = testEnv.cluster.Client.Delete(context.Background(), obj) })
 	}
-	if want := []string{"policy-meshcert-issuer-policy-ca-ecdsa-p256"}; strings.Join(policies, ",") != strings.Join(want, ",") {
+	if want := []string{"policy-meshcert-issuer-policy-ca-ecdsa-p256", "policy-meshcert-webhook"}; strings.Join(policies, ",") != strings.Join(want, ",") {
 		t.Fatalf("the chart rendered policies %v, want %v", policies, want)
 	}
 	waitFor(t, 30*time.Second, "approver-policy to mark the policy Ready", func() bool {
-		out, _, err := kubectlIn(ctx, nil, "get", "certificaterequestpolicy", policies[0], "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
-		return err == nil && out == "True"
+		for _, p := range policies {
+			out, _, err := kubectlIn(ctx, nil, "get", "certificaterequestpolicy", p, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+			if err != nil || out != "True" {
+				return false
+			}
+		}
+		return true
 	})
 
 	cfg, err := testEnv.cluster.MeshcertConfig(systemNamespace)
@@ -243,6 +261,70 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 		for name, reason := range approvals {
 			if reason != approval.Reason {
 				t.Errorf("request %s approved by %q, want meshcert's %q", name, reason, approval.Reason)
+			}
+		}
+	})
+
+	t.Run("the webhook's own serving certificate is approved for cert-manager, and nothing else", func(t *testing.T) {
+		// cert-manager's controller requests it; in the test cluster, a user
+		// of that name may create requests in the release's namespace.
+		const certManager = "system:serviceaccount:cert-manager:cert-manager"
+		createObject(t, &rbacv1.Role{ObjectMeta: objectMeta(systemNamespace, "cert-manager-requests"),
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"}, Verbs: []string{"create", "get"}}}})
+		createObject(t, &rbacv1.RoleBinding{ObjectMeta: objectMeta(systemNamespace, "cert-manager-requests"),
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "cert-manager-requests"},
+			Subjects: []rbacv1.Subject{{Kind: "User", Name: certManager}}})
+		as := rest.CopyConfig(testEnv.cluster.Config)
+		as.Impersonate.UserName = certManager
+		c := clientWith(t, as)
+		svc := "policy-meshcert." + systemNamespace + ".svc"
+		for name, tc := range map[string]struct {
+			dnsNames []string
+			approved bool
+		}{
+			"webhook-serving": {dnsNames: []string{svc, svc + ".cluster.local"}, approved: true},
+			"webhook-other":   {dnsNames: []string{svc, "bank.example.com"}},
+		} {
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: tc.dnsNames}, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cr := &cmapi.CertificateRequest{
+				ObjectMeta: objectMeta(systemNamespace, name),
+				Spec: cmapi.CertificateRequestSpec{
+					Request:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+					IssuerRef: cmmeta.IssuerReference{Name: policyWebhookIssuer, Kind: "Issuer", Group: "cert-manager.io"},
+					Duration:  &metav1.Duration{Duration: time.Hour},
+					Usages:    []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageKeyEncipherment},
+				},
+			}
+			if err := c.Create(ctx, cr); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = testEnv.cluster.Client.Delete(context.Background(), cr) })
+			var reason string
+			waitFor(t, 20*time.Second, "approver-policy's decision on "+name, func() bool {
+				if err := testEnv.cluster.Client.Get(ctx, client.ObjectKeyFromObject(cr), cr); err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range cr.Status.Conditions {
+					if c.Type == cmapi.CertificateRequestConditionApproved || c.Type == cmapi.CertificateRequestConditionDenied {
+						reason = string(c.Type) + " by " + c.Reason
+						return true
+					}
+				}
+				return false
+			})
+			want := "Denied by policy.cert-manager.io"
+			if tc.approved {
+				want = "Approved by policy.cert-manager.io"
+			}
+			if reason != want {
+				t.Errorf("%s: %s, want %s", name, reason, want)
 			}
 		}
 	})

@@ -74,11 +74,12 @@ const externalGroup = "external.test.meshcert.io"
 
 // approveAllButDenied is the approval policy of the tests: it denies the
 // requests for the denied-ca Issuer, as approver-policy would, and leaves
-// those for the policy-ca Issuer to approver-policy itself, and the other
+// those for the policy-ca Issuer and the chart's webhook certificate to
+// approver-policy itself, and the other
 // requests of the node agents to meshcert's approver (agentSigners).
 func approveAllButDenied(cr *cmapi.CertificateRequest) harness.Decision {
 	switch {
-	case cr.Spec.IssuerRef.Name == policyIssuer:
+	case cr.Spec.IssuerRef.Name == policyIssuer, cr.Spec.IssuerRef.Name == policyWebhookIssuer:
 		return harness.Decision{Abstain: true}
 	case cr.Spec.IssuerRef.Name == "denied-ca":
 		return harness.Decision{Message: "no policy allows requests for denied-ca"}

@@ -760,9 +760,11 @@ func (e *meshcertEnv) checkUninstalled(t *testing.T) {
 		left = strings.TrimSpace(e.kubectl(t, "get", kinds, "-A", "-l", "app.kubernetes.io/instance="+release, "-o", "name"))
 		return left == ""
 	})
-	crds := e.kubectl(t, "get", "crds", "-o", "name")
-	if strings.Contains(crds, "kuma.io") {
-		t.Errorf("Kuma's CRDs of the chart are left: %s", crds)
+	// The chart keeps the CRDs it installed (helm.sh/resource-policy:
+	// keep, as cert-manager's chart does): deleting them would delete every
+	// Mesh, MeshIdentity and Dataplane with them.
+	if keep := e.kubectl(t, "get", "crd", "meshidentities.kuma.io", "-o", `jsonpath={.metadata.annotations.helm\.sh/resource-policy}`); keep != "keep" {
+		t.Errorf("the chart's Kuma CRDs went with the release (resource-policy %q)", keep)
 	}
 	// The agents delete the requests they used; meshcert's Deployment
 	// those of the MeshTrust.
