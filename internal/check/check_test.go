@@ -152,7 +152,7 @@ func TestIdentities(t *testing.T) {
 		"MeshTrust without the issuer's root": {
 			objs: append(healthyObjs, agentIdentity("demo", "mesh-ca"), meshTrust("demo", td, other), mesh("demo", exclusive)),
 			wants: map[string]want{
-				group + "MeshTrust": {Fail, "does not hold the issuer's root CN=mesh-ca"},
+				group + "MeshTrust": {Fail, "trusts demo.default.mesh.local without the issuer's root CN=mesh-ca"},
 			},
 		},
 		"no MeshTrust": {

@@ -154,7 +154,7 @@ func (c *Checker) issuer(ctx context.Context, g group, mesh string, conf kuma.Ce
 	}
 	if len(roots) == 0 {
 		g.add("root", Warn, "set meshcert.io/ca-cert-secret (or the caCert) to the issuer's CA certificate",
-			"not known: %s is not a CA issuer whose Secret meshcert can read, sets no caCert, and no request it signed with status.ca is kept", what)
+			"not known: no caCert names it, no CA issuer's Secret holds it, and no kept request signed by %s shows it in status.ca", what)
 		return nil, nil
 	}
 	first := slices.MinFunc(roots, func(a, b *x509.Certificate) int { return a.NotAfter.Compare(b.NotAfter) })
@@ -251,7 +251,10 @@ func (c *Checker) meshTrust(ctx context.Context, g group, mid *kuma.MeshIdentity
 		g.add("MeshTrust", Fail, eventsHint, "no MeshTrust of mesh %s trusts trust domain %s, so no other workload trusts this identity", mesh, td)
 		return nil
 	}
-	which := "MeshTrust " + strings.Join(names, ", ")
+	which := "MeshTrust " + names[0] + " trusts"
+	if len(names) > 1 {
+		which = "MeshTrusts " + strings.Join(names, ", ") + " trust"
+	}
 	var missing []string
 	for _, root := range roots {
 		if !slices.ContainsFunc(held, root.Equal) {
@@ -260,11 +263,11 @@ func (c *Checker) meshTrust(ctx context.Context, g group, mid *kuma.MeshIdentity
 	}
 	switch {
 	case len(roots) == 0:
-		g.add("MeshTrust", Warn, "set meshcert.io/ca-cert-secret so that the root can be compared", "%s trusts %s with %d roots; the issuer's root is not known to compare", which, td, len(held))
+		g.add("MeshTrust", Warn, "set meshcert.io/ca-cert-secret so that the root can be compared", "%s %s with %d roots; the issuer's root is not known to compare", which, td, len(held))
 	case len(missing) > 0:
-		g.add("MeshTrust", Fail, eventsHint, "%s trusts %s but does not hold the issuer's root %s", which, td, strings.Join(missing, ", "))
+		g.add("MeshTrust", Fail, eventsHint, "%s %s without the issuer's root %s", which, td, strings.Join(missing, ", "))
 	default:
-		g.pass("MeshTrust", "%s trusts %s with the issuer's root (%d roots held)", which, td, len(held))
+		g.pass("MeshTrust", "%s %s with the issuer's root (roots held: %d)", which, td, len(held))
 	}
 	return nil
 }

@@ -188,7 +188,7 @@ func (c *Checker) servingCertificates(ctx context.Context, g group, hooks []regi
 			hint = "see that the Secret holds a certificate for " + e.hostname + " (cert-manager's Certificate of the chart, or webhook.certificate.secretName)"
 		} else {
 			chain, problem = dialCertificate(ctx, e.url, e.hostname)
-			source = "served at " + e.url
+			source = "dialled"
 			hint = "start meshcert's webhook server there, or correct the webhook's URL"
 		}
 		if problem != "" {
@@ -218,7 +218,7 @@ func (c *Checker) servingCertificates(ctx context.Context, g group, hooks []regi
 			g.add("webhook certificate", Fail, "let cert-manager's cainjector fill the caBundle (webhook.certificate.source=cert-manager), or set webhook.certificate.caBundle to the CA that signed the Secret",
 				"%s (%s): %s", e.what, source, strings.Join(bad, "; "))
 		case leaf.NotAfter.Sub(now) < FailWithin:
-			g.add("webhook certificate", Warn, "its renewal is overdue: see the Certificate's Events (kubectl describe certificate -n <namespace>)",
+			g.add("webhook certificate", Warn, "renew it before it expires; with the chart's cert-manager Certificate, its renewal is overdue: see its Events (kubectl -n "+c.Namespace+" describe certificate)",
 				"%s (%s): verifies for %s, but %s", e.what, source, e.hostname, until(leaf.NotAfter, now))
 		default:
 			g.pass("webhook certificate", "%s (%s): verifies for %s against the caBundle, %s", e.what, source, e.hostname, until(leaf.NotAfter, now))
