@@ -1,6 +1,7 @@
 // Command meshcert runs meshcert: the admission webhooks and the reconciler
-// (no subcommand), the node agent (meshcert agent), and a Workload API
-// client that fetches the caller's identity from an agent (meshcert fetch).
+// (no subcommand), the node agent (meshcert agent), a Workload API client
+// that fetches the caller's identity from an agent (meshcert fetch), and the
+// checks of an install and its identities (meshcert check).
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 
 	"github.com/meshcert/meshcert/config"
 	"github.com/meshcert/meshcert/internal/app"
+	"github.com/meshcert/meshcert/internal/check"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,6 +35,9 @@ func main() {
 			return
 		case "fetch":
 			fetch(os.Args[2:])
+			return
+		case "check":
+			runCheck(os.Args[2:])
 			return
 		}
 	}
@@ -77,6 +82,62 @@ func fetch(args []string) {
 	defer cancel()
 	if err := app.Fetch(ctx, *socket, *write, os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "meshcert fetch: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// runCheck runs `meshcert check [workload <namespace>/<pod>]`: exit status 0
+// when no check failed (warnings do not fail), 1 when one did, 2 when the
+// checks could not run.
+func runCheck(args []string) {
+	fs := flag.NewFlagSet("meshcert check", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: meshcert check [flags]\n       meshcert check workload <namespace>/<pod> [flags]\n\n"+
+			"Checks meshcert's install and each identity it serves, or why one pod has or has not an identity.\n"+
+			"Exit status: 0 when no check failed (warnings do not fail), 1 when one failed, 2 when the checks could not run.\n\n")
+		fs.PrintDefaults()
+	}
+	var o check.Options
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "The kubeconfig file; by default $KUBECONFIG or ~/.kube/config, as kubectl.")
+	fs.StringVar(&o.Context, "context", "", "The kubeconfig context to use.")
+	for _, name := range []string{"n", "namespace"} {
+		fs.StringVar(&o.Namespace, name, "kong-mesh-system", "The namespace of meshcert's release: its Deployment, webhook Service and agents.")
+	}
+	fs.StringVar(&o.SystemNamespace, "system-namespace", "", "The mesh's system namespace (kuma-system for Kuma); by default the release namespace, as the chart's.")
+	fs.StringVar(&o.ClusterResourceNamespace, "cluster-resource-namespace", "cert-manager", "cert-manager's --cluster-resource-namespace, where the Secrets of ClusterIssuers are.")
+	fs.StringVar(&o.Zone, "zone", "default", "The control plane's zone: the .Zone of a trust domain, as the agent's --zone.")
+	for _, name := range []string{"o", "output"} {
+		fs.StringVar(&o.Output, name, check.OutputText, "The output format: text or json.")
+	}
+	timeout := fs.Duration("timeout", time.Minute, "How long the checks may take.")
+	if len(args) > 0 && args[0] == "workload" {
+		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
+			fmt.Fprintln(os.Stderr, "meshcert check workload: name the pod as <namespace>/<pod>")
+			os.Exit(2)
+		}
+		o.Workload, args = args[1], args[2:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "meshcert check: unexpected arguments %q\n", fs.Args())
+		os.Exit(2)
+	}
+	if o.SystemNamespace == "" {
+		o.SystemNamespace = o.Namespace
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	report, err := check.Run(ctx, o, os.Stdout)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "meshcert check: %v\n", err)
+		os.Exit(2)
+	}
+	if report.Failed() {
 		os.Exit(1)
 	}
 }
