@@ -22,6 +22,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 .PHONY: test
 test: vet ## Everything: unit, chart, end-to-end against a real API server and, as root, a real node, and a fuzz smoke run.
 	[ "$$(id -u)" != 0 ] || hack/node-packages.sh
+	[ "$$(id -u)" != 0 ] || hack/tools.sh
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
 	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" MESHCERT_NODE_BINS="$$(hack/cluster-bins.sh node)" \
 	  KUMA_DIR="$$(hack/kuma.sh)" \

@@ -168,6 +168,7 @@ func (d *sds) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReques
 // looked at.
 func (d *sds) requestedNames(req *discoveryv3.DiscoveryRequest) ([]string, error) {
 	if n, most := len(req.ResourceNames), d.s.Limits.MaxResourceNames; n > most {
+		refused(refusedTooManyNames)
 		return nil, status.Errorf(codes.InvalidArgument, "the request names %d secrets; the agent serves at most %d to one request", n, most)
 	}
 	seen := make(map[string]bool, len(req.ResourceNames))
@@ -206,15 +207,16 @@ func (d *sds) resources(ctx context.Context, id *Identity, names []string) ([]*a
 			names = append(names, b.TrustDomain().IDString())
 		}
 	}
-	var refused []string
+	var unauthorized []string
 	for _, n := range names {
 		_, isBundle := byName[n]
 		if n != id.SpiffeID && n != DefaultSVIDName && n != OwnBundleName && n != AllBundlesName && !isBundle && n != "spiffe://"+id.TrustDomain {
-			refused = append(refused, n)
+			unauthorized = append(unauthorized, n)
 		}
 	}
-	if len(refused) > 0 {
-		return nil, false, status.Errorf(codes.InvalidArgument, "workload is not authorized for the requested identities %q", refused)
+	if len(unauthorized) > 0 {
+		refused(refusedNameNotAuthorized)
+		return nil, false, status.Errorf(codes.InvalidArgument, "workload is not authorized for the requested identities %q", unauthorized)
 	}
 	if svid == nil {
 		return nil, false, nil

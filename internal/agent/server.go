@@ -98,8 +98,8 @@ func (s *Server) Serve(ctx context.Context, path string, listening chan<- struct
 	// taken from a pool and given back at every flush, a cost paid on the
 	// answer a starting workload waits for, its first certificate, to save
 	// memory on connections that are idle anyway.
-	calls := &openCounts{what: "call", limit: s.Limits.MaxCallsPerCaller, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
-	conns := &openCounts{what: "connection", limit: s.Limits.MaxConnectionsPerCaller, total: s.Limits.MaxConnections,
+	calls := &openCounts{what: "call", refusal: refusedTooManyCalls, limit: s.Limits.MaxCallsPerCaller, callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
+	conns := &openCounts{what: "connection", refusal: refusedTooManyConns, limit: s.Limits.MaxConnectionsPerCaller, total: s.Limits.MaxConnections,
 		callerOf: s.Limits.CallerOf, open: map[string]int{}, log: s.Log}
 	g := grpc.NewServer(grpc.Creds(peerCredentials{procfs: s.Resolver.Procfs, conns: conns}), grpc.ReadBufferSize(8<<10),
 		grpc.MaxRecvMsgSize(s.Limits.MaxRequestBytes), grpc.MaxConcurrentStreams(s.Limits.MaxStreamsPerConnection),
@@ -154,9 +154,11 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 	switch {
 	case errors.As(err, &ne):
 		s.Log.V(1).Info("Refused a caller", "pid", caller.PID, "uid", caller.UID, "reason", ne.Reason)
+		refused(refusedNotEntitled)
 		return nil, status.Error(codes.PermissionDenied, errNotEntitled)
 	case err != nil:
 		s.Log.Error(err, "Attesting a caller failed", "pid", caller.PID, "uid", caller.UID)
+		refused(refusedNotAttested)
 		return nil, status.Error(codes.Unavailable, errNotAttested)
 	}
 	return id, nil
@@ -167,6 +169,7 @@ func (s *Server) identityOf(ctx context.Context) (*Identity, error) {
 // where total is set, before anything else is done for it.
 type openCounts struct {
 	what         string // "call" or "connection", for the log
+	refusal      string // the reason counted in callersRefused
 	limit, total int
 	callerOf     func(attest.Caller) string
 	log          logr.Logger
@@ -184,6 +187,7 @@ func (o *openCounts) begin(c attest.Caller) (release func(), ok bool) {
 	defer o.mu.Unlock()
 	if o.open[key] >= o.limit || (o.total > 0 && o.all >= o.total) {
 		o.log.V(1).Info("Refused one more over a limit", "what", o.what, "caller", key, "callerLimit", o.limit, "open", o.all, "limit", o.total)
+		refused(o.refusal)
 		return nil, false
 	}
 	o.all++

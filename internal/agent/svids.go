@@ -265,6 +265,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	}
 	if w != nil && idleFor >= idleGrace {
 		delete(s.ids, spiffeID)
+		dropExpiry(spiffeID)
 		w = nil
 	}
 	s.mu.Unlock()
@@ -319,6 +320,7 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 		s.mu.Lock()
 		if w := s.ids[spiffeID]; w != nil {
 			w.svid = svid
+			servedExpiry(id.Mesh, spiffeID, svid.Leaf().NotAfter)
 		}
 		s.mu.Unlock()
 		s.updates.Notify(spiffeID)
@@ -328,10 +330,12 @@ func (s *SVIDs) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, e
 	case err != nil:
 		return ctrl.Result{}, err
 	case out.Certificate != nil:
+		svidIssuances.WithLabelValues(issuanceKind(current), resultSuccess).Inc()
 		logf.FromContext(ctx).V(1).Info("Issued an identity", "spiffeID", spiffeID, "notAfter", out.Certificate.Leaf().NotAfter)
 		renewAt := issuance.RenewalTime(out.Certificate.Leaf(), s.node+spiffeID)
 		return ctrl.Result{RequeueAfter: renewAt.Sub(s.clock.Now())}, nil
 	case out.Failure != nil:
+		svidIssuances.WithLabelValues(issuanceKind(current), resultFailure).Inc()
 		s.report(ctx, id, out.Failure, out.RetryAfter)
 		if expiresIn > 0 {
 			s.warnExpiry(spiffeID, current, out.Failure.Reason)

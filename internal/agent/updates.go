@@ -266,6 +266,7 @@ func (w *watch) recheck(ctx context.Context) error {
 		return nil // Logged by identityOf.
 	case id.SpiffeID != w.id.SpiffeID:
 		w.s.Log.V(1).Info("Ended a stream of an identity its caller no longer has", "spiffeID", w.id.SpiffeID, "now", id.SpiffeID)
+		refused(refusedNoLongerEntitled)
 		return status.Error(codes.PermissionDenied, errNoLongerEntitled)
 	case !sameIssuance(id, w.id):
 		release := w.s.SVIDs.Want(id)

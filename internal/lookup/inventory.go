@@ -80,12 +80,18 @@ var (
 		"Delivered dataplane certificates that expire within an hour.", nil, nil)
 	perBackendDesc = prometheus.NewDesc("meshcert_certificates",
 		"Delivered dataplane certificates, by mesh and issuing backend.", []string{"mesh", "backend"}, nil)
+	// Per backend, not per dataplane: a mesh of ten thousand dataplanes is
+	// ten thousand series per dataplane metric, and an alert wants the
+	// earliest anyway.
+	earliestDesc = prometheus.NewDesc("meshcert_certificates_earliest_expiration_timestamp_seconds",
+		"When the first of the delivered dataplane certificates expires, in seconds since the epoch, by mesh and issuing backend.", []string{"mesh", "backend"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (i *Inventory) Describe(ch chan<- *prometheus.Desc) {
 	ch <- expiringDesc
 	ch <- perBackendDesc
+	ch <- earliestDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -94,12 +100,20 @@ func (i *Inventory) Collect(ch chan<- prometheus.Metric) {
 	defer i.mu.Unlock()
 	soon := i.now().Add(time.Hour)
 	expiring := 0
+	earliest := map[meshBackend]time.Time{}
 	for _, c := range i.certs {
 		if c.notAfter.Before(soon) {
 			expiring++
 		}
+		// A certificate without a readable notAfter is left out.
+		if first, ok := earliest[c.meshBackend]; !c.notAfter.IsZero() && (!ok || c.notAfter.Before(first)) {
+			earliest[c.meshBackend] = c.notAfter
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(expiringDesc, prometheus.GaugeValue, float64(expiring))
+	for k, t := range earliest {
+		ch <- prometheus.MustNewConstMetric(earliestDesc, prometheus.GaugeValue, float64(t.Unix()), k.mesh, k.backend)
+	}
 	for k, n := range i.perBackend {
 		ch <- prometheus.MustNewConstMetric(perBackendDesc, prometheus.GaugeValue, float64(n), k.mesh, k.backend)
 	}

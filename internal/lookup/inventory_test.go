@@ -31,16 +31,20 @@ func TestInventory(t *testing.T) {
 		want       map[string]int
 		wantOthers int
 		wantSoon   int
+		// wantEarliest is the first expiry of each backend of mesh demo.
+		wantEarliest map[string]time.Time
 	}{
 		"each Secret once": {
 			events:     []event{{secret: secret("a", "ca-1", now.Add(24*time.Hour))}, {secret: secret("b", "ca-1", now.Add(30*time.Minute))}, {secret: secret("c", "ca-2", now.Add(24*time.Hour))}},
 			want:       map[string]int{"ca-1": 2, "ca-2": 1},
 			wantOthers: 2, wantSoon: 1,
+			wantEarliest: map[string]time.Time{"ca-1": now.Add(30 * time.Minute), "ca-2": now.Add(24 * time.Hour)},
 		},
 		"an update moves a Secret to its new backend": {
-			events:     []event{{secret: secret("a", "ca-1", now.Add(24*time.Hour))}, {secret: secret("a", "ca-2", now.Add(24*time.Hour))}},
-			want:       map[string]int{"ca-1": 0, "ca-2": 1},
-			wantOthers: 0,
+			events:       []event{{secret: secret("a", "ca-1", now.Add(24*time.Hour))}, {secret: secret("a", "ca-2", now.Add(24*time.Hour))}},
+			want:         map[string]int{"ca-1": 0, "ca-2": 1},
+			wantOthers:   0,
+			wantEarliest: map[string]time.Time{"ca-2": now.Add(24 * time.Hour)},
 		},
 		"a Secret gone is forgotten": {
 			events: []event{{secret: secret("a", "ca-1", now.Add(24*time.Hour))}, {secret: secret("a", "ca-1", now), gone: true}},
@@ -66,6 +70,17 @@ func TestInventory(t *testing.T) {
 				"# TYPE meshcert_certificates_expiring_soon gauge\n" +
 				"meshcert_certificates_expiring_soon " + strconv.Itoa(tc.wantSoon) + "\n"
 			if err := testutil.CollectAndCompare(inv, strings.NewReader(want), "meshcert_certificates_expiring_soon"); err != nil {
+				t.Error(err)
+			}
+			want = ""
+			if len(tc.wantEarliest) > 0 {
+				want = "# HELP meshcert_certificates_earliest_expiration_timestamp_seconds When the first of the delivered dataplane certificates expires, in seconds since the epoch, by mesh and issuing backend.\n" +
+					"# TYPE meshcert_certificates_earliest_expiration_timestamp_seconds gauge\n"
+			}
+			for backend, at := range tc.wantEarliest {
+				want += `meshcert_certificates_earliest_expiration_timestamp_seconds{backend="` + backend + `",mesh="demo"} ` + strconv.FormatInt(at.Unix(), 10) + "\n"
+			}
+			if err := testutil.CollectAndCompare(inv, strings.NewReader(want), "meshcert_certificates_earliest_expiration_timestamp_seconds"); err != nil {
 				t.Error(err)
 			}
 		})

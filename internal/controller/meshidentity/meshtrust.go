@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -124,6 +125,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 
 	mesh := mid.MeshName()
+	r.reportIssuer(&mid, mesh, conf)
 	td, err := kuma.RenderTrustDomain(mid.Spec.SpiffeID.TrustDomainTemplate(), mesh, r.Zone, kuma.LabelView(&mid))
 	if err != nil {
 		r.report(&mid, corev1.EventTypeWarning, "InvalidTrustDomain", "cannot render the trust domain: %v", err)
@@ -133,6 +135,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err != nil || roots == nil {
 		return ctrl.Result{RequeueAfter: wait}, err
 	}
+	reportRoots(mesh, mid.Name, roots)
 	next, kept, err := r.apply(ctx, &mid, mesh, td, roots)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -142,6 +145,22 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		log.V(1).Info("MeshTrust in line", "trustDomain", td, "roots", len(roots))
 	}
 	return ctrl.Result{RequeueAfter: issuance.Soonest(next, wait)}, nil
+}
+
+// reportIssuer records whether the identity's issuer is Ready, when it is
+// an Issuer or ClusterIssuer of cert-manager's own, which meshcert watches.
+// A failed lookup leaves the last word standing.
+func (r *Reconciler) reportIssuer(mid *kuma.MeshIdentityResource, mesh string, conf kuma.CertManagerConf) {
+	ref := defaults.IssuerRef(conf.IssuerRef)
+	if ref.Group != defaults.IssuerGroup || (ref.Kind != cmapi.IssuerKind && ref.Kind != cmapi.ClusterIssuerKind) {
+		forgetIssuer(mid.Name)
+		return
+	}
+	_, problem := lookup.IssuerProblem(ref, lookup.Env{SystemNamespace: r.SystemNamespace, Now: r.Clock.Now(), Lookup: r.Lookup})
+	if problem != nil && problem.Type == lookup.LookupFailed {
+		return
+	}
+	setIssuerReady(mesh, mid.Name, ref.Kind, ref.Name, problem == nil)
 }
 
 // issuerRoots are the roots the identity's certificates chain to: its caCert,
@@ -363,6 +382,7 @@ func (r *Reconciler) report(mid *kuma.MeshIdentityResource, eventType, reason, f
 
 // forget deletes the MeshTrust meshcert kept for an identity, and its probes.
 func (r *Reconciler) forget(ctx context.Context, key types.NamespacedName, owner issuance.Owner) error {
+	forgetMetrics(key.Name)
 	r.roots.Prune(owner.String(), nil)
 	if err := r.prober.Cleanup(ctx, owner); err != nil {
 		return err
