@@ -17,12 +17,11 @@ FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate .
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-# The real node's tests (test/node) need root, and skip without it: only root
-# installs their Debian packages.
+# The real node's tests (test/node) need root, and skip without it; only root
+# installs the Debian packages the tests need (hack/packages.sh).
 .PHONY: test
 test: vet ## Everything: unit, chart, end-to-end against a real API server and, as root, a real node, and a fuzz smoke run.
-	[ "$$(id -u)" != 0 ] || hack/node-packages.sh
-	[ "$$(id -u)" != 0 ] || hack/tools.sh
+	[ "$$(id -u)" != 0 ] || hack/packages.sh
 	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
 	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" MESHCERT_NODE_BINS="$$(hack/cluster-bins.sh node)" \
 	  KUMA_DIR="$$(hack/kuma.sh)" \

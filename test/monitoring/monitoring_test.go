@@ -32,7 +32,7 @@ func promtool(t *testing.T) string {
 	t.Helper()
 	path, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatal("promtool is missing: install it with `apt-get install -y prometheus` (hack/tools.sh does, as root)")
+		t.Fatal("promtool is missing: install it with `apt-get install -y prometheus` (hack/packages.sh does, as root)")
 	}
 	return path
 }

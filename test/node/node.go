@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -116,12 +118,12 @@ func (n *Node) checkBinaries() error {
 	}
 	for _, name := range []string{"containerd", "ctr", "runc", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore", "nft", "ip"} {
 		if _, err := exec.LookPath(name); err != nil {
-			errs = append(errs, fmt.Errorf("%w: run hack/node-packages.sh", err))
+			errs = append(errs, fmt.Errorf("%w: run hack/packages.sh", err))
 		}
 	}
 	for _, name := range []string{"bridge", "host-local", "portmap"} {
 		if _, err := os.Stat(filepath.Join(cniBinDir, name)); err != nil {
-			errs = append(errs, fmt.Errorf("%w: run hack/node-packages.sh", err))
+			errs = append(errs, fmt.Errorf("%w: run hack/packages.sh", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -512,15 +514,25 @@ func (n *Node) Restart(ctx context.Context, c client.Client, name string) error 
 			return strings.Count(n.Log("containerd", 1<<20), criInitialized) > criStarts, nil
 		})
 	}
-	// The Node's status is the earlier kubelet's until the new one reports.
-	return n.poll(ctx, 2*time.Minute, "the restarted kubelet to report the node Ready", func() (bool, error) {
+	// The Node's status is the earlier kubelet's until the new one reports,
+	// and its heartbeat has whole seconds only (and is reported again only
+	// every few minutes): the node's Lease, renewed at once by a new kubelet
+	// and in microseconds, tells that the new kubelet is up.
+	return n.poll(ctx, 2*time.Minute, "the restarted kubelet to renew the node's Lease, the node Ready", func() (bool, error) {
+		lease := &coordinationv1.Lease{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: corev1.NamespaceNodeLease, Name: Name}, lease); err != nil {
+			return false, nil
+		}
+		if lease.Spec.RenewTime == nil || !lease.Spec.RenewTime.After(restarted) {
+			return false, nil
+		}
 		node := &corev1.Node{}
 		if err := c.Get(ctx, client.ObjectKey{Name: Name}, node); err != nil {
 			return false, nil
 		}
 		for _, cond := range node.Status.Conditions {
 			if cond.Type == corev1.NodeReady {
-				return cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(restarted), nil
+				return cond.Status == corev1.ConditionTrue, nil
 			}
 		}
 		return false, nil
