@@ -13,26 +13,30 @@ export GOTOOLCHAIN := local
 # target with a bare "context deadline exceeded" when a -fuzztime duration ends
 # on a loaded machine (go.dev/issue/75804, fixed in Go 1.27).
 FUZZTIME ?= 20000x
-FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./internal/kuma:FuzzParseMeshSpec ./internal/lookup:FuzzCAProblems ./internal/kuma:FuzzSpiffeID ./internal/kuma:FuzzTrimDataplaneSpec ./webhook:FuzzMeshIdentityAdmission ./internal/agent/attest:FuzzParseCgroup ./internal/agent/attest:FuzzParseStartTime ./internal/agent:FuzzSDSResourceNames
+FUZZ_TARGETS := ./webhook:FuzzAdmissionReview ./webhook:FuzzDefaultAndValidate ./internal/kuma:FuzzParseMeshSpec ./internal/lookup:FuzzCAProblems ./internal/kuma:FuzzSpiffeID ./internal/kuma:FuzzTrimDataplaneSpec ./webhook:FuzzMeshIdentityAdmission ./internal/agent/attest:FuzzParseCgroup ./internal/agent/attest:FuzzParseStartTime ./internal/agent:FuzzSDSResourceNames ./internal/controller/approval:FuzzWorkloadURI
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
+# What the tests need, each built or found once and cached by version
+# (hack/cluster-bins.sh, hack/kuma.sh).
+TEST_ENV = KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
+  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" MESHCERT_NODE_BINS="$$(hack/cluster-bins.sh node)" \
+  KUMA_DIR="$$(hack/kuma.sh)"
+
 # The real node's tests (test/node) need root, and skip without it; only root
-# installs the Debian packages the tests need (hack/packages.sh).
+# installs the Debian packages the tests need (hack/packages.sh). They run
+# after the others, alone: they wait on restarts and pods that the end-to-end
+# tests would otherwise slow down.
 .PHONY: test
 test: vet ## Everything: unit, chart, end-to-end against a real API server and, as root, a real node, and a fuzz smoke run.
 	[ "$$(id -u)" != 0 ] || hack/packages.sh
-	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
-	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" MESHCERT_NODE_BINS="$$(hack/cluster-bins.sh node)" \
-	  KUMA_DIR="$$(hack/kuma.sh)" \
-	  $(GO) test -count=1 -timeout 30m ./...
+	$(TEST_ENV) $(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /test/node)
+	$(TEST_ENV) $(GO) test -count=1 -timeout 15m ./test/node/...
 	$(MAKE) --no-print-directory fuzz
 
 .PHONY: test-long
 test-long: ## The reliability tests at full size (5,000 dataplanes, 50 kills; the agent killed 10 times under 1,000 streams), and each fuzz target for 10 minutes.
-	KUBEBUILDER_ASSETS="$$(hack/cluster-bins.sh assets)" HELM="$$(hack/cluster-bins.sh helm)" \
-	  APPROVER_POLICY="$$(hack/cluster-bins.sh approver-policy)" \
-	  $(GO) test -count=1 -timeout 60m ./test/e2e -run 'TestCrashDuringIssuance|TestSignerOutage|TestLeaderFailover|TestWebhookSurvives|TestAgent' -long -v
+	$(TEST_ENV) $(GO) test -count=1 -timeout 60m ./test/e2e -run 'TestCrashDuringIssuance|TestSignerOutage|TestLeaderFailover|TestWebhookSurvives|TestAgent' -long -v
 	$(MAKE) --no-print-directory fuzz FUZZTIME=10m
 
 .PHONY: vet

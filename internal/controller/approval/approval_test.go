@@ -78,7 +78,7 @@ func dataplane(mutate ...func(*kuma.DataplaneResource)) *kuma.DataplaneResource 
 }
 
 // csr is a CSR for uri, with dns names and basic constraints if asked.
-func csr(t *testing.T, uri string, dns []string, constraints *basicConstraints) []byte {
+func csr(t testing.TB, uri string, dns []string, constraints *basicConstraints) []byte {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
