@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
+	"github.com/meshcert/meshcert/internal/controller/approval"
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/testpki"
 )
@@ -258,7 +259,7 @@ func TestInstall(t *testing.T) {
 			},
 		},
 		"an ApprovedElsewhere Event": {
-			objs: []client.Object{&corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: system, Name: "e"}, Reason: ApprovedElsewhereReason, Message: "Approved by \"policy.cert-manager.io\""}},
+			objs: []client.Object{&corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: system, Name: "e"}, Reason: approval.ApprovedElsewhereReason, Message: "Approved by \"policy.cert-manager.io\""}},
 			wants: map[string]want{
 				"install: approval": {Fail, "1 ApprovedElsewhere Events"},
 			},

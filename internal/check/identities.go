@@ -346,13 +346,8 @@ func (l liveLookup) Issuer(ref cmmeta.IssuerReference) (*lookup.IssuerState, err
 	if err != nil {
 		return nil, err
 	}
-	state := &lookup.IssuerState{}
-	for _, cond := range status.Conditions {
-		if cond.Type == cmapi.IssuerConditionReady {
-			state.Ready, state.Reason, state.Message = cond.Status == cmmeta.ConditionTrue, cond.Reason, cond.Message
-		}
-	}
-	return state, nil
+	state := lookup.Readiness(status)
+	return &state, nil
 }
 
 // IssuedBy is not asked by the checks, which read no inventory.

@@ -436,10 +436,6 @@ func podReady(p *corev1.Pod) bool {
 // recentRequests is how many of the agents' latest requests approval looks at.
 const recentRequests = 50
 
-// ApprovedElsewhereReason is the Event meshcert's approver records on an
-// agent's request that another approver approved.
-const ApprovedElsewhereReason = "ApprovedElsewhere"
-
 // approval checks that the agents' requests are approved by meshcert, which
 // checks the node, and not by cert-manager's default approver, which approves
 // everything: from the Approved condition of the latest requests kept, and
@@ -464,7 +460,7 @@ func (c *Checker) approval(ctx context.Context, g group) error {
 			elsewhere[cond.Reason]++
 		}
 	}
-	events, err := c.events(ctx, c.SystemNamespace, func(e *corev1.Event) bool { return e.Reason == ApprovedElsewhereReason })
+	events, err := c.events(ctx, c.SystemNamespace, func(e *corev1.Event) bool { return e.Reason == approval.ApprovedElsewhereReason })
 	if err != nil {
 		return err
 	}
@@ -479,9 +475,9 @@ func (c *Checker) approval(ctx context.Context, g group) error {
 		g.add("approval", Fail, hint, "of the last %d agent requests approved, %s, without meshcert's node check", judged, strings.Join(by, ", "))
 	case len(events) > 0:
 		g.add("approval", Fail, hint, "%d %s Events in %s: an agent request was approved without meshcert's node check (%s)",
-			len(events), ApprovedElsewhereReason, c.SystemNamespace, events[0].Message)
+			len(events), approval.ApprovedElsewhereReason, c.SystemNamespace, events[0].Message)
 	case judged == 0:
-		g.pass("approval", "no approved agent request is kept to judge, and no %s Event", ApprovedElsewhereReason)
+		g.pass("approval", "no approved agent request is kept to judge, and no %s Event", approval.ApprovedElsewhereReason)
 	default:
 		g.pass("approval", "the last %d agent requests approved were approved by meshcert (reason %q)", judged, approval.Reason)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -225,6 +226,16 @@ func commandLine(pid int) string {
 // childrenNaming lists this process's children whose command line names a
 // path under dir.
 func childrenNaming(dir string) ([]int, error) {
+	pids, err := ProcessesNaming(dir + string(filepath.Separator))
+	return slices.DeleteFunc(pids, func(pid int) bool {
+		stat, err := readStat(pid)
+		return err != nil || stat.parent != os.Getpid()
+	}), err
+}
+
+// ProcessesNaming lists the processes, other than this one, whose command
+// line holds marker.
+func ProcessesNaming(marker string) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -232,14 +243,11 @@ func childrenNaming(dir string) ([]int, error) {
 	var pids []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		stat, err := readStat(pid)
-		if err != nil || stat.parent != os.Getpid() {
-			continue
-		}
-		if strings.Contains(commandLine(pid), dir+string(filepath.Separator)) {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(cmdline, []byte(marker)) {
 			pids = append(pids, pid)
 		}
 	}

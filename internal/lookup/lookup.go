@@ -128,7 +128,7 @@ func (x *Index) onIssuer(obj any, deleted bool) {
 		delete(x.issuers, key)
 		return
 	}
-	state := readiness(status)
+	state := Readiness(status)
 	state.ResourceVersion = version
 	x.issuers[key] = state
 }
@@ -181,8 +181,8 @@ func (x *Index) MeshServicesMode(mesh string) (string, bool, error) {
 // Inventory is what meshcert knows of the certificates it delivered.
 func (x *Index) Inventory() *Inventory { return x.inventory }
 
-// readiness reads an issuer's Ready condition.
-func readiness(status *cmapi.IssuerStatus) IssuerState {
+// Readiness reads an issuer's Ready condition.
+func Readiness(status *cmapi.IssuerStatus) IssuerState {
 	for _, c := range status.Conditions {
 		if c.Type == cmapi.IssuerConditionReady {
 			return IssuerState{Ready: c.Status == cmmeta.ConditionTrue, Reason: c.Reason, Message: c.Message}

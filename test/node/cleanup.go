@@ -12,11 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshcert/meshcert/internal/localcluster"
 )
 
 // Every node's files live in a root named rootPrefix*, so that a later run
@@ -92,23 +95,8 @@ func Cleanup() error {
 // nodeProcesses are the node's daemons and containerd's shims, whose
 // command lines name the node's root.
 func nodeProcesses() ([]int, error) {
-	marker := []byte(filepath.Join(os.TempDir(), rootPrefix))
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(cmdline, marker) && !zombie(pid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
+	pids, err := localcluster.ProcessesNaming(filepath.Join(os.TempDir(), rootPrefix))
+	return slices.DeleteFunc(pids, zombie), err
 }
 
 // podProcesses are the processes in the kubepods cgroups.

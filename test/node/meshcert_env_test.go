@@ -785,24 +785,6 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	return s[max(0, min(i, len(s)-1))].Round(time.Millisecond)
 }
 
-func parsePEM(t *testing.T, s string) []*x509.Certificate {
-	t.Helper()
-	var certs []*x509.Certificate
-	rest := []byte(s)
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			return certs
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certs = append(certs, cert)
-	}
-}
-
 // removeCgroupTrees removes name's cgroup tree in each hierarchy, deepest
 // first, once its processes have exited.
 func removeCgroupTrees(hierarchies []string, name string) {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cert-manager/cert-manager/pkg/util/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -79,12 +80,15 @@ func TestMeshcertOnRealNode(t *testing.T) {
 			if s.ID != id {
 				t.Errorf("pod %s holds %s, want %s", pod, s.ID, id)
 			}
-			chain := parsePEM(t, s.Chain)
+			chain, err := pki.DecodeX509CertificateChainBytes([]byte(s.Chain))
+			if err != nil {
+				t.Fatalf("pod %s: its chain: %v", pod, err)
+			}
 			if _, _, err := x509svid.Verify(chain, root); err != nil {
 				t.Errorf("pod %s: its SVID does not chain to the issuer's root: %v", pod, err)
 			}
-			if served := parsePEM(t, s.Bundle); len(served) == 0 || !slices.ContainsFunc(served, e.ca.Cert.Equal) {
-				t.Errorf("pod %s: the bundle served holds %d certificates, not the issuer's root", pod, len(served))
+			if served, err := pki.DecodeX509CertificateSetBytes([]byte(s.Bundle)); err != nil || !slices.ContainsFunc(served, e.ca.Cert.Equal) {
+				t.Errorf("pod %s: the bundle served (%d certificates, %v) does not hold the issuer's root", pod, len(served), err)
 			}
 		}
 		// One identity of a node, one certificate: the agent shares it.

@@ -46,6 +46,10 @@ const NodeNameExtra = "authentication.kubernetes.io/node-name"
 // Reason is the reason of the conditions meshcert sets.
 const Reason = "meshcert.io"
 
+// ApprovedElsewhereReason is the Event recorded on an agent's request that
+// another approver approved, without meshcert's node check.
+const ApprovedElsewhereReason = "ApprovedElsewhere"
+
 // pendingFor is how long a request whose Dataplane or Pod is not found yet
 // waits before it is denied: the agent read them live, and the approver may
 // read a moment before they are visible to it.
@@ -91,7 +95,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		if c := apiutil.GetCertificateRequestCondition(cr, cmapi.CertificateRequestConditionApproved); c.Reason != Reason {
 			// cert-manager's default approver approves everything: the
 			// node check was bypassed, and the operator must know.
-			r.Recorder.Eventf(cr, nil, corev1.EventTypeWarning, "ApprovedElsewhere", "Approve",
+			r.Recorder.Eventf(cr, nil, corev1.EventTypeWarning, ApprovedElsewhereReason, "Approve",
 				"Approved by %q without meshcert's node check: turn off cert-manager's default approver for meshcert's issuers", c.Reason)
 		}
 		return ctrl.Result{}, nil
