@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,24 +21,10 @@ import (
 	"time"
 
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/test/walkthrough"
 )
 
 const readyLine = "meshcert is ready"
-
-// walkthroughFiles are the files whose walk-throughs run against one `make
-// run`, relative to the checkout, in this order: each walk-through continues
-// from the state the ones before it left.
-var walkthroughFiles = []string{
-	"README.md",
-	"docs/rotation.md",
-	"docs/meshidentity.md",
-	"docs/agent.md",
-}
-
-const (
-	walkthroughStart = "<!-- walkthrough -->"
-	walkthroughEnd   = "<!-- /walkthrough -->"
-)
 
 func TestMakeRunAndTheWalkthroughs(t *testing.T) {
 	root, bin := buildRunner(t)
@@ -59,30 +44,20 @@ func TestMakeRunAndTheWalkthroughs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range walkthrough(t, root) {
+	steps, err := walkthrough.Steps(root, "local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) < 10 {
+		t.Fatalf("the walk-throughs have %d commands, want at least 10", len(steps))
+	}
+	walkthrough.Runner{
+		Dir: root, Timeout: 2 * time.Minute,
 		// The runner's state is in state, not .local; named relative to the
 		// checkout, as .local is, so that a command that mishandles a
 		// relative path fails here too.
-		command := strings.ReplaceAll(c.command, ".local/", stateFromRoot+"/")
-		rejected := c.expect == "rejected"
-		out, err := runUntil(root, command, 2*time.Minute, func(out string, err error) bool {
-			if rejected || c.expect == "" {
-				return (err == nil) != rejected
-			}
-			return err == nil && strings.TrimSpace(out) == c.expect
-		})
-		switch {
-		case rejected && err == nil:
-			t.Errorf("%s: succeeded, want a rejection\n%s", c.command, out)
-		case rejected && !strings.Contains(out, "is invalid"):
-			t.Errorf("%s: failed without a validation error:\n%s", c.command, out)
-		case !rejected && err != nil:
-			t.Errorf("%s: %v\n%s", c.command, err, out)
-		case !rejected && c.expect != "" && strings.TrimSpace(out) != c.expect:
-			t.Errorf("%s: printed %q, want %q", c.command, strings.TrimSpace(out), c.expect)
-		}
-		t.Logf("$ %s\n%s", c.command, out)
-	}
+		Rewrite: func(command string) string { return strings.ReplaceAll(command, ".local/", stateFromRoot+"/") },
+	}.Run(t, steps)
 
 	// Each broken example is rejected as its comment says.
 	broken, _ := filepath.Glob(filepath.Join(root, "examples", "broken", "*.yaml"))
@@ -192,109 +167,6 @@ func (r *runner) stop(t *testing.T, sig syscall.Signal) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatalf("the runner did not stop within a minute of %s", sig)
-	}
-}
-
-// step is one command of a walk-through, and what it must print: "" for
-// success, "rejected" for a rejection, else its exact output.
-type step struct {
-	command, expect string
-}
-
-// TestEveryWalkthroughIsRun: a file under docs/ with a walk-through that
-// walkthroughFiles does not list would never be run, and a listed file
-// without one is a stale entry.
-func TestEveryWalkthroughIsRun(t *testing.T) {
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range append(docs, filepath.Join(root, "README.md")) {
-		rel, err := filepath.Rel(root, f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		has := hasWalkthrough(t, f)
-		listed := slices.Contains(walkthroughFiles, rel)
-		switch {
-		case has && !listed:
-			t.Errorf("%s has a walk-through that is not run: add it to walkthroughFiles, where its steps belong in the sequence", rel)
-		case listed && !has:
-			t.Errorf("%s is in walkthroughFiles but has no walk-through", rel)
-		}
-	}
-	walkthrough(t, root)
-}
-
-func hasWalkthrough(t *testing.T, file string) bool {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.TrimSpace(line) == walkthroughStart {
-			return true
-		}
-	}
-	return false
-}
-
-// walkthrough returns the commands of the walk-throughs of walkthroughFiles
-// under root, each between <!-- walkthrough --> and <!-- /walkthrough -->, in
-// order.
-func walkthrough(t *testing.T, root string) []step {
-	t.Helper()
-	var steps []step
-	for _, name := range walkthroughFiles {
-		b, err := os.ReadFile(filepath.Join(root, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		inSection, inCode := false, false
-		for _, line := range strings.Split(string(b), "\n") {
-			trimmed := strings.TrimSpace(line)
-			switch {
-			case trimmed == walkthroughStart:
-				inSection = true
-			case trimmed == walkthroughEnd:
-				inSection = false
-			case !inSection:
-			case strings.HasPrefix(trimmed, "```sh"):
-				inCode = true
-			case strings.HasPrefix(trimmed, "```"):
-				inCode = false
-			case inCode && trimmed != "" && !strings.HasPrefix(trimmed, "#"):
-				command, expect, _ := strings.Cut(trimmed, "# expect: ")
-				steps = append(steps, step{command: strings.TrimSpace(command), expect: strings.TrimSpace(expect)})
-			}
-		}
-		if inSection {
-			t.Fatalf("%s: a walk-through has no %s", name, walkthroughEnd)
-		}
-	}
-	if len(steps) < 10 {
-		t.Fatalf("the walk-throughs have %d commands, want at least 10", len(steps))
-	}
-	return steps
-}
-
-// runUntil runs a shell command until done says its outcome is final, or
-// the timeout passes: issuance takes a moment, as it would for a person.
-func runUntil(dir, command string, timeout time.Duration, done func(string, error) bool) (string, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		c := exec.Command("bash", "-o", "pipefail", "-c", command)
-		c.Dir = dir
-		out, err := c.CombinedOutput()
-		if done(string(out), err) || time.Now().After(deadline) {
-			return string(out), err
-		}
-		time.Sleep(500 * time.Millisecond)
 	}
 }
 

@@ -49,6 +49,7 @@ import (
 	"github.com/meshcert/meshcert/test/harness"
 	"github.com/meshcert/meshcert/test/node"
 	"github.com/meshcert/meshcert/test/node/workload/status"
+	"github.com/meshcert/meshcert/test/walkthrough"
 )
 
 const (
@@ -69,8 +70,10 @@ const (
 	// 4/5 of it, so that a test sees renewals.
 	svidLifetime = time.Minute
 
-	workloadImage  = "meshcert.test/workload:1"
-	meshcertImage  = "meshcert.test/meshcert:test"
+	workloadImage = "meshcert.test/workload:1"
+	// meshcertImage is the chart's default image, so that the walk-through
+	// installs it as written.
+	meshcertImage  = "ghcr.io/meshcert/meshcert:0.1.0"
 	csiDriverImage = "meshcert.test/spiffe-csi-driver:0.2.6"
 	registrarImage = "meshcert.test/csi-registrar:1"
 	// noDataplane marks a pod that the test's pod converter leaves alone.
@@ -88,6 +91,8 @@ type meshcertEnv struct {
 	socketDir string
 	// workloadBinary is the workload program, also run on the node.
 	workloadBinary string
+	// meshcertBinary is meshcert's binary, as in its image.
+	meshcertBinary string
 	chartArgs      []string
 
 	mu sync.Mutex
@@ -179,20 +184,45 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	go e.recordRequests(ctx, t)
 	go e.convertPods(ctx, t)
 
-	// As a user installs it: the chart's defaults but for the image, the
-	// webhook's certificate, the agent's socket folder (under the node's
-	// folder, which the node's clean-up removes) and approver-policy.
-	e.chartArgs = []string{
-		"--set", "agent.enabled=true", "--set", "agent.socketDir=" + e.socketDir,
-		"--set", "image.repository=meshcert.test/meshcert", "--set", "image.tag=test", "--set", "image.pullPolicy=Never",
+	// As a user installs it, by the walk-through of docs/installing.md, with
+	// what this node cannot have as a user's cluster does: the agent's
+	// socket folder under the node's folder (which the node's clean-up
+	// removes), the webhook's certificate from a Secret (no cainjector), and
+	// Kuma's CRDs (no Kuma). The image is the chart's default, loaded above.
+	nodeArgs := []string{
+		"--set", "agent.socketDir=" + e.socketDir,
 		"--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=meshcert-webhook-tls",
 		"--set", "webhook.certificate.caBundle=" + caBundle,
-		"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=" + issuer,
 		"--set", "kumaCRDs.install=true",
-		// The reconciler keeps the MeshTrust the agent serves as the bundle.
-		"--set", "dataplaneNamespaces[0]=" + workloads,
 	}
-	e.helmRun(t, append([]string{"install", release, localcluster.ChartDir(), "--namespace", systemNamespace, "--wait", "--timeout", "3m"}, e.chartArgs...)...)
+	// The walk-through's values, for the test's own helm upgrade.
+	e.chartArgs = append([]string{
+		"--set", "agent.enabled=true",
+		"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=" + issuer,
+		// The reconciler keeps the MeshTrust the agent serves as the bundle.
+		"--set", "dataplaneNamespaces={" + workloads + "}",
+	}, nodeArgs...)
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := walkthrough.Steps(root, "node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	walkthrough.Runner{
+		Dir: root, Timeout: 3 * time.Minute,
+		Env: []string{
+			"KUBECONFIG=" + cluster.Kubeconfig,
+			"PATH=" + filepath.Dir(e.meshcertBinary) + ":" + filepath.Dir(helm) + ":" + os.Getenv("PATH"),
+		},
+		Rewrite: func(command string) string {
+			if !strings.HasPrefix(command, "helm install ") {
+				return command
+			}
+			return command + " --timeout 3m " + strings.Join(nodeArgs, " ")
+		},
+	}.Run(t, steps)
 	t.Logf("meshcert installed %s after the start", time.Since(started).Round(time.Millisecond))
 
 	e.startCSIDriver(t)
@@ -287,7 +317,7 @@ func (e *meshcertEnv) buildImages(t *testing.T) []node.Image {
 			t.Fatal(err)
 		}
 	}
-	e.workloadBinary = bin("workload")
+	e.workloadBinary, e.meshcertBinary = bin("workload"), bin("meshcert")
 	return []node.Image{
 		{Tag: meshcertImage, Binary: bin("meshcert"), Path: "/meshcert", User: "65532:65532"},
 		{Tag: workloadImage, Binary: bin("workload"), Path: "/workload", User: "65532:65532"},
