@@ -39,6 +39,9 @@ type AgentConfig struct {
 	// KubeletCgroupRoot is the kubelet's --cgroup-root: a caller's cgroup
 	// names a pod only under it.
 	KubeletCgroupRoot string
+	// AttestationWait is how long a caller's pod, container or Dataplane
+	// may take to appear before the caller is refused.
+	AttestationWait time.Duration
 	// MaxRequestBytes, MaxStreamsPerConnection, MaxCallsPerCaller and
 	// MaxResourceNames bound what one caller can make the agent do.
 	MaxRequestBytes         int
@@ -69,6 +72,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	fs.StringVar(&c.Attestor, "attestor", AttestorKubernetes, "How a caller is known: kubernetes (its pod, from its cgroup) or unix (its user, matched to the Dataplane annotated meshcert.io/unix-uid and meshcert.io/node-name=<node-name>; for VMs and a local run).")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "The proc filesystem of the node's processes (the agent runs with hostPID).")
 	fs.StringVar(&c.KubeletCgroupRoot, "kubelet-cgroup-root", "/", "The kubelet's --cgroup-root (cgroupRoot), as the agent reads cgroup paths: a caller is in a pod only where the kubelet puts pods, under <root>/kubepods (the systemd driver's slices named after it). /kubelet on kind's nodes.")
+	fs.DurationVar(&c.AttestationWait, "attestation-wait", 10*time.Second, "How long a caller's pod, its container in the pod's status, and its Dataplane may take to appear before the caller is refused (kubernetes attestor). A workload often starts before the kubelet reports its container and before Kuma writes its Dataplane; waiting spares it a refusal and its client's backoff.")
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 64<<10, "The largest request read from a workload, in bytes; a larger one is refused (ResourceExhausted) unread. An SDS request is a few hundred bytes.")
 	fs.IntVar(&c.MaxStreamsPerConnection, "max-streams-per-connection", 100, "Calls open at once on one connection (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS); a gRPC client queues more. Envoy opens one SDS stream per secret, two for Kuma's Spire identity.")
 	fs.IntVar(&c.MaxCallsPerCaller, "max-calls-per-caller", 32, "Calls one caller keeps open at once over all its connections; more are refused (ResourceExhausted). A caller is a process with the kubernetes attestor, a Unix user with the unix attestor.")
@@ -132,6 +136,9 @@ func (c AgentConfig) validateAgent() error {
 	}
 	if c.MaxStreamsPerConnection > math.MaxUint32 {
 		bad("max-streams-per-connection", c.MaxStreamsPerConnection, "must fit HTTP/2's 32 bits")
+	}
+	if c.AttestationWait < 0 || c.AttestationWait > time.Minute {
+		bad("attestation-wait", c.AttestationWait, "must be between 0 and 1m")
 	}
 	if c.Attestor != AttestorKubernetes && c.Attestor != AttestorUnix {
 		bad("attestor", c.Attestor, "must be kubernetes or unix")

@@ -4,6 +4,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseAgent(t *testing.T) {
@@ -19,7 +20,7 @@ func TestParseAgent(t *testing.T) {
 				if c.NodeName != "node-a" || c.Socket != DefaultAgentSocket || c.Attestor != AttestorKubernetes || c.ProcRoot != "/proc" || c.KubeletCgroupRoot != "/" ||
 					c.KeyAlgorithm != "ecdsa-p256" || c.SystemNamespace != "kong-mesh-system" || c.MetricsAddr != "0" || c.PprofAddr != "0" ||
 					c.MaxRequestBytes != 64<<10 || c.MaxStreamsPerConnection != 100 || c.MaxCallsPerCaller != 32 || c.MaxResourceNames != 64 ||
-					c.MaxConnections != 2048 || c.MaxConnectionsPerCaller != 64 {
+					c.MaxConnections != 2048 || c.MaxConnectionsPerCaller != 64 || c.AttestationWait != 10*time.Second {
 					t.Errorf("unexpected defaults: %+v", c)
 				}
 			},
@@ -72,7 +73,18 @@ func TestParseAgent(t *testing.T) {
 			args: []string{"--node-name=a", "--kubelet-cgroup-root=kubelet/../x"}, wantErr: []string{`invalid --kubelet-cgroup-root "kubelet/../x": must be an absolute, clean cgroup path`},
 		},
 		"a kubelet cgroup root that climbs": {args: []string{"--node-name=a", "--kubelet-cgroup-root=/.."}, wantErr: []string{`invalid --kubelet-cgroup-root "/.."`}},
-		"an argument":                       {args: []string{"--node-name=a", "serve"}, wantErr: []string{`unexpected argument "serve": meshcert agent takes only flags`}},
+		"an attestation wait out of range": {
+			args: []string{"--node-name=a", "--attestation-wait=2m"}, wantErr: []string{`invalid --attestation-wait "2m0s": must be between 0 and 1m`},
+		},
+		"no attestation wait": {
+			args: []string{"--node-name=a", "--attestation-wait=0s"},
+			check: func(t *testing.T, c AgentConfig) {
+				if c.AttestationWait != 0 {
+					t.Errorf("AttestationWait %s, want 0", c.AttestationWait)
+				}
+			},
+		},
+		"an argument": {args: []string{"--node-name=a", "serve"}, wantErr: []string{`unexpected argument "serve": meshcert agent takes only flags`}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -46,12 +46,21 @@ type Identity struct {
 
 // NotEntitled is why a caller gets no identity. It is the caller's
 // situation, not the agent's failure.
-type NotEntitled struct{ Reason string }
+type NotEntitled struct {
+	Reason string
+	// pending is a reason that may pass on its own: what the caller needs
+	// has not appeared yet.
+	pending bool
+}
 
 func (e *NotEntitled) Error() string { return e.Reason }
 
 func notEntitled(format string, args ...any) error {
 	return &NotEntitled{Reason: fmt.Sprintf(format, args...)}
+}
+
+func notYet(format string, args ...any) error {
+	return &NotEntitled{Reason: fmt.Sprintf(format, args...), pending: true}
 }
 
 // Attestor finds the Dataplane a caller runs as.
@@ -129,10 +138,35 @@ type PodAttestor struct {
 	// Dataplanes reads one Dataplane by name from the API server: an agent
 	// never caches the cluster's Dataplanes.
 	Dataplanes client.Reader
+	// Wait is how long a pod, container or Dataplane that has not appeared
+	// yet is looked for before the caller is refused.
+	Wait time.Duration
 }
 
-// Dataplane implements Attestor.
+// Dataplane implements Attestor. A workload often calls before the kubelet
+// reports its container in the pod's status and before Kuma writes its
+// Dataplane, so what has not appeared yet is looked for again, with backoff,
+// for up to Wait; SPIRE's k8s workload attestor polls the kubelet likewise
+// (max_poll_attempts, poll_retry_interval).
 func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
+	deadline := time.Now().Add(a.Wait)
+	delay := 100 * time.Millisecond
+	for {
+		dp, pod, err := a.attest(ctx, c)
+		var ne *NotEntitled
+		if !errors.As(err, &ne) || !ne.pending || time.Now().Add(delay).After(deadline) {
+			return dp, pod, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+func (a *PodAttestor) attest(ctx context.Context, c attest.Caller) (*kuma.DataplaneResource, client.Object, error) {
 	w, ok, err := a.Procfs.Workload(c)
 	switch {
 	case errors.Is(err, attest.ErrProcessGone):
@@ -147,16 +181,16 @@ func (a *PodAttestor) Dataplane(ctx context.Context, c attest.Caller) (*kuma.Dat
 		return nil, nil, err
 	}
 	if len(pods.Items) != 1 {
-		return nil, nil, notEntitled("process %d is in pod %s, which is not a pod of this node", c.PID, w.PodUID)
+		return nil, nil, notYet("process %d is in pod %s, which is not a pod of this node", c.PID, w.PodUID)
 	}
 	pod := &pods.Items[0]
 	if !hasContainer(pod, w.ContainerID) {
-		return nil, nil, notEntitled("process %d is in container %s, which is none of pod %s/%s's current containers", c.PID, w.ContainerID, pod.Namespace, pod.Name)
+		return nil, nil, notYet("process %d is in container %s, which is none of pod %s/%s's current containers", c.PID, w.ContainerID, pod.Namespace, pod.Name)
 	}
 	dp := &kuma.DataplaneResource{}
 	err = a.Dataplanes.Get(ctx, types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, dp)
 	if apierrors.IsNotFound(err) {
-		return nil, nil, notEntitled("pod %s/%s has no Dataplane", pod.Namespace, pod.Name)
+		return nil, nil, notYet("pod %s/%s has no Dataplane", pod.Namespace, pod.Name)
 	}
 	if err != nil {
 		return nil, nil, err

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -200,6 +201,133 @@ func TestPodAttestor(t *testing.T) {
 				t.Errorf("err = %v, want the pod's Dataplane", err)
 			case gotDP.Name != dp.Name || workload.GetUID() != webUID:
 				t.Errorf("got Dataplane %s and workload %s, want %s of pod %s", gotDP.Name, workload.GetUID(), dp.Name, webUID)
+			}
+		})
+	}
+}
+
+// readHook is a reader that calls before on each read, with the number of
+// reads so far, so that a test can make an object appear between two reads.
+type readHook struct {
+	client.Client
+	reads  int
+	before func(n int)
+}
+
+func (r *readHook) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	r.reads++
+	r.before(r.reads)
+	return r.Client.Get(ctx, key, obj, opts...)
+}
+
+func (r *readHook) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	r.reads++
+	r.before(r.reads)
+	return r.Client.List(ctx, list, opts...)
+}
+
+func TestPodAttestorWaitsForWhatHasNotAppeared(t *testing.T) {
+	ctx := context.Background()
+	tests := map[string]struct {
+		wait time.Duration
+		// setup changes the pod and Dataplane as they are at the first
+		// read; appear, when set, is called at the read numbered appearAt.
+		setup      func(pod *corev1.Pod, dp *kuma.DataplaneResource) (create []client.Object)
+		appearAt   int
+		appear     func(c client.Client)
+		notEntitle string
+		// wantReads is the reads the attestor made; 0: at least two.
+		wantReads int
+	}{
+		"a Dataplane written while the caller waits": {
+			wait:     10 * time.Second,
+			setup:    func(pod *corev1.Pod, _ *kuma.DataplaneResource) []client.Object { return []client.Object{pod} },
+			appearAt: 6, // the third attempt's Dataplane read
+			appear: func(c client.Client) {
+				if err := c.Create(ctx, webDataplane()); err != nil {
+					t.Error(err)
+				}
+			},
+			wantReads: 6,
+		},
+		"a container the kubelet reports while the caller waits": {
+			wait: 10 * time.Second,
+			setup: func(pod *corev1.Pod, dp *kuma.DataplaneResource) []client.Object {
+				pod.Status.ContainerStatuses = nil
+				return []client.Object{pod, dp}
+			},
+			appearAt: 2, // the second attempt's Pod read
+			appear: func(c client.Client) {
+				if err := c.Status().Update(ctx, webPod()); err != nil {
+					t.Error(err)
+				}
+			},
+			wantReads: 3,
+		},
+		"a Dataplane that never appears is refused when the wait ends": {
+			wait:       300 * time.Millisecond,
+			setup:      func(pod *corev1.Pod, _ *kuma.DataplaneResource) []client.Object { return []client.Object{pod} },
+			notEntitle: "has no Dataplane",
+		},
+		"no wait: refused at the first look": {
+			setup:      func(pod *corev1.Pod, _ *kuma.DataplaneResource) []client.Object { return []client.Object{pod} },
+			notEntitle: "has no Dataplane",
+			wantReads:  2,
+		},
+		"a hand-written Dataplane is refused at once, however long the wait": {
+			wait: 10 * time.Second,
+			setup: func(pod *corev1.Pod, dp *kuma.DataplaneResource) []client.Object {
+				dp.OwnerReferences = nil
+				return []client.Object{pod, dp}
+			},
+			notEntitle: "is not controlled by pod",
+			wantReads:  2,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(root, "4242"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cgroup := "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + strings.ReplaceAll(string(webUID), "-", "_") +
+				".slice/cri-containerd-" + webContainer + ".scope\n"
+			for file, content := range map[string]string{"cgroup": cgroup, "status": "Uid:\t1337\t1337\t1337\t1337\nGid:\t1337\t1337\t1337\t1337\n"} {
+				if err := os.WriteFile(filepath.Join(root, "4242", file), []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			scheme := runtime.NewScheme()
+			if err := kuma.AddToScheme(scheme); err != nil {
+				t.Fatal(err)
+			}
+			if err := corev1.AddToScheme(scheme); err != nil {
+				t.Fatal(err)
+			}
+			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(tc.setup(webPod(), webDataplane())...).
+				WithIndex(&corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} }).Build()
+			reader := &readHook{Client: c, before: func(n int) {
+				if n == tc.appearAt && tc.appear != nil {
+					tc.appear(c)
+				}
+			}}
+			a := &PodAttestor{Procfs: attest.Procfs{Root: root}, Pods: reader, Dataplanes: reader, Wait: tc.wait}
+
+			_, _, err := a.Dataplane(ctx, attest.Caller{PID: 4242, UID: 1337, GID: 1337})
+			var ne *NotEntitled
+			switch {
+			case tc.notEntitle != "":
+				if !errors.As(err, &ne) || !strings.Contains(ne.Reason, tc.notEntitle) {
+					t.Errorf("err = %v, want NotEntitled with %q", err, tc.notEntitle)
+				}
+			case err != nil:
+				t.Errorf("err = %v, want the Dataplane that appeared", err)
+			}
+			switch {
+			case tc.wantReads == 0 && reader.reads < 4:
+				t.Errorf("%d reads, want the attestor to have looked again", reader.reads)
+			case tc.wantReads != 0 && reader.reads != tc.wantReads:
+				t.Errorf("%d reads, want %d", reader.reads, tc.wantReads)
 			}
 		})
 	}

@@ -97,7 +97,7 @@ func RunAgent(ctx context.Context, cfg config.AgentConfig, restConfig *rest.Conf
 		if err := agent.IndexPodUIDs(ctx, mgr.GetFieldIndexer()); err != nil {
 			return err
 		}
-		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: agent.SharedReads(mgr.GetAPIReader())}
+		attestor = &agent.PodAttestor{Procfs: procfs, Pods: mgr.GetCache(), Dataplanes: agent.SharedReads(mgr.GetAPIReader()), Wait: cfg.AttestationWait}
 	}
 	updates := agent.NewUpdates()
 	bundles := &agent.Bundles{Cache: mgr.GetCache(), SystemNamespace: cfg.SystemNamespace}
