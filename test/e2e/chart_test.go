@@ -41,6 +41,12 @@ func TestChartInstallsAndItsRBACIsEnough(t *testing.T) {
 		if err := testEnv.cluster.Client.Patch(ctx, obj, client.Apply, opts...); err != nil {
 			t.Errorf("the API server refused %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
+		if obj.GetKind() != "CustomResourceDefinition" {
+			// Left, they would stop a helm release of the same name from
+			// installing (TestUpgradeAndUninstallGuides). The CRDs serve
+			// every test.
+			t.Cleanup(func() { _ = client.IgnoreNotFound(testEnv.cluster.Client.Delete(context.Background(), obj)) })
+		}
 	}
 	if t.Failed() {
 		return

@@ -27,6 +27,8 @@ import (
 var Files = map[string][]string{
 	"local": {"README.md", "docs/rotation.md", "docs/meshidentity.md", "docs/agent.md"},
 	"node":  {"docs/installing.md"},
+	// After helm install, with a Mesh and a MeshIdentity meshcert serves.
+	"cluster": {"docs/upgrade.md", "docs/uninstall.md"},
 }
 
 const end = "<!-- /walkthrough -->"

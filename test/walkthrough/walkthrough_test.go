@@ -81,7 +81,7 @@ func TestSteps(t *testing.T) {
 			want: []Step{{File: "doc.md", Command: "make run"}},
 		},
 		"a walk-through without its end": {files: []string{"unclosed.md"}, setup: "node", wantErr: true},
-		"no walk-through":                 {files: []string{"doc.md"}, setup: "cluster", wantErr: true},
+		"no walk-through":                {files: []string{"doc.md"}, setup: "cluster", wantErr: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
