@@ -234,6 +234,7 @@ func TestExportedNames(t *testing.T) {
 		"a histogram's buckets":    {series: "meshcert_issuance_duration_seconds_bucket", want: true},
 		"the inventory's gauge":    {series: "meshcert_certificates_earliest_expiration_timestamp_seconds", want: true},
 		"the MeshIdentity's gauge": {series: "meshcert_trust_root_expiration_timestamp_seconds", want: true},
+		"the Mesh's gauge":         {series: "meshcert_mesh_root_expiration_timestamp_seconds", want: true},
 		"a renamed metric":         {series: "meshcert_agent_svid_expiry_seconds"},
 		"a suffix of nothing":      {series: "meshcert_nothing_bucket"},
 	}

@@ -32,6 +32,7 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	if err := r.Client.Get(ctx, req.NamespacedName, &mesh); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.roots.Prune(req.Name, nil)
+			reportMeshRoots(req.Name, nil)
 			if r.PublishTrustBundles {
 				if err := r.unpublishBundle(ctx, req.Name); err != nil {
 					return ctrl.Result{}, err
@@ -75,6 +76,8 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 	if err := r.cleanupProbes(ctx, mesh.Name, probing); err != nil {
 		return ctrl.Result{}, err
 	}
+	// With the roots the probes learned.
+	reportMeshRoots(mesh.Name, r.meshRoots(mesh.Name, spec).Roots)
 	if r.PublishTrustBundles {
 		// With the roots the probes learned; a mesh meshcert issues nothing
 		// for publishes nothing.

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"crypto/x509"
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/meshcert/meshcert/internal/kuma"
 	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/internal/trust"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestReconcileMesh(t *testing.T) {
@@ -140,18 +142,36 @@ func TestReconcileMesh(t *testing.T) {
 				}
 			},
 		},
+		"a deleted mesh's root expiry is forgotten": {
+			before: func(*harness) { reportMeshRoots("demo", []*x509.Certificate{ca.Cert}) },
+		},
 		"a mesh whose one backend issues for its dataplanes probes nothing": {
 			objects: []client.Object{meshObject(certManagerMTLS), controllertest.ReadyIssuer("local-ca")},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
+			meshRootExpiry.Reset()
+			t.Cleanup(meshRootExpiry.Reset)
 			h := newHarness(t, Options{PublishTrustBundles: tc.publish}, tc.objects...)
 			if tc.before != nil {
 				tc.before(h)
 			}
 
 			res := h.reconcileMesh("demo")
+
+			// The gauge says when the earliest of the mesh's roots expires.
+			switch n := testutil.CollectAndCount(meshRootExpiry); {
+			case len(tc.wantRoots) == 0 && n != 0:
+				t.Errorf("%d root expiry series for a mesh without roots", n)
+			case len(tc.wantRoots) > 0 && n != 1:
+				t.Errorf("%d root expiry series, want 1", n)
+			case len(tc.wantRoots) > 0:
+				earliest := slices.MinFunc(tc.wantRoots, func(a, b *x509.Certificate) int { return a.NotAfter.Compare(b.NotAfter) }).NotAfter
+				if got := testutil.ToFloat64(meshRootExpiry.WithLabelValues("demo")); got != float64(earliest.Unix()) {
+					t.Errorf("the mesh's root expiry is %v, want %d", got, earliest.Unix())
+				}
+			}
 
 			for _, cr := range h.Requests() {
 				if cr.Labels[ProbeLabel] != "true" || cr.Labels[kuma.ManagedMeshLabel] != "demo" {
