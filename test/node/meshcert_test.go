@@ -98,8 +98,6 @@ func TestMeshcertOnRealNode(t *testing.T) {
 		t.Logf("kubectl get pods -o wide:\n%s", e.kubectl(t, "get", "pods", "-n", workloads, "-o", "wide"))
 		t.Logf("what pod api fetched, through the API server's proxy:\n$ kubectl -n %s get --raw /api/v1/namespaces/%[1]s/pods/api:8080/proxy/svid\n%s",
 			workloads, e.kubectl(t, "get", "--raw", "/api/v1/namespaces/"+workloads+"/pods/api:8080/proxy/svid"))
-		t.Logf("the agent's requests:\n%s", e.kubectl(t, "get", "certificaterequests", "-A", "-o",
-			"custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,DATAPLANE:.metadata.annotations.meshcert\\.io/dataplane,APPROVED:.status.conditions[?(@.type=='Approved')].reason,READY:.status.conditions[?(@.type=='Ready')].status"))
 	})
 
 	t.Run("a host process in a cgroup named like a pod's is refused", func(t *testing.T) {
