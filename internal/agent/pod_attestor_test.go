@@ -170,24 +170,7 @@ func TestPodAttestor(t *testing.T) {
 			if status == "" {
 				status = "Uid:\t1337\t1337\t1337\t1337\nGid:\t1337\t1337\t1337\t1337\n"
 			}
-			root := t.TempDir()
-			if err := os.MkdirAll(filepath.Join(root, "4242"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			for file, content := range map[string]string{"cgroup": cgroup, "status": status} {
-				if err := os.WriteFile(filepath.Join(root, "4242", file), []byte(content), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			scheme := runtime.NewScheme()
-			if err := kuma.AddToScheme(scheme); err != nil {
-				t.Fatal(err)
-			}
-			if err := corev1.AddToScheme(scheme); err != nil {
-				t.Fatal(err)
-			}
-			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(pod, dp).
-				WithIndex(&corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} }).Build()
+			root, c := attestorFixture(t, cgroup, status, pod, dp)
 			a := &PodAttestor{Procfs: attest.Procfs{Root: root}, Pods: c, Dataplanes: c}
 
 			gotDP, workload, err := a.Dataplane(context.Background(), attest.Caller{PID: 4242, UID: uid, GID: gid})
@@ -286,26 +269,9 @@ func TestPodAttestorWaitsForWhatHasNotAppeared(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			root := t.TempDir()
-			if err := os.MkdirAll(filepath.Join(root, "4242"), 0o755); err != nil {
-				t.Fatal(err)
-			}
 			cgroup := "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + strings.ReplaceAll(string(webUID), "-", "_") +
 				".slice/cri-containerd-" + webContainer + ".scope\n"
-			for file, content := range map[string]string{"cgroup": cgroup, "status": "Uid:\t1337\t1337\t1337\t1337\nGid:\t1337\t1337\t1337\t1337\n"} {
-				if err := os.WriteFile(filepath.Join(root, "4242", file), []byte(content), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			scheme := runtime.NewScheme()
-			if err := kuma.AddToScheme(scheme); err != nil {
-				t.Fatal(err)
-			}
-			if err := corev1.AddToScheme(scheme); err != nil {
-				t.Fatal(err)
-			}
-			c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(tc.setup(webPod(), webDataplane())...).
-				WithIndex(&corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} }).Build()
+			root, c := attestorFixture(t, cgroup, "Uid:\t1337\t1337\t1337\t1337\nGid:\t1337\t1337\t1337\t1337\n", tc.setup(webPod(), webDataplane())...)
 			reader := &readHook{Client: c, before: func(n int) {
 				if n == tc.appearAt && tc.appear != nil {
 					tc.appear(c)
@@ -331,4 +297,29 @@ func TestPodAttestorWaitsForWhatHasNotAppeared(t *testing.T) {
 			}
 		})
 	}
+}
+
+// attestorFixture is a proc folder in which process 4242 has cgroup and
+// status, and a client holding objects, its Pods indexed by UID.
+func attestorFixture(t *testing.T, cgroup, status string, objects ...client.Object) (procRoot string, c client.WithWatch) {
+	t.Helper()
+	procRoot = t.TempDir()
+	if err := os.MkdirAll(filepath.Join(procRoot, "4242"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for file, content := range map[string]string{"cgroup": cgroup, "status": status} {
+		if err := os.WriteFile(filepath.Join(procRoot, "4242", file), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scheme := runtime.NewScheme()
+	if err := kuma.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	c = fake.NewClientBuilder().WithScheme(scheme).WithObjects(objects...).
+		WithIndex(&corev1.Pod{}, PodUIDIndex, func(o client.Object) []string { return []string{string(o.GetUID())} }).Build()
+	return procRoot, c
 }
