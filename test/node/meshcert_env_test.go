@@ -3,6 +3,7 @@
 package node_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -86,6 +87,9 @@ type meshcertEnv struct {
 	ca        *testpki.CA
 	helm      string
 	socketDir string
+	// meshSystem is the mesh's system namespace: the issuer's, the
+	// MeshIdentities' and the agents' requests'.
+	meshSystem string
 	// workloadBinary is the workload program, also run on the node.
 	workloadBinary string
 	chartArgs      []string
@@ -109,6 +113,25 @@ type requestSeen struct {
 // CSI driver, a Mesh and a MeshIdentity, and the test's pod converter.
 func startMeshcert(t *testing.T) *meshcertEnv {
 	t.Helper()
+	return startMeshcertWith(t, meshcertOptions{})
+}
+
+// meshcertOptions changes what startMeshcertWith installs around meshcert.
+type meshcertOptions struct {
+	// meshSystem is the mesh's system namespace, where the issuer, the
+	// MeshIdentities and the agents' requests live; meshcert's own
+	// namespace unless set.
+	meshSystem string
+	// kuma installs Kuma before meshcert. Kuma's control plane then makes
+	// the Dataplanes and Kuma's chart installs Kuma's CRDs, so the test's
+	// pod converter does not run, meshcert's chart installs no Kuma CRDs,
+	// and no Mesh or MeshIdentity is applied: the test applies its own.
+	kuma func(t *testing.T, e *meshcertEnv)
+}
+
+// startMeshcertWith is startMeshcert with opts.
+func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
+	t.Helper()
 	ctx := context.Background()
 	helm := os.Getenv(localcluster.HelmEnv)
 	if helm == "" {
@@ -119,7 +142,7 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	}
 	started := time.Now()
 	n, cluster := startNode(t)
-	e := &meshcertEnv{n: n, helm: helm, socketDir: filepath.Join(n.Dir(), "agent-sockets"),
+	e := &meshcertEnv{n: n, helm: helm, socketDir: filepath.Join(n.Dir(), "agent-sockets"), meshSystem: cmp.Or(opts.meshSystem, systemNamespace),
 		requests: map[string]*requestSeen{}, ready: map[string]time.Time{}}
 	e.cluster = cluster
 	var err error
@@ -146,8 +169,10 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	if err := cluster.StartRequesterIdentity(webhookCtx); err != nil {
 		t.Fatal(err)
 	}
-	if err := localcluster.EnsureNamespace(ctx, cluster.Client, systemNamespace); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{systemNamespace, e.meshSystem} {
+		if err := localcluster.EnsureNamespace(ctx, cluster.Client, ns); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ap, err := harness.StartApproverPolicy(cluster, systemNamespace, filepath.Join(n.Dir(), "logs", "approver-policy.log"))
 	if err != nil {
@@ -160,7 +185,7 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	}
 	e.ca = ca
 	if err := localcluster.CreateCAIssuers(ctx, cluster.Client, []localcluster.CAIssuer{{
-		Name: issuer, Namespace: systemNamespace, SecretName: issuer, SecretNamespace: systemNamespace, CA: ca,
+		Name: issuer, Namespace: e.meshSystem, SecretName: issuer, SecretNamespace: e.meshSystem, CA: ca,
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +202,9 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 		}
 	}
 	go e.recordRequests(ctx, t)
-	go e.convertPods(ctx, t)
+	if opts.kuma == nil {
+		go e.convertPods(ctx, t)
+	}
 
 	// As a user installs it: the chart's defaults but for the image, the
 	// webhook's certificate, the agent's socket folder (under the node's
@@ -188,19 +215,26 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 		"--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=meshcert-webhook-tls",
 		"--set", "webhook.certificate.caBundle=" + caBundle,
 		"--set", "approverPolicy.enabled=true", "--set", "approverPolicy.issuers[0].name=" + issuer,
-		"--set", "kumaCRDs.install=true",
 		// The reconciler keeps the MeshTrust the agent serves as the bundle.
 		"--set", "dataplaneNamespaces[0]=" + workloads,
+	}
+	if opts.kuma != nil {
+		opts.kuma(t, e)
+		e.chartArgs = append(e.chartArgs, "--set", "systemNamespace="+e.meshSystem)
+	} else {
+		e.chartArgs = append(e.chartArgs, "--set", "kumaCRDs.install=true")
 	}
 	e.helmRun(t, append([]string{"install", release, localcluster.ChartDir(), "--namespace", systemNamespace, "--wait", "--timeout", "3m"}, e.chartArgs...)...)
 	t.Logf("meshcert installed %s after the start", time.Since(started).Round(time.Millisecond))
 
 	e.startCSIDriver(t)
-	e.apply(t, identities)
-	waitFor(t, n, 2*time.Minute, "the MeshTrust of the identity", func() bool {
-		list := &kuma.MeshTrustResourceList{}
-		return e.c.List(ctx, list, client.InNamespace(systemNamespace)) == nil && len(list.Items) > 0
-	})
+	if opts.kuma == nil {
+		e.apply(t, identities)
+		waitFor(t, n, 2*time.Minute, "the MeshTrust of the identity", func() bool {
+			list := &kuma.MeshTrustResourceList{}
+			return e.c.List(ctx, list, client.InNamespace(systemNamespace)) == nil && len(list.Items) > 0
+		})
+	}
 	for _, sa := range []string{"default", "web", "api", "fleet"} {
 		for _, ns := range []string{workloads, baseline} {
 			if err := e.c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa}}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -539,7 +573,7 @@ func kumaDataplane(pod *corev1.Pod) *kuma.DataplaneResource {
 // recordRequests records the agents' CertificateRequests as they come and
 // are approved: the agents delete them once used.
 func (e *meshcertEnv) recordRequests(ctx context.Context, t *testing.T) {
-	e.watch(ctx, &cmapi.CertificateRequestList{}, systemNamespace, func(ev watch.Event) {
+	e.watch(ctx, &cmapi.CertificateRequestList{}, e.meshSystem, func(ev watch.Event) {
 		cr, ok := ev.Object.(*cmapi.CertificateRequest)
 		if !ok || cr.Labels[agent.NodeLabel] == "" {
 			return
