@@ -20,6 +20,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -110,7 +111,16 @@ func TestKumaOnRealNode(t *testing.T) {
 	t.Logf("Kuma and meshcert installed %s after the start", time.Since(started).Round(time.Millisecond))
 	c := e.c
 
-	e.apply(t, kumaMeshManifest)
+	// Kuma's admission may still be joining its Service's endpoints.
+	var applyErr string
+	waitFor(t, e.n, time.Minute, "Kuma's and meshcert's admission of the Mesh and the MeshIdentity", func() bool {
+		_, stderr, err := e.cluster.Kubectl(ctx, []byte(kumaMeshManifest), "apply", "-f", "-")
+		applyErr = stderr
+		return err == nil
+	})
+	if applyErr != "" {
+		t.Logf("kubectl apply of the mesh warned: %s", applyErr)
+	}
 	ns := &corev1.Namespace{}
 	if err := c.Get(ctx, client.ObjectKey{Name: workloads}, ns); err != nil {
 		t.Fatal(err)
@@ -127,12 +137,18 @@ func TestKumaOnRealNode(t *testing.T) {
 	apps := []string{"web", "backend"}
 	for _, app := range apps {
 		for _, obj := range kumaWorkload(app, cpService.Spec.ClusterIP) {
-			if err := c.Create(ctx, obj); err != nil {
+			// startMeshcert made some of the ServiceAccounts.
+			if err := c.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
 				t.Fatal(err)
 			}
 		}
 	}
 
+	defer func() {
+		if t.Failed() {
+			e.logKuma(t)
+		}
+	}()
 	pods := map[string]corev1.Pod{}
 	waitFor(t, e.n, 3*time.Minute, "both workloads' pods Ready with Kuma's sidecar", func() bool {
 		for _, app := range apps {
@@ -189,9 +205,10 @@ func TestKumaOnRealNode(t *testing.T) {
 				t.Errorf("%s: Kuma reports %q, want %q", app, reported, want[app])
 			}
 			config := api.get(t, "/meshes/"+kumaMesh+"/dataplanes/"+dpName+"/_config")
-			sds := findObjects(config, func(m map[string]any) bool { return m["name"] == spireSDSCluster && m["loadAssignment"] != nil })
+			sds := findObjects(config, func(m map[string]any) bool { return m["name"] == spireSDSCluster && field(m, "load_assignment") != nil })
 			if len(sds) == 0 {
-				t.Fatalf("%s: kuma-cp's config has no cluster %s", app, spireSDSCluster)
+				raw, _ := json.Marshal(config)
+				t.Fatalf("%s: kuma-cp's config has no cluster %s: %.3000s", app, spireSDSCluster, raw)
 			}
 			raw, _ := json.Marshal(sds[0])
 			t.Logf("%s: the SDS cluster kuma-cp configured: %s", app, raw)
@@ -200,7 +217,7 @@ func TestKumaOnRealNode(t *testing.T) {
 				configuredSocket, _ = p["pipe"].(map[string]any)["path"].(string)
 			}
 			var configured []string
-			for _, ref := range findObjects(config, func(m map[string]any) bool { return m["sdsConfig"] != nil && m["name"] != nil }) {
+			for _, ref := range findObjects(config, func(m map[string]any) bool { return field(m, "sds_config") != nil && m["name"] != nil }) {
 				if name := ref["name"].(string); !slices.Contains(configured, name) {
 					configured = append(configured, name)
 				}
@@ -279,6 +296,23 @@ func TestKumaOnRealNode(t *testing.T) {
 			}
 		}
 	})
+}
+
+// logKuma logs the ends of the sidecars' logs, of their last runs too, and
+// of kuma-cp's.
+func (e *meshcertEnv) logKuma(t *testing.T) {
+	t.Helper()
+	list := &corev1.PodList{}
+	if err := e.c.List(context.Background(), list, client.InNamespace(workloads)); err != nil {
+		t.Log(err)
+	}
+	for _, pod := range list.Items {
+		for _, previous := range []string{"--previous=true", "--previous=false"} {
+			t.Logf("kubectl logs %s -c kuma-sidecar %s:\n%s", pod.Name, previous,
+				e.kubectl(t, "logs", "-n", workloads, pod.Name, "-c", "kuma-sidecar", previous, "--tail", "40"))
+		}
+	}
+	t.Logf("kuma-cp's log:\n%s", e.kubectl(t, "logs", "-n", kumaSystem, "deployment/kuma-control-plane", "--tail", "60"))
 }
 
 // kumaDir is the folder of Kuma's binaries and chart that hack/kuma.sh
@@ -487,6 +521,19 @@ func findObjects(v any, match func(map[string]any) bool) []map[string]any {
 		}
 	}
 	return found
+}
+
+// field is a field of a JSON object of protojson, by its proto name or its
+// JSON name.
+func field(m map[string]any, protoName string) any {
+	if v, ok := m[protoName]; ok {
+		return v
+	}
+	parts := strings.Split(protoName, "_")
+	for i := 1; i < len(parts); i++ {
+		parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
+	}
+	return m[strings.Join(parts, "")]
 }
 
 // standInEvents are the JSON lines the stand-in Envoy logged in a pod's
