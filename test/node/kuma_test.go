@@ -53,6 +53,9 @@ const (
 	// serves inbound: the application behind it, a pause container, never
 	// listens, so the stand-in Envoy takes it.
 	appPort = 8080
+	// standInDumpPatch is the ContainerPatch that has the stand-in dump
+	// what kuma-cp sends.
+	standInDumpPatch = "standin-xds-dump"
 )
 
 // kumaChartArgs are the values the test gives Kuma's chart beyond its
@@ -92,7 +95,20 @@ spec:
   provider:
     type: Spire
     spire: {}
-`, kumaMesh, kumaSystem, issuer)
+---
+# Kuma's ContainerPatch, which the pods name: the stand-in Envoy dumps what
+# kuma-cp sends it into the sidecar's /tmp volume, where the test reads it.
+apiVersion: kuma.io/v1alpha1
+kind: ContainerPatch
+metadata:
+  name: %[4]s
+  namespace: %[2]s
+spec:
+  sidecarPatch:
+  - op: add
+    path: /env/-
+    value: '{"name": "MESHCERT_ENVOY_DUMP_DIR", "value": "/tmp"}'
+`, kumaMesh, kumaSystem, issuer, standInDumpPatch)
 
 // TestKumaOnRealNode installs Kuma with its own chart and meshcert with its
 // agent on a real node, and runs two Deployments in a mesh whose
@@ -204,26 +220,27 @@ func TestKumaOnRealNode(t *testing.T) {
 			if reported != want[app] {
 				t.Errorf("%s: Kuma reports %q, want %q", app, reported, want[app])
 			}
-			config := api.get(t, "/meshes/"+kumaMesh+"/dataplanes/"+dpName+"/_config")
-			sds := findObjects(config, func(m map[string]any) bool { return m["name"] == spireSDSCluster && field(m, "load_assignment") != nil })
-			if len(sds) == 0 {
-				raw, _ := json.Marshal(config)
-				t.Fatalf("%s: kuma-cp's config has no cluster %s: %.3000s", app, spireSDSCluster, raw)
-			}
+			// What kuma-cp sent this sidecar, as the stand-in dumped it.
+			var sent map[string]any
+			waitFor(t, e.n, 2*time.Minute, app+"'s clusters with "+spireSDSCluster, func() bool {
+				sent = sentToSidecar(t, pod)
+				return len(findObjects(sent["Cluster"], func(m map[string]any) bool { return m["name"] == spireSDSCluster })) > 0
+			})
+			sds := findObjects(sent["Cluster"], func(m map[string]any) bool { return m["name"] == spireSDSCluster })
 			raw, _ := json.Marshal(sds[0])
-			t.Logf("%s: the SDS cluster kuma-cp configured: %s", app, raw)
+			t.Logf("%s: the SDS cluster kuma-cp sent: %s", app, raw)
 			configuredSocket := ""
 			for _, p := range findObjects(sds[0], func(m map[string]any) bool { _, ok := m["pipe"]; return ok }) {
 				configuredSocket, _ = p["pipe"].(map[string]any)["path"].(string)
 			}
 			var configured []string
-			for _, ref := range findObjects(config, func(m map[string]any) bool { return field(m, "sds_config") != nil && m["name"] != nil }) {
+			for _, ref := range findObjects(sent, func(m map[string]any) bool { return m["sdsConfig"] != nil && m["name"] != nil }) {
 				if name := ref["name"].(string); !slices.Contains(configured, name) {
 					configured = append(configured, name)
 				}
 			}
 			slices.Sort(configured)
-			t.Logf("%s: the SDS secret names kuma-cp configured: %q, on socket %q", app, configured, configuredSocket)
+			t.Logf("%s: the SDS secret names in the clusters and listeners kuma-cp sent: %q, on socket %q", app, configured, configuredSocket)
 			if configuredSocket != spireSocket || !sameStrings(configured, []string{want[app], agent.AllBundlesName}) {
 				t.Errorf("%s: kuma-cp configured %q on %q, want %q on %q", app, configured, configuredSocket, []string{want[app], agent.AllBundlesName}, spireSocket)
 			}
@@ -275,12 +292,19 @@ func TestKumaOnRealNode(t *testing.T) {
 				app, peer, out["result"], out["cluster"], out["endpoint"], out["peerSpiffeId"], out["peerNode"], peer, in["result"], in["listener"], in["peerSpiffeId"])
 		}
 		for app, evs := range events {
-			var ok, failed int
+			var ok int
+			failed := map[string][]string{}
 			for _, kind := range []string{"outbound handshake", "inbound handshake"} {
 				ok += len(eventsWith(evs, kind, "ok", true))
-				failed += len(eventsWith(evs, kind, "ok", false))
+				for _, ev := range eventsWith(evs, kind, "ok", false) {
+					reason := fmt.Sprintf("%s %v: %v", kind, ev["peerSpiffeId"], ev["result"])
+					failed[reason] = append(failed[reason], fmt.Sprint(ev["ts"]))
+				}
 			}
-			t.Logf("%s's stand-in so far: %d handshakes completed, %d failed", app, ok, failed)
+			t.Logf("%s's stand-in so far: %d handshakes completed, and these failed:", app, ok)
+			for reason, at := range failed {
+				t.Logf("  %d× from %s to %s: %s", len(at), at[0], at[len(at)-1], reason)
+			}
 		}
 	})
 
@@ -428,7 +452,10 @@ func kumaWorkload(app, cpAddress string) []client.Object {
 				Replicas: ptr.To[int32](1),
 				Selector: &metav1.LabelSelector{MatchLabels: labels},
 				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"k8s.kuma.io/spire-support": "true"}},
+					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{
+						"k8s.kuma.io/spire-support": "true",
+						"kuma.io/container-patches": standInDumpPatch,
+					}},
 					Spec: corev1.PodSpec{
 						ServiceAccountName:            app,
 						TerminationGracePeriodSeconds: ptr.To[int64](1),
@@ -523,17 +550,31 @@ func findObjects(v any, match func(map[string]any) bool) []map[string]any {
 	return found
 }
 
-// field is a field of a JSON object of protojson, by its proto name or its
-// JSON name.
-func field(m map[string]any, protoName string) any {
-	if v, ok := m[protoName]; ok {
-		return v
+// sentToSidecar reads the last Cluster and Listener responses kuma-cp sent
+// a pod's sidecar, as the stand-in dumped them into the sidecar's /tmp
+// volume, by their type's short name, as JSON.
+func sentToSidecar(t *testing.T, pod corev1.Pod) map[string]any {
+	t.Helper()
+	dir := filepath.Join("/var/lib/kubelet/pods", string(pod.UID), "volumes/kubernetes.io~empty-dir/kuma-sidecar-tmp")
+	sent := map[string]any{}
+	for _, kind := range []string{"Cluster", "Listener"} {
+		// <node id>-<sequence>-<type>.json, the sequence of three digits.
+		paths, err := filepath.Glob(filepath.Join(dir, "*-"+kind+".json"))
+		if err != nil || len(paths) == 0 {
+			continue
+		}
+		slices.Sort(paths)
+		raw, err := os.ReadFile(paths[len(paths)-1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var resp any
+		if err := json.Unmarshal(raw, &resp); err != nil {
+			t.Fatalf("%s: %v", paths[len(paths)-1], err)
+		}
+		sent[kind] = resp
 	}
-	parts := strings.Split(protoName, "_")
-	for i := 1; i < len(parts); i++ {
-		parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
-	}
-	return m[strings.Join(parts, "")]
+	return sent
 }
 
 // standInEvents are the JSON lines the stand-in Envoy logged in a pod's
