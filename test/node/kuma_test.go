@@ -5,9 +5,12 @@ package node_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +32,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/agent"
 	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/node"
 )
 
@@ -304,6 +308,42 @@ func TestKumaOnRealNode(t *testing.T) {
 			t.Logf("%s's stand-in so far: %d handshakes completed, and these failed:", app, ok)
 			for reason, at := range failed {
 				t.Logf("  %d× from %s to %s: %s", len(at), at[0], at[len(at)-1], reason)
+			}
+		}
+	})
+
+	t.Run("backend's sidecar refuses a client with a foreign certificate for web's SPIFFE ID, and one with none", func(t *testing.T) {
+		foreign := testpki.NewCA(t, "foreign root", time.Now())
+		key := testpki.Key(t)
+		block, _ := pem.Decode(foreign.Issue(t, key, testpki.URLs(want["web"]), time.Now().Add(-time.Minute), time.Hour))
+		clients := map[string][]tls.Certificate{
+			"a foreign certificate": {{Certificate: [][]byte{block.Bytes}, PrivateKey: key}},
+			"no certificate":        nil,
+		}
+		for name, certs := range clients {
+			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(pods["backend"].Status.PodIP, fmt.Sprint(appPort)),
+				&tls.Config{Certificates: certs, InsecureSkipVerify: true}) // the client's own check is not what is tested
+			if err != nil {
+				t.Logf("client with %s: refused at its handshake: %v", name, err)
+				continue
+			}
+			local := conn.LocalAddr().String()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			answer, readErr := io.ReadAll(conn)
+			conn.Close()
+			if readErr == nil {
+				t.Errorf("client with %s: backend's sidecar answered %q", name, answer)
+			}
+			var refused map[string]any
+			waitFor(t, e.n, 30*time.Second, "backend's stand-in to log the client with "+name, func() bool {
+				for _, ev := range eventsWith(standInEvents(t, e, pods["backend"].Name), "inbound handshake", "remote", local) {
+					refused = ev
+				}
+				return refused != nil
+			})
+			t.Logf("client with %s: it read %v; backend's sidecar: ok %v, peer %q, %v", name, readErr, refused["ok"], refused["peerSpiffeId"], refused["result"])
+			if refused["ok"] != false {
+				t.Errorf("client with %s: backend's sidecar completed the handshake", name)
 			}
 		}
 	})
