@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -32,6 +33,7 @@ import (
 
 	"github.com/meshcert/meshcert/internal/agent"
 	"github.com/meshcert/meshcert/internal/kuma"
+	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/node"
 )
@@ -57,6 +59,9 @@ const (
 	// serves inbound: the application behind it, a pause container, never
 	// listens, so the stand-in Envoy takes it.
 	appPort = 8080
+	// nodeAddress is the node's address on the pods' bridge, from which
+	// the test's own clients dial.
+	nodeAddress = "10.203.0.1"
 	// standInDumpPatch is the ContainerPatch that has the stand-in dump
 	// what kuma-cp sends.
 	standInDumpPatch = "standin-xds-dump"
@@ -92,6 +97,9 @@ metadata:
     kuma.io/mesh: %[1]s
   annotations:
     meshcert.io/issuer-name: %[3]s
+    # Short-lived, so that renewals, and a rotation's retirement of the
+    # old root, happen while the test watches.
+    meshcert.io/duration: %[5]s
 spec:
   selector:
     dataplane:
@@ -112,7 +120,7 @@ spec:
   - op: add
     path: /env/-
     value: '{"name": "MESHCERT_ENVOY_DUMP_DIR", "value": "/tmp"}'
-`, kumaMesh, kumaSystem, issuer, standInDumpPatch)
+`, kumaMesh, kumaSystem, issuer, standInDumpPatch, svidLifetime)
 
 // TestKumaOnRealNode installs Kuma with its own chart and meshcert with its
 // agent on a real node, and runs two Deployments in a mesh whose
@@ -210,6 +218,12 @@ func TestKumaOnRealNode(t *testing.T) {
 			return meshIdentityReady(conditions)
 		})
 		t.Logf("MeshIdentity %s-meshcert status.conditions: %s", kumaMesh, conditions)
+		mid := &kuma.MeshIdentityResource{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: kumaSystem, Name: kumaMesh + "-meshcert"}, mid); err != nil {
+			t.Fatal(err)
+		}
+		delete(mid.Annotations, corev1.LastAppliedConfigAnnotation)
+		t.Logf("MeshIdentity %s as Kuma's admission and meshcert's left it: labels %v, annotations %v", mid.Name, mid.Labels, mid.Annotations)
 		t.Logf("kumactl inspect dataplanes --mesh %s:\n%s", kumaMesh, api.kumactl(t, "inspect", "dataplanes", "--mesh", kumaMesh))
 		t.Logf("kubectl get dataplanes,meshservices -n %s:\n%s", workloads, e.kubectl(t, "get", "dataplanes,meshservices", "-n", workloads))
 	})
@@ -344,6 +358,79 @@ func TestKumaOnRealNode(t *testing.T) {
 			t.Logf("client with %s: it read %v; backend's sidecar: ok %v, peer %q, %v", name, readErr, refused["ok"], refused["peerSpiffeId"], refused["result"])
 			if refused["ok"] != false {
 				t.Errorf("client with %s: backend's sidecar completed the handshake", name)
+			}
+		}
+	})
+
+	t.Run("a CA rotation under traffic: new issuer, both roots trusted, switch, old root retired, and no handshake fails", func(t *testing.T) {
+		const newIssuer = issuer + "-2"
+		ca2, err := testpki.New("meshcert node test root 2", time.Now().Add(-time.Hour), time.Now().Add(testpki.LongLived))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := localcluster.CreateCAIssuers(ctx, c, []localcluster.CAIssuer{{
+			Name: newIssuer, Namespace: kumaSystem, SecretName: newIssuer, SecretNamespace: kumaSystem, CA: ca2,
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		// approver-policy approves meshcert's own requests (the MeshTrust's
+		// probe) for the issuers the chart names.
+		e.chartArgs = append(e.chartArgs, "--set", "approverPolicy.issuers[1].name="+newIssuer)
+		e.helmRun(t, append([]string{"upgrade", release, localcluster.ChartDir(), "--namespace", systemNamespace, "--wait", "--timeout", "3m"}, e.chartArgs...)...)
+
+		before := map[string]int{}
+		for _, app := range apps {
+			before[app] = len(failedHandshakes(standInEvents(t, e, pods[app].Name)))
+		}
+		rotated := time.Now()
+		if _, stderr, err := e.cluster.Kubectl(ctx, nil, "annotate", "--overwrite", "-n", kumaSystem, "meshidentity", kumaMesh+"-meshcert", "meshcert.io/issuer-name="+newIssuer); err != nil {
+			t.Fatalf("switching the issuer: %v: %s", err, stderr)
+		}
+		trusted := func(want ...*x509.Certificate) func() bool {
+			return func() bool {
+				mt := &kuma.MeshTrustResource{}
+				if c.Get(ctx, client.ObjectKey{Namespace: kumaSystem, Name: kumaMesh + "-meshcert"}, mt) != nil {
+					return false
+				}
+				roots := mt.Roots()
+				return len(roots) == len(want) && !slices.ContainsFunc(want, func(w *x509.Certificate) bool { return !slices.ContainsFunc(roots, w.Equal) })
+			}
+		}
+		waitFor(t, e.n, time.Minute, "the MeshTrust to hold both roots", trusted(e.ca.Cert, ca2.Cert))
+		t.Logf("both roots trusted %s after the switch", time.Since(rotated).Round(time.Millisecond))
+		for _, app := range apps {
+			waitFor(t, e.n, 2*time.Minute, app+"'s sidecar to hold an SVID of the new issuer", func() bool {
+				certs := eventsWith(standInEvents(t, e, pods[app].Name), "sds secret", "kind", "tls_certificate")
+				return len(certs) > 0 && certs[len(certs)-1]["issuer"] == ca2.Cert.Subject.CommonName
+			})
+			t.Logf("%s's sidecar holds an SVID of %s %s after the switch", app, newIssuer, time.Since(rotated).Round(time.Millisecond))
+		}
+		waitFor(t, e.n, 3*time.Minute, "the old root retired", trusted(ca2.Cert))
+		t.Logf("the old root retired from the MeshTrust %s after the switch", time.Since(rotated).Round(time.Millisecond))
+		// Traffic goes on after the old root left: a handshake each way
+		// more than there were, after the agent has pushed every sidecar
+		// the ALL without it, which it does within moments of the change.
+		time.Sleep(5 * time.Second)
+		for app, peer := range map[string]string{"web": "backend", "backend": "web"} {
+			seen := len(eventsWith(standInEvents(t, e, pods[app].Name), "outbound handshake", "ok", true))
+			waitFor(t, e.n, time.Minute, app+"'s handshakes with "+peer+" after the retirement", func() bool {
+				return len(eventsWith(standInEvents(t, e, pods[app].Name), "outbound handshake", "ok", true)) > seen
+			})
+		}
+		for _, app := range apps {
+			evs := standInEvents(t, e, pods[app].Name)
+			failed := failedHandshakes(evs)[before[app]:]
+			var ok int
+			for _, kind := range []string{"outbound handshake", "inbound handshake"} {
+				ok += len(eventsWith(evs, kind, "ok", true))
+			}
+			var certs []string
+			for _, ev := range eventsWith(evs, "sds secret", "kind", "tls_certificate") {
+				certs = append(certs, fmt.Sprintf("%v by %v", ev["ts"], ev["issuer"]))
+			}
+			t.Logf("%s: %d handshakes completed over the whole test, %d failed since the switch %s ago; SVIDs received: %v", app, ok, len(failed), time.Since(rotated).Round(time.Second), certs)
+			for _, ev := range failed {
+				t.Errorf("%s: a handshake failed during the rotation: %v", app, ev)
 			}
 		}
 	})
@@ -642,6 +729,19 @@ func eventsWith(events []map[string]any, msg, key string, value any) []map[strin
 	var out []map[string]any
 	for _, ev := range events {
 		if ev["msg"] == msg && (key == "" || ev[key] == value) {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// failedHandshakes are the failed handshakes among events, in order, but
+// those of the test's own clients from the node.
+func failedHandshakes(events []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, ev := range events {
+		remote, _ := ev["remote"].(string)
+		if strings.HasSuffix(fmt.Sprint(ev["msg"]), " handshake") && ev["ok"] == false && !strings.HasPrefix(remote, nodeAddress+":") {
 			out = append(out, ev)
 		}
 	}
