@@ -9,9 +9,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 )
 
@@ -25,6 +28,10 @@ type Image struct {
 	Binary string
 	// Path is where it lives in the image, and its entrypoint.
 	Path string
+	// Others are more files the image holds, each by its path in the
+	// image, from the file on this machine: the programs an entrypoint
+	// runs, as kuma-dp runs envoy.
+	Others map[string]string
 	// User is the image's user, uid:gid; empty is root.
 	User string
 }
@@ -32,19 +39,26 @@ type Image struct {
 // WriteImageTar writes img as `docker save` does: a layer tar, a config, and
 // manifest.json naming both with the tag.
 func WriteImageTar(w io.Writer, img Image) error {
-	binary, err := os.ReadFile(img.Binary)
-	if err != nil {
-		return err
-	}
+	files := map[string]string{img.Path: img.Binary}
+	maps.Copy(files, img.Others)
 	var layer bytes.Buffer
 	lw := tar.NewWriter(&layer)
-	if err := lw.WriteHeader(&tar.Header{
-		Name: strings.TrimPrefix(img.Path, "/"), Mode: 0o755, Size: int64(len(binary)), Typeflag: tar.TypeReg,
-	}); err != nil {
-		return err
-	}
-	if _, err := lw.Write(binary); err != nil {
-		return err
+	dirs := map[string]bool{}
+	for _, path := range slices.Sorted(maps.Keys(files)) {
+		name := strings.TrimPrefix(path, "/")
+		if err := writeParents(lw, name, dirs); err != nil {
+			return err
+		}
+		binary, err := os.ReadFile(files[path])
+		if err != nil {
+			return err
+		}
+		if err := lw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(binary)), Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		if _, err := lw.Write(binary); err != nil {
+			return err
+		}
 	}
 	if err := lw.Close(); err != nil {
 		return err
@@ -92,6 +106,19 @@ func WriteImageTar(w io.Writer, img Image) error {
 		}
 	}
 	return tw.Close()
+}
+
+// writeParents writes the folders above name that the layer lacks yet.
+func writeParents(w *tar.Writer, name string, written map[string]bool) error {
+	dir := filepath.Dir(name)
+	if dir == "." || written[dir] {
+		return nil
+	}
+	if err := writeParents(w, dir, written); err != nil {
+		return err
+	}
+	written[dir] = true
+	return w.WriteHeader(&tar.Header{Name: dir + "/", Mode: 0o755, Typeflag: tar.TypeDir})
 }
 
 // BuildStatic builds the Go package pkg into out as the Dockerfile builds

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -90,5 +91,43 @@ func untar(t *testing.T, b []byte) map[string][]byte {
 		if files[hdr.Name], err = io.ReadAll(r); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestWriteImageTarOthers(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{"kuma-dp": "kuma-dp", "envoy": "envoy"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	img := Image{Tag: "docker.io/kumahq/kuma-dp:1", Binary: filepath.Join(dir, "kuma-dp"), Path: "/usr/bin/kuma-dp",
+		Others: map[string]string{"/usr/bin/envoy": filepath.Join(dir, "envoy")}}
+	if err := WriteImageTar(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	files := untar(t, buf.Bytes())
+	var manifest []struct{ Layers []string }
+	if err := json.Unmarshal(files["manifest.json"], &manifest); err != nil || len(manifest) != 1 || len(manifest[0].Layers) != 1 {
+		t.Fatalf("manifest.json: %s (%v)", files["manifest.json"], err)
+	}
+	r := tar.NewReader(bytes.NewReader(files[manifest[0].Layers[0]]))
+	var got []string
+	for {
+		hdr, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, _ := io.ReadAll(r)
+		got = append(got, hdr.Name+"="+string(content))
+	}
+	// Each folder once, before what it holds.
+	want := []string{"usr/=", "usr/bin/=", "usr/bin/envoy=envoy", "usr/bin/kuma-dp=kuma-dp"}
+	if !slices.Equal(got, want) {
+		t.Errorf("the layer holds %q, want %q", got, want)
 	}
 }

@@ -3,6 +3,7 @@
 package node_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -89,6 +90,9 @@ type meshcertEnv struct {
 	ca        *testpki.CA
 	helm      string
 	socketDir string
+	// meshSystem is the mesh's system namespace: the issuer's, the
+	// MeshIdentities' and the agents' requests'.
+	meshSystem string
 	// workloadBinary is the workload program, also run on the node.
 	workloadBinary string
 	// meshcertBinary is meshcert's binary, as in its image.
@@ -114,6 +118,25 @@ type requestSeen struct {
 // CSI driver, a Mesh and a MeshIdentity, and the test's pod converter.
 func startMeshcert(t *testing.T) *meshcertEnv {
 	t.Helper()
+	return startMeshcertWith(t, meshcertOptions{})
+}
+
+// meshcertOptions changes what startMeshcertWith installs around meshcert.
+type meshcertOptions struct {
+	// meshSystem is the mesh's system namespace, where the issuer, the
+	// MeshIdentities and the agents' requests live; meshcert's own
+	// namespace unless set.
+	meshSystem string
+	// kuma installs Kuma before meshcert. Kuma's control plane then makes
+	// the Dataplanes and Kuma's chart installs Kuma's CRDs, so the test's
+	// pod converter does not run, meshcert's chart installs no Kuma CRDs,
+	// and no Mesh or MeshIdentity is applied: the test applies its own.
+	kuma func(t *testing.T, e *meshcertEnv)
+}
+
+// startMeshcertWith is startMeshcert with opts.
+func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
+	t.Helper()
 	ctx := context.Background()
 	helm := os.Getenv(localcluster.HelmEnv)
 	if helm == "" {
@@ -124,7 +147,7 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	}
 	started := time.Now()
 	n, cluster := startNode(t)
-	e := &meshcertEnv{n: n, helm: helm, socketDir: filepath.Join(n.Dir(), "agent-sockets"),
+	e := &meshcertEnv{n: n, helm: helm, socketDir: filepath.Join(n.Dir(), "agent-sockets"), meshSystem: cmp.Or(opts.meshSystem, systemNamespace),
 		requests: map[string]*requestSeen{}, ready: map[string]time.Time{}}
 	e.cluster = cluster
 	var err error
@@ -151,8 +174,10 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	if err := cluster.StartRequesterIdentity(webhookCtx); err != nil {
 		t.Fatal(err)
 	}
-	if err := localcluster.EnsureNamespace(ctx, cluster.Client, systemNamespace); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{systemNamespace, e.meshSystem} {
+		if err := localcluster.EnsureNamespace(ctx, cluster.Client, ns); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ap, err := harness.StartApproverPolicy(cluster, systemNamespace, filepath.Join(n.Dir(), "logs", "approver-policy.log"))
 	if err != nil {
@@ -165,7 +190,7 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	}
 	e.ca = ca
 	if err := localcluster.CreateCAIssuers(ctx, cluster.Client, []localcluster.CAIssuer{{
-		Name: issuer, Namespace: systemNamespace, SecretName: issuer, SecretNamespace: systemNamespace, CA: ca,
+		Name: issuer, Namespace: e.meshSystem, SecretName: issuer, SecretNamespace: e.meshSystem, CA: ca,
 	}}); err != nil {
 		t.Fatal(err)
 	}
@@ -182,18 +207,19 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 		}
 	}
 	go e.recordRequests(ctx, t)
-	go e.convertPods(ctx, t)
+	if opts.kuma == nil {
+		go e.convertPods(ctx, t)
+	}
 
 	// As a user installs it, by the walk-through of docs/installing.md, with
 	// what this node cannot have as a user's cluster does: the agent's
 	// socket folder under the node's folder (which the node's clean-up
-	// removes), the webhook's certificate from a Secret (no cainjector), and
-	// Kuma's CRDs (no Kuma). The image is the chart's default, loaded above.
+	// removes) and the webhook's certificate from a Secret (no cainjector).
+	// The image is the chart's default, loaded above.
 	nodeArgs := []string{
 		"--set", "agent.socketDir=" + e.socketDir,
 		"--set", "webhook.certificate.source=secret", "--set", "webhook.certificate.secretName=meshcert-webhook-tls",
 		"--set", "webhook.certificate.caBundle=" + caBundle,
-		"--set", "kumaCRDs.install=true",
 	}
 	// The walk-through's values, for the test's own helm upgrade.
 	e.chartArgs = append([]string{
@@ -202,35 +228,26 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 		// The reconciler keeps the MeshTrust the agent serves as the bundle.
 		"--set", "dataplaneNamespaces={" + workloads + "}",
 	}, nodeArgs...)
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
+	if opts.kuma != nil {
+		opts.kuma(t, e)
+		e.chartArgs = append(e.chartArgs, "--set", "systemNamespace="+e.meshSystem)
+		e.helmRun(t, append([]string{"install", release, localcluster.ChartDir(), "--namespace", systemNamespace, "--wait", "--timeout", "3m"}, e.chartArgs...)...)
+	} else {
+		// No Kuma: meshcert's chart installs Kuma's CRDs.
+		nodeArgs = append(nodeArgs, "--set", "kumaCRDs.install=true")
+		e.chartArgs = append(e.chartArgs, "--set", "kumaCRDs.install=true")
+		e.runWalkthrough(t, "node", nodeArgs)
 	}
-	steps, err := walkthrough.Steps(root, "node")
-	if err != nil {
-		t.Fatal(err)
-	}
-	walkthrough.Runner{
-		Dir: root, Timeout: 3 * time.Minute,
-		Env: []string{
-			"KUBECONFIG=" + cluster.Kubeconfig,
-			"PATH=" + filepath.Dir(e.meshcertBinary) + ":" + filepath.Dir(helm) + ":" + os.Getenv("PATH"),
-		},
-		Rewrite: func(command string) string {
-			if !strings.HasPrefix(command, "helm install ") {
-				return command
-			}
-			return command + " --timeout 3m " + strings.Join(nodeArgs, " ")
-		},
-	}.Run(t, steps)
 	t.Logf("meshcert installed %s after the start", time.Since(started).Round(time.Millisecond))
 
 	e.startCSIDriver(t)
-	e.apply(t, identities)
-	waitFor(t, n, 2*time.Minute, "the MeshTrust of the identity", func() bool {
-		list := &kuma.MeshTrustResourceList{}
-		return e.c.List(ctx, list, client.InNamespace(systemNamespace)) == nil && len(list.Items) > 0
-	})
+	if opts.kuma == nil {
+		e.apply(t, identities)
+		waitFor(t, n, 2*time.Minute, "the MeshTrust of the identity", func() bool {
+			list := &kuma.MeshTrustResourceList{}
+			return e.c.List(ctx, list, client.InNamespace(systemNamespace)) == nil && len(list.Items) > 0
+		})
+	}
 	for _, sa := range []string{"default", "web", "api", "fleet"} {
 		for _, ns := range []string{workloads, baseline} {
 			if err := e.c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa}}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -240,6 +257,33 @@ func startMeshcert(t *testing.T) *meshcertEnv {
 	}
 	t.Logf("the node serves identities %s after the start", time.Since(started).Round(time.Millisecond))
 	return e
+}
+
+// runWalkthrough runs the walk-through of setup against the node, as written
+// but for helm install, to which it adds nodeArgs.
+func (e *meshcertEnv) runWalkthrough(t *testing.T, setup string, nodeArgs []string) {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := walkthrough.Steps(root, setup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	walkthrough.Runner{
+		Dir: root, Timeout: 3 * time.Minute,
+		Env: []string{
+			"KUBECONFIG=" + e.cluster.Kubeconfig,
+			"PATH=" + filepath.Dir(e.meshcertBinary) + ":" + filepath.Dir(e.helm) + ":" + os.Getenv("PATH"),
+		},
+		Rewrite: func(command string) string {
+			if !strings.HasPrefix(command, "helm install meshcert ") {
+				return command
+			}
+			return command + " --timeout 3m " + strings.Join(nodeArgs, " ")
+		},
+	}.Run(t, steps)
 }
 
 // identities are the Mesh and the MeshIdentity, applied with kubectl so that
@@ -569,7 +613,7 @@ func kumaDataplane(pod *corev1.Pod) *kuma.DataplaneResource {
 // recordRequests records the agents' CertificateRequests as they come and
 // are approved: the agents delete them once used.
 func (e *meshcertEnv) recordRequests(ctx context.Context, t *testing.T) {
-	e.watch(ctx, &cmapi.CertificateRequestList{}, systemNamespace, func(ev watch.Event) {
+	e.watch(ctx, &cmapi.CertificateRequestList{}, e.meshSystem, func(ev watch.Event) {
 		cr, ok := ev.Object.(*cmapi.CertificateRequest)
 		if !ok || cr.Labels[agent.NodeLabel] == "" {
 			return

@@ -74,11 +74,15 @@ func (a *adsClient) run(ctx context.Context) error {
 	if a.target.TLS {
 		creds = credentials.NewTLS(a.tlsConfig())
 	}
-	conn, err := grpc.NewClient("passthrough:///"+a.target.Address, grpc.WithTransportCredentials(creds),
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			d := net.Dialer{Timeout: a.target.ConnectTimeout}
 			return d.DialContext(ctx, "tcp", addr)
-		}))
+		})}
+	if a.target.Metadata != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(a.target.Metadata))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+a.target.Address, opts...)
 	if err != nil {
 		return err
 	}
@@ -119,7 +123,13 @@ func (a *adsClient) tlsConfig() *tls.Config {
 			if err != nil {
 				return err
 			}
-			return a.target.Validation.verify(chain)
+			if err := a.target.Validation.verify(chain); err != nil {
+				return err
+			}
+			if a.target.Hostname != "" {
+				return chain[0].VerifyHostname(a.target.Hostname)
+			}
+			return nil
 		},
 	}
 	return conf

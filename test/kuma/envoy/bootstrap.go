@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	// The typed configurations kuma-cp's bootstrap holds, for protojson.
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/regex_engines/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -35,6 +36,11 @@ type adsTarget struct {
 	// from the bootstrap's static secrets; nil when the cluster is plaintext.
 	Validation *validation
 	TLS        bool
+	// Hostname, when set, is the name the server's certificate must hold,
+	// as gRPC checks for a google_grpc target.
+	Hostname string
+	// Metadata, when set, are the call credentials sent with every stream.
+	Metadata *fileMetadata
 }
 
 // readBootstrap reads the YAML bootstrap kuma-dp wrote.
@@ -64,8 +70,11 @@ func adsTargetOf(b *bootstrapv3.Bootstrap) (*adsTarget, error) {
 	if ads.GetApiType() != corev3.ApiConfigSource_GRPC {
 		return nil, fmt.Errorf("ads_config api_type %s: only state-of-the-world GRPC is spoken here", ads.GetApiType())
 	}
+	if len(ads.GetGrpcServices()) == 1 && ads.GetGrpcServices()[0].GetGoogleGrpc() != nil {
+		return googleGrpcTarget(ads.GetGrpcServices()[0].GetGoogleGrpc())
+	}
 	if len(ads.GetGrpcServices()) != 1 || ads.GetGrpcServices()[0].GetEnvoyGrpc() == nil {
-		return nil, errors.New("ads_config must name exactly one envoy_grpc cluster")
+		return nil, errors.New("ads_config must name exactly one envoy_grpc cluster or google_grpc service")
 	}
 	name := ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName()
 	var cluster *clusterv3.Cluster

@@ -138,6 +138,13 @@ func listenerTLS(l *listenerv3.Listener, sockets map[string]string) (tlsUse, boo
 		if err := ts.GetTypedConfig().UnmarshalTo(downstream); err != nil {
 			return tlsUse{}, false, fmt.Errorf("filter chain %s: transport socket %s: %w", fc.GetName(), ts.GetName(), err)
 		}
+		// A chain with inline certificates is kuma-cp's own mTLS for
+		// Envoy's admin API (Kuma v2.14.3 admin_proxy_generator.go,
+		// ServerSideStaticMTLS on Kubernetes), not the mesh identity: this
+		// stand-in serves the admin API on the bootstrap's address only.
+		if len(downstream.GetCommonTlsContext().GetTlsCertificates()) > 0 {
+			continue
+		}
 		u, err := tlsUseOf(downstream.GetCommonTlsContext(), sockets)
 		if err != nil {
 			return tlsUse{}, false, fmt.Errorf("filter chain %s: %w", fc.GetName(), err)

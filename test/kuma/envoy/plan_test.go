@@ -88,6 +88,27 @@ func TestADSTargetOf(t *testing.T) {
 	}
 }
 
+// adminListener is the listener kuma-cp 2.14.3 sends on Kubernetes for
+// Envoy's admin API (admin_proxy_generator.go): inbound, TLS with the
+// certificate inline (ServerSideStaticMTLS).
+func adminListener(t *testing.T) *listenerv3.Listener {
+	t.Helper()
+	downstream, err := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificates: []*tlsv3.TlsCertificate{{CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "chain"}}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listenerv3.Listener{
+		Name:             "kuma:envoy:admin",
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		Address:          &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.203.0.7", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 9901}}}},
+		FilterChains: []*listenerv3.FilterChain{{TransportSocket: &corev3.TransportSocket{
+			Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: downstream},
+		}}},
+	}
+}
+
 func TestPlanOf(t *testing.T) {
 	ref := func(name string) secretRef {
 		return secretRef{Name: name, SDSCluster: spireCluster, Socket: capturedSocket}
@@ -124,6 +145,11 @@ func TestPlanOf(t *testing.T) {
 					TLS: tlsUse{Identities: []secretRef{ref(webID)}, Validation: all, MatcherCount: 2, SNI: "sni.msvc.default.default.backend.40407", ALPN: []string{"kuma"}}}},
 			},
 			wantMatchers: []string{"URI=" + backendID, "URI=spiffe://default/backend"},
+		},
+		"backend on Kubernetes: kuma-cp's admin listener with static mTLS is left alone": {
+			state: xdsState{Clusters: clustersOf(t, "backend"), Listeners: append(listenersOf(t, "backend"), adminListener(t))},
+			want: &plan{Inbounds: []inbound{{Listener: "inbound:127.0.0.1:40407", Address: "127.0.0.1:40407",
+				TLS: tlsUse{Identities: []secretRef{ref(backendID)}, Validation: all, RequireClientCert: true}}}},
 		},
 		"no SDS cluster": {
 			state:   xdsState{Clusters: without(clustersOf(t, "backend"), spireCluster), Listeners: listenersOf(t, "backend")},

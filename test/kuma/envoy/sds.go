@@ -183,7 +183,7 @@ func secretOf(resp *discoveryv3.DiscoveryResponse, name string) (heldSecret, []a
 			for _, u := range leaf.URIs {
 				uris = append(uris, u.String())
 			}
-			return heldSecret{cert: &cert}, []any{"kind", "tls_certificate", "uris", uris, "serial", leaf.SerialNumber.String(), "notAfter", leaf.NotAfter, "chainLength", len(cert.Certificate)}, nil
+			return heldSecret{cert: &cert}, []any{"kind", "tls_certificate", "uris", uris, "serial", leaf.SerialNumber.String(), "issuer", leaf.Issuer.CommonName, "notAfter", leaf.NotAfter, "chainLength", len(cert.Certificate)}, nil
 		}
 		if vc := secret.GetValidationContext(); vc != nil {
 			v, err := validationOf(vc)
