@@ -36,6 +36,7 @@ import (
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/node"
+	"github.com/meshcert/meshcert/test/walkthrough"
 )
 
 const (
@@ -67,19 +68,25 @@ const (
 	standInDumpPatch = "standin-xds-dump"
 )
 
-// kumaChartArgs are the values the test gives Kuma's chart beyond its
-// defaults: the injector's Spire support (Kuma's documented switch); no Helm
-// hooks, whose kubectl image is pinned by digest to a registry this node
-// cannot reach, so the test labels the system namespace as the chart then
-// asks; and no builtin DNS, whose CoreDNS the kuma-dp image built here lacks
-// and whose traffic only the transparent proxy would send to it.
+// kumaVersion is the Kuma whose chart and binaries hack/kuma.sh gives.
+const kumaVersion = "2.14.3"
+
+// noBuiltinDNS is what the test adds to docs/kuma.md's install of Kuma: no
+// builtin DNS, whose CoreDNS the kuma-dp image built here lacks and whose
+// queries only the transparent proxy would send to it.
+const noBuiltinDNS = "controlPlane.envVars.KUMA_RUNTIME_KUBERNETES_INJECTOR_BUILTIN_DNS_ENABLED=false"
+
+// kumaChartArgs are docs/kuma.md's values for Kuma's chart, with
+// noBuiltinDNS: the test renders the chart with them to learn the names of
+// the images it builds.
 var kumaChartArgs = []string{
 	"--set", "noHelmHooks=true",
 	"--set", "controlPlane.envVars.KUMA_RUNTIME_KUBERNETES_INJECTOR_SPIRE_ENABLED=true",
-	"--set", "controlPlane.envVars.KUMA_RUNTIME_KUBERNETES_INJECTOR_BUILTIN_DNS_ENABLED=false",
+	"--set", noBuiltinDNS,
 }
 
-// kumaMeshManifest is the mesh as docs/kuma.md tells users to write it.
+// kumaMeshManifest is examples/kuma/mesh.yaml, which docs/kuma.md applies,
+// with what the test adds: a short lifetime, and its ContainerPatch.
 var kumaMeshManifest = fmt.Sprintf(`apiVersion: kuma.io/v1alpha1
 kind: Mesh
 metadata:
@@ -139,24 +146,11 @@ func TestKumaOnRealNode(t *testing.T) {
 	t.Logf("Kuma and meshcert installed %s after the start", time.Since(started).Round(time.Millisecond))
 	c := e.c
 
-	// Kuma's admission may still be joining its Service's endpoints.
-	var applyErr string
-	waitFor(t, e.n, time.Minute, "Kuma's and meshcert's admission of the Mesh and the MeshIdentity", func() bool {
-		_, stderr, err := e.cluster.Kubectl(ctx, []byte(kumaMeshManifest), "apply", "-f", "-")
-		applyErr = stderr
-		return err == nil
-	})
-	if applyErr != "" {
-		t.Logf("kubectl apply of the mesh warned: %s", applyErr)
-	}
-	ns := &corev1.Namespace{}
-	if err := c.Get(ctx, client.ObjectKey{Name: workloads}, ns); err != nil {
-		t.Fatal(err)
-	}
-	ns.Labels["kuma.io/sidecar-injection"] = "enabled"
-	ns.Labels["kuma.io/mesh"] = kumaMesh
-	if err := c.Update(ctx, ns); err != nil {
-		t.Fatal(err)
+	// docs/kuma.md's mesh and namespace; then the test's own lifetime for
+	// the identities, and the ContainerPatch its pods name.
+	e.runWalkthrough(t, walkthrough.Part(walkthroughSteps(t, "kuma"), 2), nil)
+	if _, stderr, err := e.cluster.Kubectl(ctx, []byte(kumaMeshManifest), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply of the test's mesh: %v\n%s", err, stderr)
 	}
 	cpService := &corev1.Service{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: kumaSystem, Name: "kuma-control-plane"}, cpService); err != nil {
@@ -488,20 +482,6 @@ func installKuma(t *testing.T, e *meshcertEnv, dir string) {
 	t.Helper()
 	ctx := context.Background()
 	chart := filepath.Join(dir, "chart")
-	// The chart, without its hooks, asks that the system namespace be
-	// labelled first.
-	ns := &corev1.Namespace{}
-	if err := e.c.Get(ctx, client.ObjectKey{Name: kumaSystem}, ns); err != nil {
-		t.Fatal(err)
-	}
-	if ns.Labels == nil {
-		ns.Labels = map[string]string{}
-	}
-	ns.Labels["kuma.io/sidecar-injection"] = "false"
-	if err := e.c.Update(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-
 	bins := t.TempDir()
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -527,9 +507,22 @@ func installKuma(t *testing.T, e *meshcertEnv, dir string) {
 			t.Fatal(err)
 		}
 	}
+	// docs/kuma.md's install of Kuma, from the chart here rather than Kuma's
+	// repository, and without the builtin DNS.
 	started := time.Now()
-	e.helmRun(t, append([]string{"install", kumaRelease, chart, "--namespace", kumaSystem, "--wait", "--timeout", "5m"}, kumaChartArgs...)...)
-	t.Logf("helm install %s %s --namespace %s %s: Ready in %s", kumaRelease, chart, kumaSystem, strings.Join(kumaChartArgs, " "), time.Since(started).Round(time.Millisecond))
+	e.runWalkthrough(t, walkthrough.Part(walkthroughSteps(t, "kuma"), 0), func(command string) string {
+		const fromRepository, version = " kuma/kuma ", " --version " + kumaVersion
+		if !strings.HasPrefix(command, "helm install kuma ") {
+			return command
+		}
+		if !strings.Contains(command, fromRepository) || !strings.Contains(command, version) {
+			t.Fatalf("docs/kuma.md installs Kuma otherwise than from%sat%s: %s", fromRepository, version, command)
+		}
+		command = strings.Replace(command, fromRepository, " "+chart+" ", 1)
+		command = strings.Replace(command, version, "", 1)
+		return command + " --timeout 5m --set " + noBuiltinDNS
+	})
+	t.Logf("Kuma installed by docs/kuma.md's commands, Ready in %s", time.Since(started).Round(time.Millisecond))
 }
 
 // kumaImageNames are the images of kuma-cp, of the sidecar and of its init

@@ -174,10 +174,8 @@ func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
 	if err := cluster.StartRequesterIdentity(webhookCtx); err != nil {
 		t.Fatal(err)
 	}
-	for _, ns := range []string{systemNamespace, e.meshSystem} {
-		if err := localcluster.EnsureNamespace(ctx, cluster.Client, ns); err != nil {
-			t.Fatal(err)
-		}
+	if err := localcluster.EnsureNamespace(ctx, cluster.Client, systemNamespace); err != nil {
+		t.Fatal(err)
 	}
 	ap, err := harness.StartApproverPolicy(cluster, systemNamespace, filepath.Join(n.Dir(), "logs", "approver-policy.log"))
 	if err != nil {
@@ -189,10 +187,17 @@ func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
 		t.Fatal(err)
 	}
 	e.ca = ca
-	if err := localcluster.CreateCAIssuers(ctx, cluster.Client, []localcluster.CAIssuer{{
-		Name: issuer, Namespace: e.meshSystem, SecretName: issuer, SecretNamespace: e.meshSystem, CA: ca,
-	}}); err != nil {
-		t.Fatal(err)
+	// The mesh's issuer, in the mesh's system namespace: with Kuma, once
+	// Kuma's install has made it.
+	createIssuer := func() {
+		if err := localcluster.CreateCAIssuers(ctx, cluster.Client, []localcluster.CAIssuer{{
+			Name: issuer, Namespace: e.meshSystem, SecretName: issuer, SecretNamespace: e.meshSystem, CA: ca,
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opts.kuma == nil {
+		createIssuer()
 	}
 	for _, img := range images {
 		if err := n.LoadImage(ctx, img); err != nil {
@@ -228,15 +233,23 @@ func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
 		// The reconciler keeps the MeshTrust the agent serves as the bundle.
 		"--set", "dataplaneNamespaces={" + workloads + "}",
 	}, nodeArgs...)
+	installMeshcert := func(command string) string {
+		if !strings.HasPrefix(command, "helm install meshcert ") {
+			return command
+		}
+		return command + " --timeout 3m " + strings.Join(nodeArgs, " ")
+	}
 	if opts.kuma != nil {
+		// docs/kuma.md: Kuma, then the issuer, then meshcert.
 		opts.kuma(t, e)
+		createIssuer()
 		e.chartArgs = append(e.chartArgs, "--set", "systemNamespace="+e.meshSystem)
-		e.helmRun(t, append([]string{"install", release, localcluster.ChartDir(), "--namespace", systemNamespace, "--wait", "--timeout", "3m"}, e.chartArgs...)...)
+		e.runWalkthrough(t, walkthrough.Part(walkthroughSteps(t, "kuma"), 1), installMeshcert)
 	} else {
 		// No Kuma: meshcert's chart installs Kuma's CRDs.
 		nodeArgs = append(nodeArgs, "--set", "kumaCRDs.install=true")
 		e.chartArgs = append(e.chartArgs, "--set", "kumaCRDs.install=true")
-		e.runWalkthrough(t, "node", nodeArgs)
+		e.runWalkthrough(t, walkthroughSteps(t, "node"), installMeshcert)
 	}
 	t.Logf("meshcert installed %s after the start", time.Since(started).Round(time.Millisecond))
 
@@ -259,30 +272,37 @@ func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
 	return e
 }
 
-// runWalkthrough runs the walk-through of setup against the node, as written
-// but for helm install, to which it adds nodeArgs.
-func (e *meshcertEnv) runWalkthrough(t *testing.T, setup string, nodeArgs []string) {
+// walkthroughSteps are the steps of setup's walk-throughs.
+func walkthroughSteps(t *testing.T, setup string) []walkthrough.Step {
+	t.Helper()
+	steps, err := walkthrough.Steps(repoRoot(t), setup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return steps
+}
+
+func repoRoot(t *testing.T) string {
 	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	steps, err := walkthrough.Steps(root, setup)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return root
+}
+
+// runWalkthrough runs steps against the node, as written but for what
+// rewrite adds to them: only what this node cannot have as a user's cluster
+// does.
+func (e *meshcertEnv) runWalkthrough(t *testing.T, steps []walkthrough.Step, rewrite func(string) string) {
+	t.Helper()
 	walkthrough.Runner{
-		Dir: root, Timeout: 3 * time.Minute,
+		Dir: repoRoot(t), Timeout: 5 * time.Minute,
 		Env: []string{
 			"KUBECONFIG=" + e.cluster.Kubeconfig,
 			"PATH=" + filepath.Dir(e.meshcertBinary) + ":" + filepath.Dir(e.helm) + ":" + os.Getenv("PATH"),
 		},
-		Rewrite: func(command string) string {
-			if !strings.HasPrefix(command, "helm install meshcert ") {
-				return command
-			}
-			return command + " --timeout 3m " + strings.Join(nodeArgs, " ")
-		},
+		Rewrite: rewrite,
 	}.Run(t, steps)
 }
 

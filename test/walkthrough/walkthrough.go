@@ -27,6 +27,8 @@ import (
 var Files = map[string][]string{
 	"local": {"README.md", "docs/rotation.md", "docs/meshidentity.md", "docs/agent.md"},
 	"node":  {"docs/installing.md"},
+	// Kuma, meshcert, the mesh: three parts, the test acting between them.
+	"kuma": {"docs/kuma.md"},
 	// After helm install, with a Mesh and a MeshIdentity meshcert serves.
 	"cluster": {"docs/upgrade.md", "docs/uninstall.md"},
 }
@@ -39,6 +41,20 @@ var start = regexp.MustCompile(`^<!-- walkthrough: ([a-z]+) -->$`)
 // success, "rejected" for a validation error, else its exact output.
 type Step struct {
 	File, Command, Expect string
+	// Part numbers the step's walk-through among its setup's, from 0: a
+	// test may do between two parts what the prose between them asks.
+	Part int
+}
+
+// Part returns the steps of part n.
+func Part(steps []Step, n int) []Step {
+	var part []Step
+	for _, s := range steps {
+		if s.Part == n {
+			part = append(part, s)
+		}
+	}
+	return part
 }
 
 // Setups returns the setups of the walk-throughs in file.
@@ -60,6 +76,7 @@ func Setups(file string) ([]string, error) {
 // lists for it under root, in order.
 func Steps(root, setup string) ([]Step, error) {
 	var steps []Step
+	part := -1
 	for _, name := range Files[setup] {
 		b, err := os.ReadFile(filepath.Join(root, name))
 		if err != nil {
@@ -71,6 +88,9 @@ func Steps(root, setup string) ([]Step, error) {
 			switch m := start.FindStringSubmatch(trimmed); {
 			case m != nil:
 				inSection = m[1] == setup
+				if inSection {
+					part++
+				}
 			case trimmed == end:
 				inSection = false
 			case !inSection:
@@ -80,7 +100,7 @@ func Steps(root, setup string) ([]Step, error) {
 				inCode = false
 			case inCode && trimmed != "" && !strings.HasPrefix(trimmed, "#"):
 				command, expect, _ := strings.Cut(trimmed, "# expect: ")
-				steps = append(steps, Step{File: name, Command: strings.TrimSpace(command), Expect: strings.TrimSpace(expect)})
+				steps = append(steps, Step{File: name, Command: strings.TrimSpace(command), Expect: strings.TrimSpace(expect), Part: part})
 			}
 		}
 		if inSection {

@@ -55,7 +55,8 @@ func TestEveryWalkthroughIsRun(t *testing.T) {
 func TestSteps(t *testing.T) {
 	dir := t.TempDir()
 	doc := "# A doc\n\n<!-- walkthrough: node -->\n```sh\nkubectl get pods # expect: No resources found\n# a comment\n\nkubectl apply -f x.yaml # expect: rejected\n```\n<!-- /walkthrough -->\n\n```sh\nnot run\n```\n" +
-		"<!-- walkthrough: local -->\n```sh\nmake run\n```\n<!-- /walkthrough -->\n"
+		"<!-- walkthrough: local -->\n```sh\nmake run\n```\n<!-- /walkthrough -->\n" +
+		"Then, by hand:\n<!-- walkthrough: node -->\n```sh\nkubectl get nodes\n```\n<!-- /walkthrough -->\n"
 	if err := os.WriteFile(filepath.Join(dir, "doc.md"), []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -69,11 +70,12 @@ func TestSteps(t *testing.T) {
 		want    []Step
 		wantErr bool
 	}{
-		"only its setup's commands, with what they must print": {
+		"only its setup's commands, with what they must print, in parts": {
 			files: []string{"doc.md"}, setup: "node",
 			want: []Step{
 				{File: "doc.md", Command: "kubectl get pods", Expect: "No resources found"},
 				{File: "doc.md", Command: "kubectl apply -f x.yaml", Expect: "rejected"},
+				{File: "doc.md", Command: "kubectl get nodes", Part: 1},
 			},
 		},
 		"another setup": {
