@@ -36,7 +36,6 @@ import (
 	"github.com/meshcert/meshcert/internal/localcluster"
 	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/node"
-	"github.com/meshcert/meshcert/test/walkthrough"
 )
 
 const (
@@ -148,7 +147,7 @@ func TestKumaOnRealNode(t *testing.T) {
 
 	// docs/kuma.md's mesh and namespace; then the test's own lifetime for
 	// the identities, and the ContainerPatch its pods name.
-	e.runWalkthrough(t, walkthrough.Part(walkthroughSteps(t, "kuma"), 2), nil)
+	e.runWalkthrough(t, walkthroughPart(t, "kuma", 3), nil)
 	if _, stderr, err := e.cluster.Kubectl(ctx, []byte(kumaMeshManifest), "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply of the test's mesh: %v\n%s", err, stderr)
 	}
@@ -482,6 +481,9 @@ func installKuma(t *testing.T, e *meshcertEnv, dir string) {
 	t.Helper()
 	ctx := context.Background()
 	chart := filepath.Join(dir, "chart")
+	// docs/kuma.md: the system namespace, which the chart without its
+	// hooks asks for, and which its rendering reads.
+	e.runWalkthrough(t, walkthroughPart(t, "kuma", 0), nil)
 	bins := t.TempDir()
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -510,7 +512,7 @@ func installKuma(t *testing.T, e *meshcertEnv, dir string) {
 	// docs/kuma.md's install of Kuma, from the chart here rather than Kuma's
 	// repository, and without the builtin DNS.
 	started := time.Now()
-	e.runWalkthrough(t, walkthrough.Part(walkthroughSteps(t, "kuma"), 0), func(command string) string {
+	e.runWalkthrough(t, walkthroughPart(t, "kuma", 1), func(command string) string {
 		const fromRepository, version = " kuma/kuma ", " --version " + kumaVersion
 		if !strings.HasPrefix(command, "helm install kuma ") {
 			return command

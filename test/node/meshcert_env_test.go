@@ -244,7 +244,7 @@ func startMeshcertWith(t *testing.T, opts meshcertOptions) *meshcertEnv {
 		opts.kuma(t, e)
 		createIssuer()
 		e.chartArgs = append(e.chartArgs, "--set", "systemNamespace="+e.meshSystem)
-		e.runWalkthrough(t, walkthrough.Part(walkthroughSteps(t, "kuma"), 1), installMeshcert)
+		e.runWalkthrough(t, walkthroughPart(t, "kuma", 2), installMeshcert)
 	} else {
 		// No Kuma: meshcert's chart installs Kuma's CRDs.
 		nodeArgs = append(nodeArgs, "--set", "kumaCRDs.install=true")
@@ -280,6 +280,16 @@ func walkthroughSteps(t *testing.T, setup string) []walkthrough.Step {
 		t.Fatal(err)
 	}
 	return steps
+}
+
+// walkthroughPart is part n of setup's walk-throughs, which must have it.
+func walkthroughPart(t *testing.T, setup string, n int) []walkthrough.Step {
+	t.Helper()
+	part := walkthrough.Part(walkthroughSteps(t, setup), n)
+	if len(part) == 0 {
+		t.Fatalf("the %s walk-throughs have no part %d", setup, n)
+	}
+	return part
 }
 
 func repoRoot(t *testing.T) string {
