@@ -319,13 +319,19 @@ func TestKumaOnRealNode(t *testing.T) {
 		}
 	})
 
-	t.Run("backend's sidecar refuses a client with a foreign certificate for web's SPIFFE ID, and one with none", func(t *testing.T) {
+	t.Run("backend's sidecar refuses a client of another mesh, one with a foreign certificate for web's SPIFFE ID, and one with none", func(t *testing.T) {
 		foreign := testpki.NewCA(t, "foreign root", time.Now())
 		key := testpki.Key(t)
 		block, _ := pem.Decode(foreign.Issue(t, key, testpki.URLs(want["web"]), time.Now().Add(-time.Minute), time.Hour))
+		// The same issuer signs for another mesh, whose trust domain is not
+		// the mesh's: Kuma's default template, with mesh "other".
+		otherMesh := strings.Replace(want["web"], "spiffe://"+kumaMesh+".", "spiffe://other.", 1)
+		otherKey := testpki.Key(t)
+		otherBlock, _ := pem.Decode(e.ca.Issue(t, otherKey, testpki.URLs(otherMesh), time.Now().Add(-time.Minute), time.Hour))
 		clients := map[string][]tls.Certificate{
-			"a foreign certificate": {{Certificate: [][]byte{block.Bytes}, PrivateKey: key}},
-			"no certificate":        nil,
+			"a certificate of another mesh, from the same issuer": {{Certificate: [][]byte{otherBlock.Bytes}, PrivateKey: otherKey}},
+			"a foreign certificate":                               {{Certificate: [][]byte{block.Bytes}, PrivateKey: key}},
+			"no certificate":                                      nil,
 		}
 		for name, certs := range clients {
 			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(pods["backend"].Status.PodIP, fmt.Sprint(appPort)),
