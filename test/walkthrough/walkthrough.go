@@ -25,8 +25,9 @@ import (
 // relative to the checkout, in order: each walk-through continues from the
 // state the ones before it left.
 var Files = map[string][]string{
-	"local": {"README.md", "docs/rotation.md", "docs/meshidentity.md", "docs/agent.md"},
-	"node":  {"docs/installing.md"},
+	"local":     {"README.md", "docs/rotation.md", "docs/meshidentity.md", "docs/agent.md"},
+	"node":      {"docs/installing.md"},
+	"migration": {"docs/migration.md"},
 }
 
 const end = "<!-- /walkthrough -->"
