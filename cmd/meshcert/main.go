@@ -86,14 +86,15 @@ func fetch(args []string) {
 	}
 }
 
-// runCheck runs `meshcert check [workload <namespace>/<pod>]`: exit status 0
+// runCheck runs `meshcert check [workload <namespace>/<pod> | mesh <name>]`: exit status 0
 // when no check failed (warnings do not fail), 1 when one did, 2 when the
 // checks could not run.
 func runCheck(args []string) {
 	fs := flag.NewFlagSet("meshcert check", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: meshcert check [flags]\n       meshcert check workload <namespace>/<pod> [flags]\n\n"+
-			"Checks meshcert's install and each identity it serves, or why one pod has or has not an identity.\n"+
+		fmt.Fprintf(fs.Output(), "Usage: meshcert check [flags]\n       meshcert check workload <namespace>/<pod> [flags]\n       meshcert check mesh <name> [flags]\n\n"+
+			"Checks meshcert's install and each identity it serves, why one pod has or has not an identity,\n"+
+			"or one mesh's identities and backends and whether Mesh.spec.mtls can be removed.\n"+
 			"Exit status: 0 when no check failed (warnings do not fail), 1 when one failed, 2 when the checks could not run.\n\n")
 		fs.PrintDefaults()
 	}
@@ -110,12 +111,20 @@ func runCheck(args []string) {
 		fs.StringVar(&o.Output, name, check.OutputText, "The output format: text or json.")
 	}
 	timeout := fs.Duration("timeout", time.Minute, "How long the checks may take.")
-	if len(args) > 0 && args[0] == "workload" {
+	named := func(what string) string {
 		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
-			fmt.Fprintln(os.Stderr, "meshcert check workload: name the pod as <namespace>/<pod>")
+			fmt.Fprintf(os.Stderr, "meshcert check %s: name the %s\n", args[0], what)
 			os.Exit(2)
 		}
-		o.Workload, args = args[1], args[2:]
+		name := args[1]
+		args = args[2:]
+		return name
+	}
+	switch {
+	case len(args) > 0 && args[0] == "workload":
+		o.Workload = named("pod as <namespace>/<pod>")
+	case len(args) > 0 && args[0] == "mesh":
+		o.Mesh = named("mesh")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -77,7 +77,10 @@ type Checker struct {
 	// ClusterIssuers.
 	ClusterResourceNamespace string
 	// Zone renders .Zone in a trust domain, as the agent's --zone.
-	Zone  string
+	Zone string
+	// Mesh, when set, limits the identities and backends checked to that
+	// mesh's.
+	Mesh  string
 	Clock clock.PassiveClock
 }
 

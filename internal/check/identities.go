@@ -22,28 +22,40 @@ import (
 // Identities checks each MeshIdentity that meshcert serves or guards, and
 // each certmanager backend of a Mesh: its issuer, its root, how long they
 // stay valid, and for an identity its MeshTrust and, for the agent's, its
-// Mesh's meshServices.mode.
+// Mesh's meshServices.mode; then, for each Mesh whose enabled backend is a
+// certmanager one, how far its move to MeshIdentity has come. With Mesh set,
+// only that mesh's.
 func (c *Checker) Identities(ctx context.Context, r *Report) error {
 	identities, err := c.meshIdentities(ctx)
 	if err != nil {
 		return err
 	}
+	identityRoots := map[string][]*x509.Certificate{}
 	for _, mid := range identities {
-		if mid.ServedBy() != kuma.NotServed {
-			if err := c.identity(ctx, group{report: r, name: fmt.Sprintf("MeshIdentity %s/%s", mid.Namespace, mid.Name)}, mid); err != nil {
-				return err
-			}
+		if mid.ServedBy() == kuma.NotServed || !c.inScope(mid.MeshName()) {
+			continue
 		}
+		roots, err := c.identity(ctx, group{report: r, name: fmt.Sprintf("MeshIdentity %s/%s", mid.Namespace, mid.Name)}, mid)
+		if err != nil {
+			return err
+		}
+		identityRoots[mid.Name] = roots
 	}
 	var meshes kuma.MeshResourceList
 	if err := c.Client.List(ctx, &meshes); err != nil {
 		return fmt.Errorf("listing Meshes: %w", err)
 	}
+	found := false
 	for _, m := range meshes.Items {
+		if !c.inScope(m.Name) {
+			continue
+		}
+		found = true
 		spec, errs := kuma.ParseMeshSpec(m.Spec)
 		if spec.MTLS == nil {
 			continue
 		}
+		var enabledRoots, backendRoots []*x509.Certificate
 		for _, b := range spec.MTLS.Backends {
 			if b.CertManager == nil {
 				continue
@@ -54,36 +66,54 @@ func (c *Checker) Identities(ctx context.Context, r *Report) error {
 				continue
 			}
 			mesh, backend := m.Name, b.Name
-			if _, err := c.issuer(ctx, g, mesh, *b.CertManager, func(cr *cmapi.CertificateRequest) bool {
+			roots, err := c.issuer(ctx, g, mesh, *b.CertManager, func(cr *cmapi.CertificateRequest) bool {
 				return cr.Annotations[kuma.MeshAnnotation] == mesh && cr.Annotations[kuma.BackendAnnotation] == backend
-			}); err != nil {
+			})
+			if err != nil {
+				return err
+			}
+			backendRoots = append(backendRoots, roots...)
+			if b.Name == spec.MTLS.EnabledBackend {
+				enabledRoots = roots
+			}
+		}
+		if len(errs) == 0 && spec.EnabledCertManagerBackend() != nil {
+			if err := c.migration(ctx, group{report: r, name: "Mesh " + m.Name}, m.Name, identities, enabledRoots, backendRoots, identityRoots); err != nil {
 				return err
 			}
 		}
 	}
+	if c.Mesh != "" && !found {
+		group{report: r, name: "Mesh " + c.Mesh}.add("Mesh", Fail, "name a Mesh that exists: kubectl get meshes", "Mesh %s does not exist", c.Mesh)
+	}
 	return nil
 }
 
-func (c *Checker) identity(ctx context.Context, g group, mid *kuma.MeshIdentityResource) error {
+// inScope tells whether the checks cover mesh: every mesh, or only Mesh.
+func (c *Checker) inScope(mesh string) bool { return c.Mesh == "" || c.Mesh == mesh }
+
+// identity checks one identity, and returns its issuer's roots when they are
+// known.
+func (c *Checker) identity(ctx context.Context, g group, mid *kuma.MeshIdentityResource) ([]*x509.Certificate, error) {
 	conf, errs := mid.CertManagerConf()
 	if len(errs) > 0 {
 		g.add("configuration", Fail, "fix the MeshIdentity: kubectl apply shows meshcert's webhook's full answer", "%s", errs.ToAggregate().Error())
-		return nil
+		return nil, nil
 	}
 	mesh := mid.MeshName()
 	roots, err := c.issuer(ctx, g, mesh, conf, func(cr *cmapi.CertificateRequest) bool {
 		return cr.Annotations[kuma.MeshIdentityAnnotation] == mid.Name
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := c.meshTrust(ctx, g, mid, roots); err != nil {
-		return err
+		return nil, err
 	}
 	if mid.ServedBy() == kuma.ServedByAgent {
 		c.meshServices(ctx, g, mesh)
 	}
-	return nil
+	return roots, nil
 }
 
 // issuer checks an issuer, its root and its own certificate, and returns the

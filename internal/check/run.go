@@ -30,6 +30,9 @@ type Options struct {
 	Output string
 	// Workload, <namespace>/<pod>, checks that pod instead of the cluster.
 	Workload string
+	// Mesh checks that mesh's identities and backends, and its move to
+	// MeshIdentity, instead of the cluster.
+	Mesh string
 }
 
 // Run checks the cluster, or one workload, and writes the report to out. It
@@ -58,12 +61,15 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	}
 	checker := &Checker{
 		Client: c, Namespace: o.Namespace, SystemNamespace: o.SystemNamespace,
-		ClusterResourceNamespace: o.ClusterResourceNamespace, Zone: o.Zone, Clock: clock.RealClock{},
+		ClusterResourceNamespace: o.ClusterResourceNamespace, Zone: o.Zone, Mesh: o.Mesh, Clock: clock.RealClock{},
 	}
 	report := &Report{}
-	if o.Workload != "" {
+	switch {
+	case o.Workload != "":
 		err = checker.Workload(ctx, report, pod)
-	} else {
+	case o.Mesh != "":
+		err = checker.Identities(ctx, report)
+	default:
 		err = checker.All(ctx, report)
 	}
 	if err != nil {

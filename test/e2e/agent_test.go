@@ -54,11 +54,11 @@ const agentNode = "node-a"
 // and returns its socket.
 func startAgent(t *testing.T, attestor, procRoot string) string {
 	t.Helper()
-	return startAgentWith(t, attestor, procRoot, agentCredentials(t, attestor, agentNode))
+	return startAgentWith(t, agentNode, attestor, procRoot, agentCredentials(t, attestor, agentNode))
 }
 
-// startAgentWith runs the agent with the credentials given.
-func startAgentWith(t *testing.T, attestor, procRoot string, creds *rest.Config) string {
+// startAgentWith runs the agent of node with the credentials given.
+func startAgentWith(t *testing.T, node, attestor, procRoot string, creds *rest.Config) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "agent") // Short: a socket path has at most 108 bytes.
 	if err != nil {
@@ -66,7 +66,7 @@ func startAgentWith(t *testing.T, attestor, procRoot string, creds *rest.Config)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	socket := filepath.Join(dir, "socket")
-	cfg := config.AgentConfig{NodeName: agentNode, Socket: socket, Attestor: attestor, ProcRoot: procRoot}
+	cfg := config.AgentConfig{NodeName: node, Socket: socket, Attestor: attestor, ProcRoot: procRoot}
 	cfg.SystemNamespace, cfg.Zone = systemNamespace, "default"
 	cfg.KeyAlgorithm, cfg.RequestTimeout, cfg.Workers, cfg.MaxInFlight = "ecdsa-p256", 5*time.Second, 4, 100
 	cfg.BackoffInitial, cfg.BackoffMax = 500*time.Millisecond, 4*time.Second

@@ -27,10 +27,13 @@ import (
 var Files = map[string][]string{
 	"local": {"README.md", "docs/rotation.md", "docs/meshidentity.md", "docs/agent.md"},
 	"node":  {"docs/installing.md"},
-	// Kuma, meshcert, the mesh: three parts, the test acting between them.
+	// Kuma, its images, meshcert, the mesh: four parts, the test acting
+	// between them.
 	"kuma": {"docs/kuma.md"},
 	// After helm install, with a Mesh and a MeshIdentity meshcert serves.
 	"cluster": {"docs/upgrade.md", "docs/uninstall.md"},
+	// While two workloads talk through both of meshcert's paths.
+	"migration": {"docs/migration.md"},
 }
 
 const end = "<!-- /walkthrough -->"
