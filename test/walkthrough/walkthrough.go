@@ -5,9 +5,10 @@
 // A walk-through is the ```sh blocks between <!-- walkthrough: <setup> -->
 // and <!-- /walkthrough -->. Each line of such a block is one command; a
 // trailing `# expect: <output>` is its exact output, `# expect: rejected` a
-// validation error. The setup names where its commands run: "local" against
-// `make run`, "node" against the real node with meshcert's chart, "cluster"
-// against the end-to-end test cluster.
+// validation error. The setup names where its commands run, and Files which
+// files hold it: "local" against `make run`, "node" and "kuma" against the
+// real node (without and with Kuma), "cluster" and "migration" against the
+// end-to-end test cluster.
 package walkthrough
 
 import (
