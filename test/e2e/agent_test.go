@@ -485,7 +485,10 @@ func TestAgentServesPodsOverSDSAndTheWorkloadAPI(t *testing.T) {
 
 	t.Run("a denied request is Events, and no certificate", func(t *testing.T) {
 		proc.inPod(t, string(denied.UID))
-		fetchCtx, cancel := context.WithTimeout(ctx, 4*time.Second)
+		// The caller waits long enough for approver-policy to deny the
+		// request, even on a loaded machine: the agent answers the denial
+		// at once, and gives up an identity no caller waits for.
+		fetchCtx, cancel := context.WithTimeout(ctx, 25*time.Second)
 		defer cancel()
 		if _, err := secretv3.NewSecretDiscoveryServiceClient(dialAgent(t, socket)).FetchSecrets(fetchCtx,
 			&discoveryv3.DiscoveryRequest{ResourceNames: []string{"spiffe://agents.example.com/ns/agent-pods/sa/denied"}}); err == nil {
