@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/go-logr/logr"
@@ -68,11 +67,7 @@ meshcert_agent_svid_expiration_timestamp_seconds{mesh="payments",spiffe_id="spif
 		},
 		"a renewal signed moves the expiry": {
 			steps: func(h *svidsHarness) {
-				h.issued()
-				h.Clock.Step(50 * time.Minute)
-				h.reconcile()
-				h.Clock.Step(recheckGrace)
-				h.reconcile()
+				h.renewalRequested()
 				h.Respond(controllertest.SignedBy(h.ca, svidLifetime))
 				h.reconcile()
 			},

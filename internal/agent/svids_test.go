@@ -85,12 +85,18 @@ func (h *svidsHarness) issued() {
 // renewalDenied has the renewal of the certificate issued now, due after
 // 50 minutes, denied.
 func (h *svidsHarness) renewalDenied() {
+	h.renewalRequested()
+	h.Respond(controllertest.Denied)
+}
+
+// renewalRequested issues h.id, and lets the time of its renewal come: the
+// agent makes the renewal's request.
+func (h *svidsHarness) renewalRequested() {
 	h.issued()
 	h.Clock.Step(50 * time.Minute)
 	h.reconcile() // its connections check their entitlement
 	h.Clock.Step(recheckGrace)
 	h.reconcile()
-	h.Respond(controllertest.Denied)
 }
 
 // wantRequests reports an error unless each request in the API server asks
@@ -254,11 +260,7 @@ func TestSVIDsReconcile(t *testing.T) {
 		},
 		"a signed renewal replaces the served SVID": {
 			before: func(h *svidsHarness) {
-				h.issued()
-				h.Clock.Step(50 * time.Minute)
-				h.reconcile()
-				h.Clock.Step(recheckGrace)
-				h.reconcile()
+				h.renewalRequested()
 				h.Respond(controllertest.SignedBy(h.ca, svidLifetime))
 			},
 			wantServed:  true,

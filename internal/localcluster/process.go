@@ -151,7 +151,7 @@ func StartBinary(bin, logPath, readyURL string, args ...string) (*Process, error
 	for {
 		select {
 		case <-p.exited:
-			return nil, fmt.Errorf("%s exited before it was ready: %v; its last lines:\n%s", name, p.err, lastLines(Logs(logPath), 20))
+			return nil, fmt.Errorf("%s exited before it was ready: %v; its last lines:\n%s", name, p.err, LastLines(Logs(logPath), 20))
 		default:
 		}
 		if resp, err := http.Get(readyURL); err == nil {
@@ -194,8 +194,8 @@ func (p *Process) Exited() bool {
 	}
 }
 
-// lastLines returns the last n lines of s.
-func lastLines(s string, n int) string {
+// LastLines returns the last n lines of s.
+func LastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

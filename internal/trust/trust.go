@@ -141,6 +141,11 @@ func UniqueRoots(roots []*x509.Certificate) []*x509.Certificate {
 	return slices.CompactFunc(out, (*x509.Certificate).Equal)
 }
 
+// EarliestExpiry is when the first of roots, at least one, expires.
+func EarliestExpiry(roots []*x509.Certificate) time.Time {
+	return slices.MinFunc(roots, func(a, b *x509.Certificate) int { return a.NotAfter.Compare(b.NotAfter) }).NotAfter
+}
+
 // EncodeRoots encodes roots as PEM, each once, sorted.
 func EncodeRoots(roots []*x509.Certificate) []byte {
 	var out bytes.Buffer

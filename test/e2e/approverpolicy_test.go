@@ -13,14 +13,13 @@ import (
 	"testing"
 	"time"
 
-	rbacv1 "k8s.io/api/rbac/v1"
-
 	apiutil "github.com/cert-manager/cert-manager/pkg/api/util"
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
@@ -35,11 +34,6 @@ import (
 	"github.com/meshcert/meshcert/test/chart"
 	"github.com/meshcert/meshcert/test/harness"
 )
-
-func tailOf(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
 
 // policyIssuer is the Issuer whose requests only approver-policy decides:
 // the test's own approval hooks abstain on them.
@@ -65,7 +59,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 	t.Cleanup(func() {
 		proc.Kill()
 		if t.Failed() {
-			t.Logf("approver-policy's last log lines:\n%s\nmeshcert's:\n%s", tailOf(localcluster.Logs(logPath), 40), testEnv.logs.tail(40))
+			t.Logf("approver-policy's last log lines:\n%s\nmeshcert's:\n%s", localcluster.LastLines(localcluster.Logs(logPath), 40), localcluster.LastLines(testEnv.logs.String(), 40))
 		}
 	})
 	if err := localcluster.CreateCAIssuers(ctx, testEnv.cluster.Client, []localcluster.CAIssuer{
@@ -135,7 +129,7 @@ func TestApproverPolicyAdmitsExactlyMeshcertsRequests(t *testing.T) {
 	}
 	m, err := testEnv.cluster.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs, As: serviceAccount})
 	if err != nil {
-		t.Fatalf("meshcert did not start as the chart's ServiceAccount: %v\n%s", err, testEnv.logs.tail(30))
+		t.Fatalf("meshcert did not start as the chart's ServiceAccount: %v\n%s", err, localcluster.LastLines(testEnv.logs.String(), 30))
 	}
 	t.Cleanup(func() {
 		if err := m.Stop(); err != nil {

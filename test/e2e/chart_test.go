@@ -65,7 +65,7 @@ func TestChartInstallsAndItsRBACIsEnough(t *testing.T) {
 	logStart := len(testEnv.logs.String())
 	m, err := testEnv.cluster.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs, As: chartServiceAccount})
 	if err != nil {
-		t.Fatalf("meshcert did not become ready as the chart's ServiceAccount: %v\n%s", err, testEnv.logs.tail(30))
+		t.Fatalf("meshcert did not become ready as the chart's ServiceAccount: %v\n%s", err, localcluster.LastLines(testEnv.logs.String(), 30))
 	}
 	t.Cleanup(func() {
 		if err := m.Stop(); err != nil {

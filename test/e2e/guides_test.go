@@ -143,7 +143,7 @@ func TestUpgradeAndUninstallGuides(t *testing.T) {
 		Logs: testEnv.logs, As: "system:serviceaccount:" + guideNamespace + ":" + guideRelease,
 	})
 	if err != nil {
-		t.Fatalf("meshcert did not start as the chart's ServiceAccount: %v\n%s", err, testEnv.logs.tail(30))
+		t.Fatalf("meshcert did not start as the chart's ServiceAccount: %v\n%s", err, localcluster.LastLines(testEnv.logs.String(), 30))
 	}
 	stopped := false
 	stop := func() {

@@ -112,7 +112,7 @@ func startReconciler(t *testing.T, mutate func(*config.Config)) *apiCalls {
 			t.Errorf("stopping the reconciler: %v", err)
 		}
 		if t.Failed() {
-			t.Logf("meshcert's last log lines:\n%s", testEnv.logs.tail(60))
+			t.Logf("meshcert's last log lines:\n%s", localcluster.LastLines(testEnv.logs.String(), 60))
 		}
 	})
 	return calls

@@ -3,14 +3,11 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/meshcert/meshcert/internal/testpki"
 	"github.com/meshcert/meshcert/test/chart"
 	"github.com/meshcert/meshcert/test/harness"
+	"github.com/meshcert/meshcert/test/output"
 )
 
 const systemNamespace = "kong-mesh-system"
@@ -34,7 +32,7 @@ var testEnv struct {
 	hooks *harness.CertificateRequestHooks
 	// ca signs for the mesh-ca Issuer and ClusterIssuer, other for other-ca.
 	ca, other *testpki.CA
-	logs      *syncBuffer
+	logs      *output.Buffer
 	// signer is cert-manager's CA signer, which a test stops for an outage.
 	signer *localcluster.CertManager
 }
@@ -156,7 +154,7 @@ func run(m *testing.M) (int, error) {
 	}
 	cfg.ReconcilerEnabled = false
 	cfg.ApproveAgentsOf, cfg.ApproveSigners = chart.Namespace+"/"+agentAccount, agentSigners
-	testEnv.logs = &syncBuffer{}
+	testEnv.logs = &output.Buffer{}
 	mc, err := c.StartMeshcert(ctx, cfg, localcluster.MeshcertOptions{Logs: testEnv.logs})
 	if err != nil {
 		return 0, err
@@ -198,30 +196,6 @@ func kubectlIn(ctx context.Context, stdin []byte, args ...string) (string, strin
 	return testEnv.cluster.KubectlIn(ctx, "../testdata", stdin, args...)
 }
 
-// syncBuffer collects meshcert's logs from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func testdataFile(name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join("..", "testdata", name))
-}
-
-// tail returns the last n lines.
-func (b *syncBuffer) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -4,7 +4,6 @@
 package local
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -15,12 +14,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/meshcert/meshcert/internal/localcluster"
+	"github.com/meshcert/meshcert/test/output"
 	"github.com/meshcert/meshcert/test/walkthrough"
 )
 
@@ -124,8 +123,8 @@ func buildRunner(t *testing.T) (root, bin string) {
 // runner is a local runner the test started.
 type runner struct {
 	cmd    *exec.Cmd
-	output *lockedBuffer
-	stderr *lockedBuffer
+	output *output.Buffer
+	stderr *output.Buffer
 	exited <-chan error
 }
 
@@ -133,7 +132,7 @@ type runner struct {
 // the test, even when the test is killed before its cleanup runs.
 func startRunner(t *testing.T, root, bin, state string) *runner {
 	t.Helper()
-	r := &runner{cmd: exec.Command(bin, "--dir", state), output: &lockedBuffer{}, stderr: &lockedBuffer{}}
+	r := &runner{cmd: exec.Command(bin, "--dir", state), output: &output.Buffer{}, stderr: &output.Buffer{}}
 	r.cmd.Dir = root
 	r.cmd.Stdout, r.cmd.Stderr = r.output, r.stderr
 	// A process the runner left behind holding its output must not make the
@@ -147,8 +146,7 @@ func startRunner(t *testing.T, root, bin, state string) *runner {
 		_ = r.cmd.Process.Kill()
 		if t.Failed() {
 			logs, _ := os.ReadFile(filepath.Join(state, "meshcert.log"))
-			lines := strings.Split(strings.TrimSpace(string(logs)), "\n")
-			t.Logf("the last lines of meshcert.log:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+			t.Logf("the last lines of meshcert.log:\n%s", localcluster.LastLines(string(logs), 80))
 		}
 	})
 	return r
@@ -170,7 +168,7 @@ func (r *runner) stop(t *testing.T, sig syscall.Signal) {
 	}
 }
 
-func waitForLine(t *testing.T, output *lockedBuffer, line string, timeout time.Duration) {
+func waitForLine(t *testing.T, output *output.Buffer, line string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(output.String(), line) {
@@ -218,24 +216,6 @@ func processesUsing(dir string) []string {
 		}
 	}
 	return found
-}
-
-// lockedBuffer is written by the output reader while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // expectedErrors reads the errors an example's comment promises: the

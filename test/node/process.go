@@ -83,8 +83,7 @@ func tail(path string, n int) string {
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return localcluster.LastLines(string(b), n)
 }
 
 // run runs a command to its end, with its output in the error.

@@ -77,13 +77,13 @@ func (r *Reconciler) ReconcileMesh(ctx context.Context, req ctrl.Request) (ctrl.
 		return ctrl.Result{}, err
 	}
 	// With the roots the probes learned.
-	reportMeshRoots(mesh.Name, r.meshRoots(mesh.Name, spec).Roots)
+	learned := r.meshRoots(mesh.Name, spec)
+	reportMeshRoots(mesh.Name, learned.Roots)
 	if r.PublishTrustBundles {
-		// With the roots the probes learned; a mesh meshcert issues nothing
-		// for publishes nothing.
+		// A mesh meshcert issues nothing for publishes nothing.
 		var err error
 		if spec.EnabledCertManagerBackend() != nil {
-			err = r.publishBundle(ctx, mesh.Name, r.meshRoots(mesh.Name, spec))
+			err = r.publishBundle(ctx, mesh.Name, learned)
 		} else {
 			err = r.unpublishBundle(ctx, mesh.Name)
 		}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/meshcert/meshcert/internal/trust"
 )
 
 var (
@@ -34,11 +36,5 @@ func reportMeshRoots(mesh string, roots []*x509.Certificate) {
 		meshRootExpiry.DeleteLabelValues(mesh)
 		return
 	}
-	earliest := roots[0].NotAfter
-	for _, c := range roots[1:] {
-		if c.NotAfter.Before(earliest) {
-			earliest = c.NotAfter
-		}
-	}
-	meshRootExpiry.WithLabelValues(mesh).Set(float64(earliest.Unix()))
+	meshRootExpiry.WithLabelValues(mesh).Set(float64(trust.EarliestExpiry(roots).Unix()))
 }

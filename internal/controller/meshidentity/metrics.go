@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/meshcert/meshcert/internal/trust"
 )
 
 // One series per MeshIdentity meshcert keeps a MeshTrust for: they are few.
@@ -26,14 +28,8 @@ func init() {
 // reportRoots records when the earliest of an identity's current roots
 // expires.
 func reportRoots(mesh, identity string, roots []*x509.Certificate) {
-	earliest := roots[0].NotAfter
-	for _, c := range roots[1:] {
-		if c.NotAfter.Before(earliest) {
-			earliest = c.NotAfter
-		}
-	}
 	rootExpiry.DeletePartialMatch(prometheus.Labels{"mesh_identity": identity})
-	rootExpiry.WithLabelValues(mesh, identity).Set(float64(earliest.Unix()))
+	rootExpiry.WithLabelValues(mesh, identity).Set(float64(trust.EarliestExpiry(roots).Unix()))
 }
 
 // setIssuerReady records whether the identity's issuer is Ready.

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshcert/meshcert/internal/agent"
+	"github.com/meshcert/meshcert/test/output"
 )
 
 // kumaVersion is the Kuma whose kuma-cp and kuma-dp the test runs.
@@ -189,7 +190,7 @@ func start(t *testing.T, name string, env map[string]string, path string, args .
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	out := &lockedBuffer{}
+	out := &output.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -201,23 +202,6 @@ func start(t *testing.T, name string, env map[string]string, path string, args .
 			t.Logf("%s:\n%s", name, out.String())
 		}
 	})
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // freePorts are ports of loopback that were free a moment ago.
